@@ -1,0 +1,391 @@
+"""``VAEAnomalyDetector``: the scikit-learn-style estimator that composes the core modules."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from . import calibration as cal
+from .exceptions import CalibrationError, InputError
+from .models import VAE, ConvVAE, DenseVAE
+from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
+from .scoring import SCORES, draw_noise
+from .scoring import feature_scores as _feature_scores
+from .scoring import score_samples as _score_samples
+from .training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VAEAnomalyDetector"]
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads, then restore the previous setting."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
+    """Anomaly detector: a VAE fitted on normal data, with a calibrated false-alarm rate.
+
+    ``fit`` holds out ``calibration_size`` of the data (never trained on) and sets the threshold by
+    split conformal prediction so that a new normal sample is flagged with probability at most
+    ``alpha``. Tables (2-D arrays, DataFrames) get a dense VAE; images ((N, H, W), (N, H, W, C) or
+    (N, C, H, W) arrays) a convolutional one.
+
+    Parameters
+    ----------
+    model : "auto", "dense" or "conv". "auto" picks "conv" for images and "dense" for tables.
+    latent_dim : size of z; None picks 16 for images and clip(d // 2, 2, 16) for tables of d features.
+    hidden_sizes : dense hidden layers; None picks (64, 32), or (256, 128) above 100 features.
+    conv_channels : filters of the stride-2 convolutions; None picks 32, 64 (and more for large images).
+    likelihood : "gaussian" (learned variance per feature, the default), "gaussian-shared",
+        "gaussian-fixed" (MSE) or "bernoulli" (data in [0, 1]).
+    score_kind : default anomaly score: "elbo" (negative ELBO), "reconstruction" or "iwae"; all in nats.
+    n_score_samples : Monte-Carlo samples for "elbo" and "iwae", drawn once at fit time and stored.
+    alpha : target false-alarm rate of ``predict``.
+    contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
+        data's scores (no false-alarm guarantee).
+    calibration_size, validation_size : fractions held out for calibration (from all data) and for
+        early stopping (from the rest).
+    epochs, batch_size, learning_rate, weight_decay, beta, objective, mmd_weight, kl_estimator,
+    kl_warmup_epochs, grad_clip, patience : training settings, see ``training.TrainConfig``.
+    max_categories : most one-hot categories per string column.
+    random_state : int for a reproducible fit; global random generators are never touched.
+    n_threads : torch threads while fitting and scoring (None: leave torch's setting).
+    device : "cpu" (default, reproducible), "cuda" or "auto".
+    verbose : 0 silent, 1 progress bar, 2 also logs every epoch.
+
+    Attributes
+    ----------
+    model_, preprocessor_, noise_, calibration_scores_, threshold_, offset_, alpha_, history_,
+    input_kind_ ("table" or "image"), n_features_in_, feature_names_in_ (DataFrames only).
+    """
+
+    def __init__(
+        self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
+        conv_channels: tuple[int, ...] | None = None, likelihood: str = "gaussian", score_kind: str = "elbo",
+        n_score_samples: int = 16, alpha: float = 0.01, contamination: float | None = None,
+        calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
+        learning_rate: float = 1e-3, weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
+        mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
+        grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, random_state: Any = None,
+        n_threads: int | None = None, device: str = "cpu", verbose: int = 0,
+    ) -> None:
+        self.model = model
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.conv_channels = conv_channels
+        self.likelihood = likelihood
+        self.score_kind = score_kind
+        self.n_score_samples = n_score_samples
+        self.alpha = alpha
+        self.contamination = contamination
+        self.calibration_size = calibration_size
+        self.validation_size = validation_size
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.beta = beta
+        self.objective = objective
+        self.mmd_weight = mmd_weight
+        self.kl_estimator = kl_estimator
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.grad_clip = grad_clip
+        self.patience = patience
+        self.max_categories = max_categories
+        self.random_state = random_state
+        self.n_threads = n_threads
+        self.device = device
+        self.verbose = verbose
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.model not in ("auto", "dense", "conv"):
+            raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
+        if self.score_kind not in SCORES:
+            raise ValueError(f"score_kind must be one of {SCORES}, got {self.score_kind!r}")
+        if self.latent_dim is not None and int(self.latent_dim) < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if int(self.n_score_samples) < 1:
+            raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
+        if not 0.0 < float(self.calibration_size) < 1.0:
+            raise ValueError(f"calibration_size must be in (0, 1), got {self.calibration_size}")
+        if not 0.0 <= float(self.validation_size) < 1.0:
+            raise ValueError(f"validation_size must be in [0, 1), got {self.validation_size}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device; use device='cpu'")
+        cal._check_alpha(self.alpha)
+
+    def _device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=int(self.epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
+            weight_decay=float(self.weight_decay), beta=float(self.beta), objective=self.objective,
+            mmd_weight=float(self.mmd_weight), kl_estimator=self.kl_estimator,
+            kl_warmup_epochs=int(self.kl_warmup_epochs), grad_clip=float(self.grad_clip), patience=int(self.patience),
+        )
+
+    def _seed(self) -> int:
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.default_rng().integers(2**31 - 1))  # fresh entropy, not the global RNG
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31 - 1))
+        if isinstance(rs, (int, np.integer)):
+            return int(rs) % (2**31 - 1)
+        raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {rs!r}")
+
+    # -- input --------------------------------------------------------------------------------
+    def _prepare(self, X: Any, reset: bool) -> np.ndarray:
+        """Validate ``X`` and turn it into what the network takes: (N, d) or (N, C, H, W) float32."""
+        if reset:
+            image = is_image_input(X)
+            if self.model == "conv" and not image:
+                raise InputError(f"model='conv' needs images (N, H, W[, C]), got a table of shape {np.shape(X)}")
+            self.input_kind_ = "image" if image else "table"
+        if self.input_kind_ == "image":
+            if not is_image_input(X):
+                raise InputError(f"this model scores images (N, H, W[, C]), got input of shape {np.shape(X)}")
+            X = np.asarray(X)
+            if X.shape[0] == 0:
+                raise InputError("Found array with 0 sample(s): need at least one image")
+            if reset:
+                self.preprocessor_ = ImagePreprocessor().fit(X)
+                self.n_features_in_ = int(np.prod(X.shape[1:]))
+            return self.preprocessor_.transform(X)
+        if is_image_input(X):
+            raise InputError(f"this model scores tables (N, n_features), got input of shape {np.shape(X)}")
+        if isinstance(X, pd.DataFrame):
+            validate_data(self, X, skip_check_array=True, reset=reset) if reset else None
+            if X.shape[0] == 0:
+                raise InputError("Found array with 0 sample(s): the table has no rows")
+            names = getattr(self, "feature_names_in_", None)
+            if not reset and names is None:
+                X = X.to_numpy()  # fitted without names: columns by position
+            else:
+                df = X
+        if not isinstance(X, pd.DataFrame):
+            arr = validate_data(self, X, dtype=None, ensure_all_finite="allow-nan", reset=reset)
+            if arr.dtype.kind not in "biufO":
+                arr = arr.astype(object)
+            df = as_table(arr, columns=None if reset else self.preprocessor_.names)
+        if reset:
+            self.preprocessor_ = TablePreprocessor(max_categories=int(self.max_categories)).fit(df)
+        return self.preprocessor_.transform(self.preprocessor_.select(df))
+
+    def _default_model(self, x: np.ndarray) -> VAE:
+        kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
+        lik = self.likelihood
+        if kind == "conv":
+            c, h, w = x.shape[1:]
+            return ConvVAE(c, h, w, latent_dim=int(self.latent_dim or 16),
+                           channels=tuple(self.conv_channels) if self.conv_channels else None, likelihood=lik)
+        d = int(np.prod(x.shape[1:]))
+        hidden = tuple(self.hidden_sizes) if self.hidden_sizes else ((256, 128) if d > 100 else (64, 32))
+        latent = int(self.latent_dim or min(16, max(2, d // 2)))
+        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik)
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        if self.model_.kind == "dense":
+            t = t.reshape(t.shape[0], -1)
+        return t
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> "VAEAnomalyDetector":
+        """Fit on normal data ``X`` (y is ignored) and calibrate the threshold; returns ``self``."""
+        self._check_params()
+        x = self._prepare(X, reset=True)
+        n = x.shape[0]
+        if n < 10:
+            raise InputError(f"need at least 10 samples to fit (training, validation and calibration splits), "
+                             f"got {n} sample{'s' if n != 1 else ''}")
+        seed = self._seed()
+        rng = np.random.RandomState(seed)
+        perm = rng.permutation(n)
+        n_cal = max(1, int(round(float(self.calibration_size) * n)))
+        n_val = int(round(float(self.validation_size) * (n - n_cal)))
+        cal_idx, val_idx, train_idx = perm[:n_cal], perm[n_cal : n_cal + n_val], perm[n_cal + n_val :]
+        start = time.perf_counter()
+        device = self._device()
+        with _threads(self.n_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # inside fork_rng: initialises the weights, then the global state is restored
+            self.model_ = self._default_model(x).to(device)
+            t = self._tensor(x)
+            generator = torch.Generator().manual_seed(seed)
+            self.history_ = train(
+                self.model_, t[train_idx].to(device), t[val_idx].to(device) if n_val else None,
+                self._train_config(), generator, verbose=int(self.verbose),
+            )
+            self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
+            self.calibration_scores_ = self._scores(t[cal_idx], self.score_kind)
+            all_scores = self._scores(t, self.score_kind) if self.contamination is not None else None
+        self.fit_info_ = {"n_samples": n, "n_train": len(train_idx), "n_validation": n_val, "n_calibration": n_cal,
+                          "seed": seed, "seconds": round(time.perf_counter() - start, 3),
+                          "epochs_run": len(self.history_), "device": str(device)}
+        if self.contamination is not None:
+            self._set_threshold(cal.contamination_threshold(all_scores, self.contamination), "contamination", None)
+        else:
+            self.set_alpha(self.alpha)
+        return self
+
+    # -- thresholds ---------------------------------------------------------------------------
+    def _set_threshold(self, threshold: float, method: str, alpha: float | None) -> None:
+        self.threshold_ = float(threshold)
+        self.offset_ = -self.threshold_
+        self.threshold_method_ = method
+        self.alpha_ = alpha
+
+    def set_alpha(self, alpha: float) -> "VAEAnomalyDetector":
+        """Re-choose the conformal threshold for false-alarm rate ``alpha`` from the stored
+        calibration scores (no retraining). Too few scores for ``alpha`` leaves the threshold
+        infinite and logs why; ``predict`` then raises ``CalibrationError``."""
+        check_is_fitted(self, "calibration_scores_")
+        alpha = cal._check_alpha(alpha)
+        try:
+            threshold = cal.conformal_threshold(self.calibration_scores_, alpha)
+        except CalibrationError as err:
+            log.warning("%s", err)
+            self._calibration_error = str(err)
+            threshold = np.inf
+        else:
+            self._calibration_error = None
+        self._set_threshold(threshold, "conformal", alpha)
+        return self
+
+    def calibrate(self, X: Any, alpha: float | None = None) -> "VAEAnomalyDetector":
+        """Replace the calibration scores with those of new normal data ``X`` (never trained on)
+        and re-choose the threshold for ``alpha`` (default: the current one)."""
+        check_is_fitted(self, "model_")
+        self.calibration_scores_ = self.anomaly_score(X)
+        return self.set_alpha(alpha if alpha is not None else (self.alpha_ or self.alpha))
+
+    def set_threshold_contamination(self, X: Any, contamination: float) -> "VAEAnomalyDetector":
+        """Threshold at the (1 - contamination) quantile of the scores of ``X``."""
+        self._set_threshold(cal.contamination_threshold(self.anomaly_score(X), contamination), "contamination", None)
+        return self
+
+    def set_threshold_best_f1(self, X: Any, y: Any) -> "VAEAnomalyDetector":
+        """Threshold that maximises F1 on labelled ``X`` (``y`` true / 1 / -1 per sklearn: see below).
+
+        ``y`` marks anomalies with True or 1; scikit-learn's -1 (anomaly) / +1 (normal) also works.
+        The F1 is optimistic on the data it was chosen on: measure it on other data."""
+        y = np.asarray(y)
+        is_anom = (y == -1) if set(np.unique(y).tolist()) <= {-1, 1} else y.astype(bool)
+        threshold, f1 = cal.best_f1_threshold(self.anomaly_score(X), is_anom)
+        self._set_threshold(threshold, "best_f1", None)
+        self.best_f1_ = f1
+        return self
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _scores(self, t: torch.Tensor, score: str) -> np.ndarray:
+        device = next(self.model_.parameters()).device
+        return _score_samples(self.model_, t, score, self.noise_.to(device))
+
+    def anomaly_score(self, X: Any, score: str | None = None) -> np.ndarray:
+        """Anomaly score of each sample, (n_samples,) float64, in nats: higher = more anomalous.
+
+        ``score`` overrides the default (``self.score_kind``): "elbo", "reconstruction" or "iwae". A
+        sample's score does not depend on the other samples, their order or the batch size."""
+        check_is_fitted(self, "model_")
+        score = score or self.score_kind
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        x = self._prepare(X, reset=False)
+        with _threads(self.n_threads):
+            return self._scores(self._tensor(x), score)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """scikit-learn's convention: ``-anomaly_score(X)``, lower = more abnormal."""
+        return -self.anomaly_score(X)
+
+    def _check_threshold(self) -> None:
+        check_is_fitted(self, "threshold_")
+        if not np.isfinite(self.threshold_):
+            raise CalibrationError(getattr(self, "_calibration_error", None) or "the threshold is not finite")
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for anomalies."""
+        self._check_threshold()
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for normal, -1 for anomalous (score strictly above ``threshold_``)."""
+        self._check_threshold()
+        return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
+
+    def p_values(self, X: Any) -> np.ndarray:
+        """Conformal p-values: (1 + #{calibration scores >= s}) / (n + 1); small = anomalous."""
+        return self.p_values_from_scores(self.anomaly_score(X))
+
+    def p_values_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "calibration_scores_")
+        return cal.conformal_p_values(scores, self.calibration_scores_)
+
+    def feature_scores(self, X: Any) -> np.ndarray | pd.DataFrame:
+        """Each feature's (column's, pixel's) share of the ``"reconstruction"`` score, in nats.
+
+        Tables: (n_samples, n_columns), one-hot and missing-indicator parts summed into their
+        column (a DataFrame when ``X`` is one); images: (n_samples, C, H, W). Rows sum to
+        ``anomaly_score(X, score="reconstruction")``."""
+        check_is_fitted(self, "model_")
+        x = self._prepare(X, reset=False)
+        with _threads(self.n_threads):
+            device = next(self.model_.parameters()).device
+            per = _feature_scores(self.model_, self._tensor(x).to(device))
+        if self.input_kind_ == "image":
+            return per.reshape(x.shape)
+        groups = self.preprocessor_.feature_groups()
+        out = np.stack([per[:, sl].sum(axis=1) for _, sl in groups], axis=1)
+        if isinstance(X, pd.DataFrame):
+            return pd.DataFrame(out, columns=[name for name, _ in groups], index=X.index)
+        return out
+
+    def encode(self, X: Any) -> np.ndarray:
+        """Posterior means of z, (n_samples, latent_dim)."""
+        check_is_fitted(self, "model_")
+        x = self._tensor(self._prepare(X, reset=False))
+        device = next(self.model_.parameters()).device
+        self.model_.eval()
+        with torch.no_grad(), _threads(self.n_threads):
+            return torch.cat([self.model_.encode(x[i : i + 1024].to(device))[0].cpu() for i in range(0, len(x), 1024)]).numpy()
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the model directory (``model.json`` + ``model.safetensors``); see ``artifact``."""
+        from .artifact import save_detector
+
+        save_detector(self, path)
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing value, imputed (see preprocessing)
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.non_deterministic = self.random_state is None
+        return tags

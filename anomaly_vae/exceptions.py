@@ -1,0 +1,27 @@
+"""Exceptions with messages that say what was wrong and what to do."""
+
+from __future__ import annotations
+
+from sklearn.exceptions import NotFittedError
+
+__all__ = ["AnomalyVAEError", "InputError", "CalibrationError", "TrainingDivergedError", "ArtifactError", "NotFittedError"]
+
+
+class AnomalyVAEError(Exception):
+    """Base class of this package's own errors."""
+
+
+class InputError(AnomalyVAEError, ValueError):
+    """Input data that cannot be used: wrong shape, missing column, non-finite value, ..."""
+
+
+class CalibrationError(AnomalyVAEError, ValueError):
+    """No usable threshold: too few calibration samples for the alpha asked."""
+
+
+class TrainingDivergedError(AnomalyVAEError, RuntimeError):
+    """The loss became NaN or infinite during training."""
+
+
+class ArtifactError(AnomalyVAEError, ValueError):
+    """A model directory that cannot be loaded: missing file, bad hash, newer format, ..."""

@@ -1,0 +1,201 @@
+"""The networks: ``DenseVAE`` for feature vectors and ``ConvVAE`` for C x H x W images.
+
+Both share the same interface: ``encode(x) -> (mu, logvar)``, ``reparameterize(mu, logvar, eps)``,
+``decode(z) -> params`` (the decoder's output, same shape as ``x``: a Gaussian mean or Bernoulli
+logits), a ``likelihood`` sub-module that owns any learned variance, and ``config()`` returning the
+constructor arguments as JSON-safe values so a saved model can be rebuilt from its weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .objectives import make_likelihood
+
+__all__ = ["VAE", "DenseVAE", "ConvVAE", "build_model"]
+
+# log-variances outside this range mean a collapsed or exploding posterior; clamping keeps exp() finite
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+class VAE(nn.Module):
+    """Shared parts of the two networks."""
+
+    kind = "vae"
+    event_shape: tuple[int, ...]
+    latent_dim: int
+
+    def _init_likelihood(self, likelihood: str, scale: float, min_scale: float) -> None:
+        self.likelihood_name = likelihood
+        self.likelihood = make_likelihood(likelihood, self.event_shape, scale=scale, min_scale=min_scale)
+        self._lik_args = {"likelihood": likelihood, "scale": scale, "min_scale": min_scale}
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps. ``eps`` is passed in (never drawn here) so that scoring can use
+        noise fixed at fit time; it broadcasts, e.g. (K, 1, k) against (B, k) gives (K, B, k)."""
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)  # (B, hidden)
+        mu, logvar = self.to_mu(h), self.to_logvar(h)  # (B, k) each
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Per-element log p(x | z), same shape as ``x``."""
+        return self.likelihood.log_prob(x, params)
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class DenseVAE(VAE):
+    """A VAE on feature vectors: d -> hidden... -> k (mu, logvar); k -> reversed(hidden)... -> d.
+
+    Parameters
+    ----------
+    n_features : d, the width of an input row (after preprocessing).
+    hidden : sizes of the hidden layers of the encoder (the decoder mirrors them).
+    latent_dim : k, the size of z.
+    likelihood : one of ``objectives.LIKELIHOODS``.
+    """
+
+    kind = "dense"
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: tuple[int, ...] = (64, 32),
+        latent_dim: int = 8,
+        likelihood: str = "gaussian",
+        scale: float = 1.0,
+        min_scale: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {n_features}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.n_features, self.hidden, self.latent_dim = int(n_features), tuple(int(h) for h in hidden), int(latent_dim)
+        self.event_shape = (self.n_features,)
+        last = self.hidden[-1] if self.hidden else self.n_features
+        self.encoder = _mlp([self.n_features, *self.hidden])
+        self.to_mu = nn.Linear(last, self.latent_dim)
+        self.to_logvar = nn.Linear(last, self.latent_dim)
+        rev = list(reversed(self.hidden))
+        self.decoder = nn.Sequential(_mlp([self.latent_dim, *rev]), nn.Linear(rev[-1] if rev else self.latent_dim, self.n_features))
+        self._init_likelihood(likelihood, scale, min_scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (..., d)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n_features": self.n_features, "hidden": list(self.hidden),
+                "latent_dim": self.latent_dim, **self._lik_args}
+
+
+def default_conv_channels(height: int, width: int) -> tuple[int, ...]:
+    """32, 64, then doubling (up to 256) until the feature map is at most 8 pixels on a side."""
+    channels = [32, 64]
+    size = min(height, width)
+    size = -(-size // 4)  # two stride-2 layers, each ceil(n / 2)
+    while size > 8:
+        channels.append(min(256, channels[-1] * 2))
+        size = -(-size // 2)
+    return tuple(channels)
+
+
+class ConvVAE(VAE):
+    """A convolutional VAE on C x H x W images (C = 1 or 3, H and W >= 8).
+
+    The encoder is a stack of 3x3 stride-2 convolutions (each halves the size, rounding up), then a
+    dense layer; the decoder mirrors it with transposed convolutions whose output padding is chosen
+    so that any size, odd or even, comes back exactly.
+    """
+
+    kind = "conv"
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        latent_dim: int = 16,
+        channels: tuple[int, ...] | None = None,
+        hidden: int = 256,
+        likelihood: str = "gaussian",
+        scale: float = 1.0,
+        min_scale: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if height < 8 or width < 8:
+            raise ValueError(f"images must be at least 8x8, got {height}x{width}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+        self.in_channels, self.height, self.width = int(in_channels), int(height), int(width)
+        self.latent_dim, self.hidden = int(latent_dim), int(hidden)
+        self.channels = tuple(int(c) for c in (channels or default_conv_channels(height, width)))
+        self.event_shape = (self.in_channels, self.height, self.width)
+
+        sizes = [(self.height, self.width)]
+        enc: list[nn.Module] = []
+        c_in = self.in_channels
+        for c in self.channels:
+            enc += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.ReLU()]
+            c_in = c
+            h, w = sizes[-1]
+            sizes.append((-(-h // 2), -(-w // 2)))
+        self._feature_shape = (self.channels[-1], *sizes[-1])
+        flat = self.channels[-1] * sizes[-1][0] * sizes[-1][1]
+        self.encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(flat, self.hidden), nn.ReLU())
+        self.to_mu = nn.Linear(self.hidden, self.latent_dim)
+        self.to_logvar = nn.Linear(self.hidden, self.latent_dim)
+
+        self.from_z = nn.Sequential(nn.Linear(self.latent_dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, flat), nn.ReLU())
+        dec: list[nn.Module] = []
+        outs = list(reversed(self.channels[:-1])) + [self.in_channels]
+        c_in = self.channels[-1]
+        for i, c_out in enumerate(outs):
+            (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
+            pad = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))  # 0 or 1: recovers odd sizes
+            dec.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+            if i < len(outs) - 1:
+                dec.append(nn.ReLU())
+            c_in = c_out
+        self.deconv = nn.Sequential(*dec)
+        self._init_likelihood(likelihood, scale, min_scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = self.from_z(z.reshape(-1, self.latent_dim))  # (N, flat)
+        x = self.deconv(h.reshape(-1, *self._feature_shape))  # (N, C, H, W)
+        return x.reshape(*lead, *self.event_shape)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "in_channels": self.in_channels, "height": self.height, "width": self.width,
+                "latent_dim": self.latent_dim, "channels": list(self.channels), "hidden": self.hidden, **self._lik_args}
+
+
+def build_model(config: dict[str, Any]) -> VAE:
+    """Rebuild a network from ``model.config()`` (the inverse used when loading an artifact)."""
+    cfg = dict(config)
+    kind = cfg.pop("kind", None)
+    if kind == "dense":
+        cfg["hidden"] = tuple(cfg["hidden"])
+        return DenseVAE(**cfg)
+    if kind == "conv":
+        cfg["channels"] = tuple(cfg["channels"])
+        return ConvVAE(**cfg)
+    raise ValueError(f"unknown model kind {kind!r}; expected 'dense' or 'conv'")

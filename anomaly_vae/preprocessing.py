@@ -1,0 +1,261 @@
+"""The input schema: tables (numeric scaling, categorical one-hot, missing values) and images.
+
+Rules, applied the same way in every face (Python, CLI, HTTP):
+
+* Numeric columns are standardised with the training mean and standard deviation; a constant
+  column gets a standard deviation of 1 (no division by zero).
+* Missing numeric values (NaN / None) are replaced by the training median, after scaling. A column
+  that had missing values in training also gets a 0/1 "missing" indicator feature, so the model
+  learns how often values are absent. Missing values at scoring time in a column that never had any
+  in training are imputed the same way and logged as a warning. Infinity is always an error.
+* String / categorical columns are one-hot encoded over the categories seen in training (the
+  ``max_categories`` most frequent; rarer ones share an ``<other>`` slot). A missing value is its
+  own category. A category never seen in training encodes as all zeros: it is scored, and it
+  raises the score, because the model never reconstructs an all-zero block.
+* Columns are matched by name (DataFrames); extra columns are ignored, a missing one is an error.
+* Images are float in [0, 1], layout (N, C, H, W); uint8 input is divided by 255.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TablePreprocessor", "ImagePreprocessor", "as_table", "is_image_input"]
+
+OTHER = "<other>"
+MISSING = "<missing>"
+
+
+def as_table(X: Any, columns: list[str] | None = None) -> pd.DataFrame:
+    """A DataFrame view of a DataFrame or a 2-D array (columns ``x0, x1, ...`` or ``columns``)."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D table (rows x columns), got an array of shape {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise InputError("Complex data not supported: the table holds complex numbers")
+    names = columns if columns is not None else [f"x{i}" for i in range(arr.shape[1])]
+    df = pd.DataFrame(arr, columns=names)
+    return df.infer_objects() if arr.dtype == object else df
+
+
+def is_image_input(X: Any) -> bool:
+    if isinstance(X, pd.DataFrame):
+        return False
+    return (X.ndim if isinstance(X, np.ndarray) else np.asarray(X).ndim) >= 3
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+
+
+class TablePreprocessor:
+    """Fitted schema of a table; ``transform`` gives the float32 matrix the network sees."""
+
+    def __init__(self, max_categories: int = 50) -> None:
+        self.max_categories = max_categories
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame) -> "TablePreprocessor":
+        if df.shape[1] == 0:
+            raise InputError("the table has no columns")
+        self.columns: list[dict[str, Any]] = []
+        for name in df.columns:
+            s = df[name]
+            if _is_numeric(s) and not pd.api.types.is_complex_dtype(s):
+                v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+                self._check_finite(v, name, allow_nan=True)
+                finite = v[~np.isnan(v)]
+                if finite.size == 0:
+                    raise InputError(f"column {name!r} has no values in the training data (all missing)")
+                std = float(finite.std())
+                self.columns.append({
+                    "name": str(name), "type": "numeric", "mean": float(finite.mean()),
+                    "std": std if std > 0 else 1.0, "median": float(np.median(finite)),
+                    "indicator": bool(np.isnan(v).any()),
+                })
+            else:
+                values = self._as_strings(s, name)
+                counts = pd.Series(values).value_counts(sort=True)
+                cats = sorted(counts.index[: self.max_categories].tolist())
+                if len(counts) > self.max_categories:
+                    cats.append(OTHER)
+                self.columns.append({"name": str(name), "type": "categorical", "categories": cats})
+        self.n_features_out = sum(self._width(c) for c in self.columns)
+        return self
+
+    @staticmethod
+    def _width(col: dict[str, Any]) -> int:
+        return 1 + int(col["indicator"]) if col["type"] == "numeric" else len(col["categories"])
+
+    @staticmethod
+    def _check_finite(v: np.ndarray, name: Any, allow_nan: bool) -> None:
+        bad = np.isinf(v) if allow_nan else ~np.isfinite(v)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"column {name!r}, row {row}: value {v[row]} is not finite (infinity is not allowed)")
+
+    @staticmethod
+    def _as_strings(s: pd.Series, name: Any) -> np.ndarray:
+        out = np.empty(len(s), dtype=object)
+        for i, v in enumerate(s.to_numpy(dtype=object)):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+                out[i] = MISSING
+            elif isinstance(v, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+                out[i] = str(v)
+            else:
+                raise TypeError(
+                    f"column {name!r}, row {i}: argument must be a string or a number, got {type(v).__name__}"
+                )
+        return out
+
+    # -- transforming -------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [c["name"] for c in self.columns]
+
+    def select(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The fitted columns of ``df``, by name, in the fitted order."""
+        missing = [n for n in self.names if n not in df.columns]
+        if missing:
+            raise InputError(f"missing column(s) {missing}; the model expects columns {self.names}")
+        return df[self.names]
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """(N, n_features_out) float32. ``df`` must already have the fitted columns (see ``select``)."""
+        n = len(df)
+        out = np.zeros((n, self.n_features_out), dtype=np.float32)
+        j = 0
+        for col in self.columns:
+            name, s = col["name"], df[col["name"]]
+            if col["type"] == "numeric":
+                v = self._numeric(s, name)
+                miss = np.isnan(v)
+                if miss.any() and not col["indicator"]:
+                    log.warning("column %r: %d missing value(s) imputed with the training median %g "
+                                "(the column had no missing values in training)", name, int(miss.sum()), col["median"])
+                v = np.where(miss, col["median"], v)
+                out[:, j] = (v - col["mean"]) / col["std"]
+                if col["indicator"]:
+                    out[:, j + 1] = miss
+            else:
+                values = self._as_strings(s, name)
+                cats = col["categories"]
+                index = {c: i for i, c in enumerate(cats)}
+                fallback = index.get(OTHER)
+                for i, v in enumerate(values):
+                    k = index.get(v, fallback)
+                    if k is not None:
+                        out[i, j + k] = 1.0
+            j += self._width(col)
+        return out
+
+    @staticmethod
+    def _numeric(s: pd.Series, name: str) -> np.ndarray:
+        if _is_numeric(s):
+            v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = np.isnan(v) & s.notna().to_numpy()
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise InputError(f"column {name!r}, row {row}: expected a number, got {s.iloc[row]!r}")
+        TablePreprocessor._check_finite(v, name, allow_nan=True)
+        return v
+
+    def feature_groups(self) -> list[tuple[str, slice]]:
+        """(column name, slice of transformed features) for summing feature scores per column."""
+        groups, j = [], 0
+        for col in self.columns:
+            w = self._width(col)
+            groups.append((col["name"], slice(j, j + w)))
+            j += w
+        return groups
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "table", "max_categories": self.max_categories, "columns": self.columns}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TablePreprocessor":
+        self = cls(max_categories=int(d["max_categories"]))
+        self.columns = [dict(c) for c in d["columns"]]
+        self.n_features_out = sum(self._width(c) for c in self.columns)
+        return self
+
+
+class ImagePreprocessor:
+    """Images as arrays: (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 (0-255) or float in [0, 1].
+
+    Converted to float32 (N, C, H, W). A grey model given colour images converts them to grey
+    (ITU-R BT.601 luma) and a colour model given grey images repeats the channel; a different
+    height or width is an error here (the command line resizes image files).
+    """
+
+    def fit(self, X: np.ndarray) -> "ImagePreprocessor":
+        x = self._layout(np.asarray(X))
+        self.channels, self.height, self.width = (int(v) for v in x.shape[1:])
+        if self.channels not in (1, 3):
+            raise InputError(f"images must have 1 or 3 channels, got {self.channels}")
+        if self.height < 8 or self.width < 8:
+            raise InputError(f"images must be at least 8x8 pixels, got {self.height}x{self.width}")
+        return self
+
+    @staticmethod
+    def _layout(x: np.ndarray) -> np.ndarray:
+        if x.ndim == 3:
+            return x[:, None, :, :]
+        if x.ndim != 4:
+            raise InputError(f"images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
+        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            return np.moveaxis(x, -1, 1)
+        if x.shape[1] in (1, 3):
+            return x
+        raise InputError(f"cannot tell the channel axis of images of shape {x.shape}: expected 1 or 3 channels first or last")
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 in [0, 1]."""
+        raw = np.asarray(X)
+        if raw.dtype == object or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
+            raise InputError(f"images must be numeric arrays, got dtype {raw.dtype}")
+        x = self._layout(raw)
+        if x.shape[2:] != (self.height, self.width):
+            raise InputError(f"images must be {self.height}x{self.width} pixels, got {x.shape[2]}x{x.shape[3]}")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        else:
+            x = x.astype(np.float32)
+            bad = ~np.isfinite(x)
+            if bad.any():
+                i = int(np.argwhere(bad)[0][0])
+                raise InputError(f"image {i}: pixel values must be finite, found NaN or infinity")
+            out = (x < 0) | (x > 1)
+            if out.any():
+                i = int(np.argwhere(out)[0][0])
+                raise InputError(f"image {i}: float pixel values must lie in [0, 1] (or pass uint8 0-255), "
+                                 f"found {float(x[i].min()):g}..{float(x[i].max()):g}")
+        c = x.shape[1]
+        if c != self.channels:
+            if c == 3 and self.channels == 1:
+                x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).astype(np.float32)
+            elif c == 1 and self.channels == 3:
+                x = np.repeat(x, 3, axis=1)
+        return np.ascontiguousarray(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", "channels": self.channels, "height": self.height, "width": self.width}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ImagePreprocessor":
+        self = cls()
+        self.channels, self.height, self.width = int(d["channels"]), int(d["height"]), int(d["width"])
+        return self

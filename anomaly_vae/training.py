@@ -1,0 +1,146 @@
+"""One readable fit loop: mini-batch Adam, validation split, early stopping, KL warm-up, clipping."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .exceptions import TrainingDivergedError
+from .models import VAE
+from .objectives import kl_standard_normal, log_normal, log_standard_normal, mmd, sum_event
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train", "loss_terms"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100  # an upper bound: early stopping usually ends training well before
+    batch_size: int = 128  # small enough for many updates per epoch on a few thousand rows
+    learning_rate: float = 1e-3  # Adam's usual step; stable for these small networks
+    weight_decay: float = 0.0  # L2 penalty through Adam; 0 because early stopping regularises
+    beta: float = 1.0  # KL weight: 1 is the true ELBO, the quantity the scores estimate
+    objective: str = "elbo"  # "elbo" or "mmd" (InfoVAE / MMD-VAE: KL replaced by a weighted MMD)
+    mmd_weight: float = 100.0  # MMD is tiny in value; Zhao et al. weight it heavily
+    kl_estimator: str = "analytic"  # "analytic" (lower variance) or "mc" (log q(z|x) - log p(z) at z)
+    kl_warmup_epochs: int = 0  # beta rises linearly from 0 over this many epochs
+    grad_clip: float = 10.0  # max gradient norm: one bad batch cannot throw the weights away
+    patience: int = 10  # epochs without validation improvement before stopping
+    min_delta: float = 1e-4  # relative improvement that counts
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "beta", "mmd_weight", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)) or (name == "learning_rate" and v == 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.objective not in ("elbo", "mmd"):
+            raise ValueError(f"objective must be 'elbo' or 'mmd', got {self.objective!r}")
+        if self.kl_estimator not in ("analytic", "mc"):
+            raise ValueError(f"kl_estimator must be 'analytic' or 'mc', got {self.kl_estimator!r}")
+        if self.patience < 1 or self.kl_warmup_epochs < 0 or self.weight_decay < 0:
+            raise ValueError("patience must be >= 1, kl_warmup_epochs and weight_decay >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def loss_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, beta: float,
+               prior_eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Batch means of the loss and its terms; ``eps`` (B, k) is the reparameterisation noise."""
+    mu, logvar = model.encode(x)  # (B, k)
+    z = model.reparameterize(mu, logvar, eps)  # (B, k)
+    log_px = sum_event(model.log_likelihood(x, model.decode(z)))  # (B,)
+    log_pz = log_standard_normal(z)
+    log_qz = log_normal(z, mu, 0.5 * logvar).sum(dim=-1)
+    kl = kl_standard_normal(mu, logvar) if cfg.kl_estimator == "analytic" else log_qz - log_pz
+    terms = {"recon": -log_px.mean(), "kl": kl.mean(), "log_px": log_px.mean(), "log_pz": log_pz.mean(),
+             "log_qz": log_qz.mean()}
+    if cfg.objective == "mmd":
+        prior = prior_eps if prior_eps is not None else torch.zeros_like(z)
+        terms["mmd"] = mmd(z, prior)
+        terms["loss"] = terms["recon"] + cfg.mmd_weight * terms["mmd"]
+    else:
+        terms["loss"] = terms["recon"] + beta * terms["kl"]
+    return terms
+
+
+def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: TrainConfig,
+          generator: torch.Generator, verbose: int = 0) -> list[dict[str, float]]:
+    """Fit ``model`` in place; returns the history (one dict of mean terms per epoch). The best
+    weights by validation loss (training loss when there is no validation set) are restored."""
+    cfg.check()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    n, k = x_train.shape[0], model.latent_dim
+    history: list[dict[str, float]] = []
+    best, best_state, since_best = math.inf, None, 0
+    bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=verbose <= 0, leave=verbose > 1)
+    for epoch in bar:
+        beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
+        model.train()
+        sums: dict[str, float] = {}
+        order = torch.randperm(n, generator=generator)
+        for b, start in enumerate(range(0, n, cfg.batch_size)):
+            x = x_train[order[start : start + cfg.batch_size]]
+            eps = torch.randn(x.shape[0], k, generator=generator)
+            prior = torch.randn(x.shape[0], k, generator=generator) if cfg.objective == "mmd" else None
+            terms = loss_terms(model, x, eps, cfg, beta, prior)
+            if not torch.isfinite(terms["loss"]):
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {epoch + 1}, batch {b + 1}: loss is {terms['loss'].item()}; "
+                    f"lower learning_rate (now {cfg.learning_rate:g}) or grad_clip, or check the input scale"
+                )
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + v.item() * x.shape[0]
+        row = {"epoch": epoch + 1, "beta": beta, **{key: v / n for key, v in sums.items()}}
+        if x_val is not None and x_val.shape[0] > 0:
+            row["val_loss"] = _evaluate(model, x_val, cfg, generator_seed=epoch)
+        history.append(row)
+        metric = row.get("val_loss", row["loss"])
+        if verbose > 0:
+            bar.set_postfix({key: f"{row[key]:.4g}" for key in ("loss", "recon", "kl", "val_loss") if key in row})
+        if verbose > 1:
+            log.info("epoch %d: %s", epoch + 1, row)
+        # during KL warm-up the objective changes each epoch: do not compare or stop yet
+        if epoch + 1 >= cfg.kl_warmup_epochs:
+            if metric < best - cfg.min_delta * abs(best if math.isfinite(best) else metric):
+                best, since_best = metric, 0
+                best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int) -> float:
+    """Validation loss at the full objective weight, with noise that depends only on the epoch."""
+    model.eval()
+    g = torch.Generator().manual_seed(generator_seed)
+    total = 0.0
+    for start in range(0, x.shape[0], 1024):
+        xb = x[start : start + 1024]
+        eps = torch.randn(xb.shape[0], model.latent_dim, generator=g)
+        prior = torch.randn(xb.shape[0], model.latent_dim, generator=g) if cfg.objective == "mmd" else None
+        total += loss_terms(model, xb, eps, cfg, cfg.beta, prior)["loss"].item() * xb.shape[0]
+    value = total / x.shape[0]
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"validation loss is {value}: training diverged; lower learning_rate")
+    return value

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+SHARED = Path(os.environ.get("ANOMALY_VAE_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def cardio() -> pd.DataFrame:
+    """ADBench cardio (real, 1831 rows, 21 numeric features + a 'label' column)."""
+    return pd.read_csv(DATA / "cardio.csv")
+
+
+@pytest.fixture(scope="session")
+def fashion_sample() -> tuple[np.ndarray, np.ndarray]:
+    """1000 real Fashion-MNIST test images (100 a class), uint8 (N, 28, 28), and labels."""
+    with np.load(DATA / "fashion_mnist_sample.npz", allow_pickle=False) as f:
+        return f["images"], f["labels"]
+
+
+def shared_or_skip(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not found: the shared datasets are not beside this checkout (set ANOMALY_VAE_DATASETS)")
+    return p

@@ -9,9 +9,9 @@ Rules, applied the same way in every face (Python, CLI, HTTP):
   learns how often values are absent. Missing values at scoring time in a column that never had any
   in training are imputed the same way and logged as a warning. Infinity is always an error.
 * String / categorical columns are one-hot encoded over the categories seen in training (the
-  ``max_categories`` most frequent; rarer ones share an ``<other>`` slot). A missing value is its
-  own category. A category never seen in training encodes as all zeros: it is scored, and it
-  raises the score, because the model never reconstructs an all-zero block.
+  ``max_categories`` most frequent) plus an ``<other>`` slot shared by rarer categories and by any
+  category never seen in training. A missing value is its own category. An unseen category is
+  scored, not an error, and scores high: ``<other>`` was (almost) always 0 in training.
 * Columns are matched by name (DataFrames); extra columns are ignored, a missing one is an error.
 * Images are float in [0, 1], layout (N, C, H, W); uint8 input is divided by 255.
 """
@@ -71,6 +71,7 @@ class TablePreprocessor:
         self.columns: list[dict[str, Any]] = []
         for name in df.columns:
             s = df[name]
+            name = str(name)
             if _is_numeric(s) and not pd.api.types.is_complex_dtype(s):
                 v = s.to_numpy(dtype=np.float64, na_value=np.nan)
                 self._check_finite(v, name, allow_nan=True)
@@ -79,17 +80,17 @@ class TablePreprocessor:
                     raise InputError(f"column {name!r} has no values in the training data (all missing)")
                 std = float(finite.std())
                 self.columns.append({
-                    "name": str(name), "type": "numeric", "mean": float(finite.mean()),
+                    "name": name, "type": "numeric", "mean": float(finite.mean()),
                     "std": std if std > 0 else 1.0, "median": float(np.median(finite)),
                     "indicator": bool(np.isnan(v).any()),
                 })
             else:
                 values = self._as_strings(s, name)
                 counts = pd.Series(values).value_counts(sort=True)
-                cats = sorted(counts.index[: self.max_categories].tolist())
-                if len(counts) > self.max_categories:
-                    cats.append(OTHER)
-                self.columns.append({"name": str(name), "type": "categorical", "categories": cats})
+                # <other> takes the categories past max_categories and any category never seen in
+                # training; when it is empty in training the model learns it is always 0
+                cats = sorted(counts.index[: self.max_categories].tolist()) + [OTHER]
+                self.columns.append({"name": name, "type": "categorical", "categories": cats})
         self.n_features_out = sum(self._width(c) for c in self.columns)
         return self
 
@@ -125,10 +126,13 @@ class TablePreprocessor:
 
     def select(self, df: pd.DataFrame) -> pd.DataFrame:
         """The fitted columns of ``df``, by name, in the fitted order."""
-        missing = [n for n in self.names if n not in df.columns]
+        by_name = {str(c): c for c in df.columns}  # names are kept as strings (JSON); 0 matches "0"
+        missing = [n for n in self.names if n not in by_name]
         if missing:
             raise InputError(f"missing column(s) {missing}; the model expects columns {self.names}")
-        return df[self.names]
+        out = df[[by_name[n] for n in self.names]]
+        out.columns = self.names
+        return out
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
         """(N, n_features_out) float32. ``df`` must already have the fitted columns (see ``select``)."""
@@ -151,11 +155,9 @@ class TablePreprocessor:
                 values = self._as_strings(s, name)
                 cats = col["categories"]
                 index = {c: i for i, c in enumerate(cats)}
-                fallback = index.get(OTHER)
+                other = index[OTHER]
                 for i, v in enumerate(values):
-                    k = index.get(v, fallback)
-                    if k is not None:
-                        out[i, j + k] = 1.0
+                    out[i, j + index.get(v, other)] = 1.0
             j += self._width(col)
         return out
 

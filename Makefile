@@ -29,6 +29,7 @@ test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -m slow
 
 bench-quality: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/quality.py
 
 clean:

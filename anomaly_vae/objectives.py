@@ -26,6 +26,7 @@ __all__ = [
     "log_normal",
     "gaussian_kernel",
     "mmd",
+    "mc_elbo",
 ]
 
 
@@ -143,3 +144,9 @@ def mmd(a: torch.Tensor, b: torch.Tensor, bandwidth: float | None = None) -> tor
         + gaussian_kernel(b, b, bandwidth).mean()
         - 2.0 * gaussian_kernel(a, b, bandwidth).mean()
     )
+
+
+def mc_elbo(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """The Monte-Carlo ELBO estimate log p(x|z) + log p(z) - log q(z|x) at samples ``z`` of
+    q(z|x) = N(mu, exp(logvar)): ``log_px`` (..., B), ``z`` (..., B, k) -> (..., B)."""
+    return log_px + log_standard_normal(z) - log_normal(z, mu, 0.5 * logvar).sum(dim=-1)

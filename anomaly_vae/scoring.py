@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .models import VAE
-from .objectives import kl_standard_normal, log_normal, log_standard_normal, sum_event
+from .objectives import kl_standard_normal, mc_elbo, sum_event
 
 __all__ = ["SCORES", "BLOCK", "score_samples", "feature_scores", "draw_noise"]
 
@@ -49,9 +49,7 @@ def _block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) 
     if score == "elbo":
         return -log_px.mean(dim=0) + kl_standard_normal(mu, logvar)
     # iwae: -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)
-    log_pz = log_standard_normal(z)  # (K, B)
-    log_qz = log_normal(z, mu, 0.5 * logvar).sum(dim=-1)  # (K, B)
-    log_w = log_px + log_pz - log_qz
+    log_w = mc_elbo(log_px, z, mu, logvar)  # (K, B): log importance weights
     k = torch.tensor(float(noise.shape[0]))
     return -(torch.logsumexp(log_w, dim=0) - torch.log(k))
 

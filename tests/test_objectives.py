@@ -13,6 +13,7 @@ from anomaly_vae.objectives import (
     log_normal,
     log_standard_normal,
     make_likelihood,
+    mc_elbo,
     mmd,
 )
 
@@ -101,3 +102,19 @@ def test_mmd_by_hand_and_zero_for_identical_samples():
     kbb = kaa
     kab = (k(4) + k(9) + k(1) + k(4)) / 4
     assert mmd(a, b).item() == pytest.approx(kaa + kbb - 2 * kab, rel=1e-5)
+
+
+def test_mc_elbo_by_hand():
+    # z = 0, q = N(0, 1): log p(z) = log q(z|x), so the estimate is log p(x|z) alone
+    assert mc_elbo(torch.tensor([-3.0]), torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2)).item() == pytest.approx(-3.0)
+    # z = 1, q = N(1, 1): log p(z) - log q(z|x) = -0.5 per dimension
+    v = mc_elbo(torch.tensor([-3.0]), torch.ones(1, 2), torch.ones(1, 2), torch.zeros(1, 2))
+    assert v.item() == pytest.approx(-3.0 - 1.0)
+
+
+def test_mc_kl_estimate_averages_to_analytic_kl():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.tensor([[0.7, -0.3]]), torch.tensor([[0.2, -0.5]])
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(200_000, 2, generator=g)
+    mc = (log_normal(z, mu, 0.5 * logvar).sum(-1) - log_standard_normal(z)).mean()
+    assert mc.item() == pytest.approx(kl_standard_normal(mu, logvar).item(), abs=0.01)

@@ -60,6 +60,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         "gaussian-fixed" (MSE) or "bernoulli" (data in [0, 1]).
     score_kind : default anomaly score: "elbo" (negative ELBO), "reconstruction" or "iwae"; all in nats.
     n_score_samples : Monte-Carlo samples for "elbo" and "iwae", drawn once at fit time and stored.
+    min_scale : floor on a learned Gaussian sigma, in the units the network sees (standardised
+        columns; pixels in [0, 1]). None picks 0.01 for tables and 0.05 for images (see README).
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -82,7 +84,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def __init__(
         self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
         conv_channels: tuple[int, ...] | None = None, likelihood: str = "gaussian", score_kind: str = "elbo",
-        n_score_samples: int = 16, alpha: float = 0.01, contamination: float | None = None,
+        n_score_samples: int = 16, min_scale: float | None = None, alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
         mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
@@ -96,6 +98,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.likelihood = likelihood
         self.score_kind = score_kind
         self.n_score_samples = n_score_samples
+        self.min_scale = min_scale
         self.alpha = alpha
         self.contamination = contamination
         self.calibration_size = calibration_size
@@ -201,14 +204,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _default_model(self, x: np.ndarray) -> VAE:
         kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
         lik = self.likelihood
+        floor = float(self.min_scale) if self.min_scale is not None else (0.05 if self.input_kind_ == "image" else 0.01)
         if kind == "conv":
             c, h, w = x.shape[1:]
-            return ConvVAE(c, h, w, latent_dim=int(self.latent_dim or 16),
+            return ConvVAE(c, h, w, latent_dim=int(self.latent_dim or 16), min_scale=floor,
                            channels=tuple(self.conv_channels) if self.conv_channels else None, likelihood=lik)
         d = int(np.prod(x.shape[1:]))
         hidden = tuple(self.hidden_sizes) if self.hidden_sizes else ((256, 128) if d > 100 else (64, 32))
         latent = int(self.latent_dim or min(16, max(2, d // 2)))
-        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik)
+        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik, min_scale=floor)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -237,6 +241,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             torch.manual_seed(seed)  # inside fork_rng: initialises the weights, then the global state is restored
             self.model_ = self._default_model(x).to(device)
             t = self._tensor(x)
+            if hasattr(self.model_.likelihood, "init_from_data"):
+                self.model_.likelihood.init_from_data(t[train_idx].to(device))
             generator = torch.Generator().manual_seed(seed)
             self.history_ = train(
                 self.model_, t[train_idx].to(device), t[val_idx].to(device) if n_val else None,

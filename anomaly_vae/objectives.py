@@ -87,6 +87,17 @@ class GaussianLikelihood(nn.Module):
             init = math.log(math.expm1(scale - min_scale))
             self.raw_scale = nn.Parameter(torch.full(shape, init))
 
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Start a learned sigma at the data's own spread (per feature, or overall when shared):
+        the error of a decoder that only knows the mean. Features that never vary start at the
+        floor, so the first epochs already treat any change there as unlikely."""
+        if self.raw_scale is None:
+            return
+        std = x.std(dim=0) if self.variance == "feature" else x.std().reshape(1)
+        target = std.clamp(min=self.min_scale * 1.01, max=1e3) - self.min_scale
+        self.raw_scale.copy_(target + torch.log(-torch.expm1(-target)))  # inverse softplus
+
     def scale(self) -> torch.Tensor:
         if self.raw_scale is None:
             return torch.tensor(self.fixed_scale)

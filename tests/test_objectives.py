@@ -118,3 +118,12 @@ def test_mc_kl_estimate_averages_to_analytic_kl():
     z = mu + torch.exp(0.5 * logvar) * torch.randn(200_000, 2, generator=g)
     mc = (log_normal(z, mu, 0.5 * logvar).sum(-1) - log_standard_normal(z)).mean()
     assert mc.item() == pytest.approx(kl_standard_normal(mu, logvar).item(), abs=0.01)
+
+
+def test_learned_scale_starts_at_the_data_spread_with_a_floor():
+    lik = GaussianLikelihood((3,), variance="feature", min_scale=0.01)
+    x = torch.stack([torch.tensor([0.0, 0.0, 5.0]), torch.tensor([2.0, 0.0, 5.0])])
+    lik.init_from_data(x)
+    s = lik.scale()
+    assert s[0].item() == pytest.approx(x[:, 0].std().item(), rel=1e-4)
+    assert s[1].item() == pytest.approx(0.0101, rel=1e-3) and s[2].item() == pytest.approx(0.0101, rel=1e-3)

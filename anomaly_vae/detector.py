@@ -184,11 +184,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if is_image_input(X):
             raise InputError(f"this model scores tables (N, n_features), got input of shape {np.shape(X)}")
         if isinstance(X, pd.DataFrame):
-            validate_data(self, X, skip_check_array=True, reset=reset) if reset else None
             if X.shape[0] == 0:
                 raise InputError("Found array with 0 sample(s): the table has no rows")
-            names = getattr(self, "feature_names_in_", None)
-            if not reset and names is None:
+            if reset:
+                # only records feature_names_in_ / n_features_in_: the columns are matched by name
+                # later, so scikit-learn's same-order rule is deliberately not applied
+                validate_data(self, X, skip_check_array=True, reset=True)
+                df = X
+            elif getattr(self, "feature_names_in_", None) is None:
                 X = X.to_numpy()  # fitted without names: columns by position
             else:
                 df = X

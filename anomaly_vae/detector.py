@@ -244,11 +244,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             torch.manual_seed(seed)  # inside fork_rng: initialises the weights, then the global state is restored
             self.model_ = self._default_model(x).to(device)
             t = self._tensor(x)
-            if hasattr(self.model_.likelihood, "init_from_data"):
-                self.model_.likelihood.init_from_data(t[train_idx].to(device))
+            x_train = t[train_idx].to(device)
+            self.model_.likelihood.init_from_data(x_train)
             generator = torch.Generator().manual_seed(seed)
             self.history_ = train(
-                self.model_, t[train_idx].to(device), t[val_idx].to(device) if n_val else None,
+                self.model_, x_train, t[val_idx].to(device) if n_val else None,
                 self._train_config(), generator, verbose=int(self.verbose),
             )
             self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
@@ -312,9 +312,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return self
 
     # -- scoring ------------------------------------------------------------------------------
+    def _model_device(self) -> torch.device:
+        return next(self.model_.parameters()).device
+
     def _scores(self, t: torch.Tensor, score: str) -> np.ndarray:
-        device = next(self.model_.parameters()).device
-        return _score_samples(self.model_, t, score, self.noise_.to(device))
+        return _score_samples(self.model_, t, score, self.noise_.to(self._model_device()))
 
     def anomaly_score(self, X: Any, score: str | None = None) -> np.ndarray:
         """Anomaly score of each sample, (n_samples,) float64, in nats: higher = more anomalous.
@@ -365,8 +367,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         x = self._prepare(X, reset=False)
         with _threads(self.n_threads):
-            device = next(self.model_.parameters()).device
-            per = _feature_scores(self.model_, self._tensor(x).to(device))
+            per = _feature_scores(self.model_, self._tensor(x).to(self._model_device()))
         if self.input_kind_ == "image":
             return per.reshape(x.shape)
         groups = self.preprocessor_.feature_groups()
@@ -379,7 +380,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """Posterior means of z, (n_samples, latent_dim)."""
         check_is_fitted(self, "model_")
         x = self._tensor(self._prepare(X, reset=False))
-        device = next(self.model_.parameters()).device
+        device = self._model_device()
         self.model_.eval()
         with torch.no_grad(), _threads(self.n_threads):
             return torch.cat([self.model_.encode(x[i : i + 1024].to(device))[0].cpu() for i in range(0, len(x), 1024)]).numpy()

@@ -45,6 +45,9 @@ class BernoulliLikelihood(nn.Module):
         """Per-element log p(x | logits), same shape as ``x``."""
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Nothing to initialise: a Bernoulli decoder has no parameters of its own."""
+
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 

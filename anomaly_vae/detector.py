@@ -166,6 +166,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     # -- input --------------------------------------------------------------------------------
     def _prepare(self, X: Any, reset: bool) -> np.ndarray:
         """Validate ``X`` and turn it into what the network takes: (N, d) or (N, C, H, W) float32."""
+        return self._prepare_rows(X, reset, collect=False)[0]
+
+    def _prepare_rows(self, X: Any, reset: bool, collect: bool) -> tuple[np.ndarray, list[str | None] | None]:
+        """``_prepare``; with ``collect`` a row with a bad value is zeros plus its message in the
+        second item instead of an error for the whole input."""
         if reset:
             image = is_image_input(X)
             if self.model == "conv" and not image:
@@ -180,7 +185,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             if reset:
                 self.preprocessor_ = ImagePreprocessor().fit(X)
                 self.n_features_in_ = int(np.prod(X.shape[1:]))
-            return self.preprocessor_.transform(X)
+            if collect:
+                return self.preprocessor_.transform_rows(X)
+            return self.preprocessor_.transform(X), None
         if is_image_input(X):
             raise InputError(f"this model scores tables (N, n_features), got input of shape {np.shape(X)}")
         if isinstance(X, pd.DataFrame):
@@ -202,7 +209,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             df = as_table(arr, columns=None if reset else self.preprocessor_.names)
         if reset:
             self.preprocessor_ = TablePreprocessor(max_categories=int(self.max_categories)).fit(df)
-        return self.preprocessor_.transform(self.preprocessor_.select(df))
+        if collect:
+            return self.preprocessor_.transform_rows(self.preprocessor_.select(df))
+        return self.preprocessor_.transform(self.preprocessor_.select(df)), None
 
     def _default_model(self, x: np.ndarray) -> VAE:
         kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
@@ -330,6 +339,27 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         x = self._prepare(X, reset=False)
         with _threads(self.n_threads):
             return self._scores(self._tensor(x), score)
+
+    def anomaly_score_rows(self, X: Any, score: str | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """``anomaly_score`` for batch jobs that must not lose a row: a row (image) with a bad value
+        (a word in a numeric column, infinity, NaN pixels, ...) gets a NaN score and its message,
+        and the others are scored as usual, with exactly the scores ``anomaly_score`` gives them.
+
+        Returns ``(scores (n_samples,), errors)`` where ``errors[i]`` is None for a scored row.
+        Problems of the whole input (a missing column, a wrong image size) still raise ``InputError``."""
+        check_is_fitted(self, "model_")
+        score = score or self.score_kind
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        x, errors = self._prepare_rows(X, reset=False, collect=True)
+        assert errors is not None
+        good = np.array([e is None for e in errors], dtype=bool)
+        scores = np.full(len(errors), np.nan)
+        if good.any():
+            with _threads(self.n_threads):
+                t = self._tensor(x if good.all() else x[good])
+                scores[good] = self._scores(t, score)
+        return scores, errors
 
     def score_samples(self, X: Any) -> np.ndarray:
         """scikit-learn's convention: ``-anomaly_score(X)``, lower = more abnormal."""

@@ -135,14 +135,30 @@ class TablePreprocessor:
         return out
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
-        """(N, n_features_out) float32. ``df`` must already have the fitted columns (see ``select``)."""
+        """(N, n_features_out) float32. ``df`` must already have the fitted columns (see ``select``).
+        The first bad value raises ``InputError`` naming its column and row."""
+        out, errors = self._transform(df)
+        for i, err in enumerate(errors):
+            if err is not None:
+                raise InputError(f"column {err[0]!r}, row {i}: {err[1]}")
+        return out
+
+    def transform_rows(self, df: pd.DataFrame) -> tuple[np.ndarray, list[str | None]]:
+        """Like ``transform``, but a row with a bad value does not fail the others: it comes back
+        as zeros with its message (``"column 'x': expected a number, got 'abc'"``); rows without a
+        problem have ``None``. Returns ``(matrix (N, n_features_out) float32, errors (N,))``."""
+        out, errors = self._transform(df)
+        return out, [None if e is None else f"column {e[0]!r}: {e[1]}" for e in errors]
+
+    def _transform(self, df: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str] | None]]:
         n = len(df)
         out = np.zeros((n, self.n_features_out), dtype=np.float32)
+        errors: list[tuple[str, str] | None] = [None] * n
         j = 0
         for col in self.columns:
             name, s = col["name"], df[col["name"]]
             if col["type"] == "numeric":
-                v = self._numeric(s, name)
+                v = self._numeric_rows(s, name, errors)
                 miss = np.isnan(v)
                 if miss.any() and not col["indicator"]:
                     log.warning("column %r: %d missing value(s) imputed with the training median %g "
@@ -152,27 +168,54 @@ class TablePreprocessor:
                 if col["indicator"]:
                     out[:, j + 1] = miss
             else:
-                values = self._as_strings(s, name)
-                cats = col["categories"]
-                index = {c: i for i, c in enumerate(cats)}
+                values = self._strings_rows(s, name, errors)
+                index = {c: i for i, c in enumerate(col["categories"])}
                 other = index[OTHER]
-                for i, v in enumerate(values):
-                    out[i, j + index.get(v, other)] = 1.0
+                pos = np.fromiter((index.get(v, other) for v in values), dtype=np.int64, count=n)
+                out[np.arange(n), j + pos] = 1.0
             j += self._width(col)
-        return out
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        out[bad] = 0.0
+        return out, errors
 
     @staticmethod
-    def _numeric(s: pd.Series, name: str) -> np.ndarray:
-        if _is_numeric(s):
+    def _numeric_rows(s: pd.Series, name: str, errors: list[tuple[str, str] | None]) -> np.ndarray:
+        """float64 values of a numeric column, NaN for missing; bad values noted in ``errors``."""
+        if _is_numeric(s) and not pd.api.types.is_complex_dtype(s):
             v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            bad_text = np.zeros(len(v), dtype=bool)
         else:
-            v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            bad = np.isnan(v) & s.notna().to_numpy()
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise InputError(f"column {name!r}, row {row}: expected a number, got {s.iloc[row]!r}")
-        TablePreprocessor._check_finite(v, name, allow_nan=True)
+            raw = s.to_numpy(dtype=object)
+            # "" is a missing value, as in a CSV; anything else that is not a number is an error
+            blank = np.fromiter((isinstance(x, str) and not x.strip() for x in raw), dtype=bool, count=len(raw))
+            v = pd.to_numeric(pd.Series(np.where(blank, None, raw), dtype=object), errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan)
+            bad_text = np.isnan(v) & s.notna().to_numpy() & ~blank
+            for i in np.flatnonzero(bad_text):
+                if errors[i] is None:
+                    errors[i] = (name, f"expected a number, got {raw[i]!r}")
+        inf = np.isinf(v)
+        for i in np.flatnonzero(inf):
+            if errors[i] is None:
+                errors[i] = (name, f"value {v[i]} is not finite (infinity is not allowed)")
+        bad = bad_text | inf
+        if bad.any():
+            v = np.where(bad, 0.0, v)
         return v
+
+    @staticmethod
+    def _strings_rows(s: pd.Series, name: str, errors: list[tuple[str, str] | None]) -> np.ndarray:
+        out = np.empty(len(s), dtype=object)
+        for i, v in enumerate(s.to_numpy(dtype=object)):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+                out[i] = MISSING
+            elif isinstance(v, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+                out[i] = str(v)
+            else:
+                out[i] = MISSING
+                if errors[i] is None:
+                    errors[i] = (name, f"expected a string or a number, got {type(v).__name__}")
+        return out
 
     def feature_groups(self) -> list[tuple[str, slice]]:
         """(column name, slice of transformed features) for summing feature scores per column."""
@@ -225,33 +268,45 @@ class ImagePreprocessor:
         raise InputError(f"cannot tell the channel axis of images of shape {x.shape}: expected 1 or 3 channels first or last")
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 in [0, 1]."""
+        """(N, C, H, W) float32 in [0, 1]; the first bad image raises ``InputError``."""
+        x, errors = self.transform_rows(X)
+        for i, err in enumerate(errors):
+            if err is not None:
+                raise InputError(f"image {i}: {err}")
+        return x
+
+    def transform_rows(self, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Like ``transform``, but an image with bad pixels (NaN, infinity, float outside [0, 1])
+        comes back as zeros with its message instead of failing the others. A wrong shape or
+        dtype is still an ``InputError`` for the whole input."""
         raw = np.asarray(X)
         if raw.dtype == object or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
             raise InputError(f"images must be numeric arrays, got dtype {raw.dtype}")
         x = self._layout(raw)
         if x.shape[2:] != (self.height, self.width):
             raise InputError(f"images must be {self.height}x{self.width} pixels, got {x.shape[2]}x{x.shape[3]}")
+        errors: list[str | None] = [None] * x.shape[0]
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         else:
             x = x.astype(np.float32)
-            bad = ~np.isfinite(x)
-            if bad.any():
-                i = int(np.argwhere(bad)[0][0])
-                raise InputError(f"image {i}: pixel values must be finite, found NaN or infinity")
-            out = (x < 0) | (x > 1)
-            if out.any():
-                i = int(np.argwhere(out)[0][0])
-                raise InputError(f"image {i}: float pixel values must lie in [0, 1] (or pass uint8 0-255), "
-                                 f"found {float(x[i].min()):g}..{float(x[i].max()):g}")
+            flat = x.reshape(x.shape[0], -1)
+            finite = np.isfinite(flat).all(axis=1)
+            in_range = ((flat >= 0) & (flat <= 1)).all(axis=1)
+            for i in np.flatnonzero(~(finite & in_range)):
+                if not finite[i]:
+                    errors[i] = "pixel values must be finite, found NaN or infinity"
+                else:
+                    errors[i] = (f"float pixel values must lie in [0, 1] (or pass uint8 0-255), "
+                                 f"found {float(flat[i].min()):g}..{float(flat[i].max()):g}")
+                x[i] = 0.0
         c = x.shape[1]
         if c != self.channels:
             if c == 3 and self.channels == 1:
                 x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).astype(np.float32)
             elif c == 1 and self.channels == 3:
                 x = np.repeat(x, 3, axis=1)
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(x), errors
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "image", "channels": self.channels, "height": self.height, "width": self.width}

@@ -1,0 +1,200 @@
+"""Batch scoring of files and folders, streaming: read a chunk, score it, write it, and the next.
+
+Every input row (or image file) gives exactly one output row, in input order. A row that cannot
+be scored keeps its place with empty scores and its ``error``; the rest of the job goes on.
+Problems of the whole input (a missing column, a model without a usable threshold) stop the job
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .calibration import conformal_p_values
+from .exceptions import CalibrationError, InputError
+from .io import Chunk, ResultWriter
+
+__all__ = ["ScoredChunk", "BatchSummary", "iter_scored", "score_to_file", "RESULT_COLUMNS", "image_regions"]
+
+RESULT_COLUMNS = ("score", "p_value", "is_anomaly", "threshold", "error")
+
+
+@dataclass
+class ScoredChunk:
+    chunk: Chunk
+    scores: np.ndarray  # (n,) NaN where not scored
+    errors: list[str | None]
+    explain: pd.DataFrame | None = None
+
+
+@dataclass
+class BatchSummary:
+    rows: int = 0
+    scored: int = 0
+    anomalies: int = 0
+    errors: int = 0
+    alpha: float | None = None
+    threshold: float = float("nan")
+    seconds: float = 0.0
+    output: Path | None = None
+    skipped_files: int = 0
+    first_errors: list[tuple[Any, str]] = field(default_factory=list)
+
+    @property
+    def anomaly_rate(self) -> float:
+        return self.anomalies / self.scored if self.scored else float("nan")
+
+    def add(self, ids: list[Any], errors: list[str | None], flagged: np.ndarray) -> None:
+        self.rows += len(ids)
+        bad = [(i, e) for i, e in zip(ids, errors) if e is not None]
+        self.errors += len(bad)
+        self.scored += len(ids) - len(bad)
+        self.anomalies += int(flagged.sum())
+        self.first_errors.extend(bad[: max(0, 5 - len(self.first_errors))])
+
+
+def image_regions(height: int, width: int, grid: int = 4) -> list[tuple[str, slice, slice]]:
+    """A grid x grid partition of an image: (name "y0-6,x7-13", rows, cols), inclusive bounds."""
+    ys = np.linspace(0, height, min(grid, height) + 1).round().astype(int)
+    xs = np.linspace(0, width, min(grid, width) + 1).round().astype(int)
+    return [(f"y{y0}-{y1 - 1},x{x0}-{x1 - 1}", slice(y0, y1), slice(x0, x1))
+            for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
+
+
+def _top_k(contrib: np.ndarray, names: list[str], k: int) -> pd.DataFrame:
+    """Columns top1_feature, top1_nats, ..., topK_*: the largest contributions, largest first."""
+    k = min(k, contrib.shape[1])
+    order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    out: dict[str, Any] = {}
+    names_arr = np.asarray(names, dtype=object)
+    for j in range(k):
+        out[f"top{j + 1}_feature"] = names_arr[order[:, j]]
+        out[f"top{j + 1}_nats"] = np.take_along_axis(contrib, order[:, j : j + 1], axis=1)[:, 0]
+    return pd.DataFrame(out)
+
+
+def _explain(det: Any, data: Any, k: int) -> pd.DataFrame:
+    per = det.feature_scores(data)
+    if det.input_kind_ == "image":
+        per = np.asarray(per).sum(axis=1)  # (n, H, W): channels summed
+        regions = image_regions(per.shape[1], per.shape[2])
+        contrib = np.stack([per[:, ys, xs].sum(axis=(1, 2)) for _, ys, xs in regions], axis=1)
+        return _top_k(contrib, [name for name, _, _ in regions], k)
+    per = pd.DataFrame(per) if not isinstance(per, pd.DataFrame) else per
+    return _top_k(per.to_numpy(), [str(c) for c in per.columns], k)
+
+
+def _prefetch(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Read the next chunk in a thread while the current one is scored (torch releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="anomaly-vae-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while True:
+            chunk = pending.result()
+            if chunk is None:
+                return
+            pending = pool.submit(next, chunks, None)
+            yield chunk
+
+
+def iter_scored(det: Any, reader: Any, explain: int = 0, score: str | None = None) -> Iterator[ScoredChunk]:
+    """Score ``reader``'s chunks with ``det``; see the module docstring for the rules."""
+    columns = getattr(reader, "columns", None)
+    if det.input_kind_ == "table":
+        if getattr(reader, "is_images", False):
+            raise InputError(f"{getattr(reader, 'root', getattr(reader, 'path', ''))}: this model scores tables, not images")
+        if columns is not None and getattr(det, "feature_names_in_", None) is not None:
+            det.preprocessor_.select(pd.DataFrame(columns=columns))  # a missing column stops the job here
+        elif columns is not None and len(columns) != det.n_features_in_ and hasattr(reader, "array"):
+            raise InputError(f"{reader.path}: the array has {len(columns)} columns, the model expects {det.n_features_in_}")
+    elif not getattr(reader, "is_images", False):
+        raise InputError(f"{getattr(reader, 'path', '')}: this model scores images: give a folder of images or an "
+                         ".npy / .npz array of images")
+    for chunk in _prefetch(iter(reader)):
+        n = len(chunk)
+        scores = np.full(n, np.nan)
+        errors = list(chunk.errors)
+        good = np.array([e is None for e in errors], dtype=bool)
+        explained = None
+        if good.any():
+            if isinstance(chunk.data, pd.DataFrame):
+                data = chunk.data if good.all() else chunk.data[good]
+            elif getattr(reader, "root", None) is not None:
+                data = chunk.data  # image folders: only the files that decoded are in data
+            else:
+                data = chunk.data if good.all() else chunk.data[good]
+            s, errs = det.anomaly_score_rows(data, score=score)
+            scores[good] = s
+            idx = np.flatnonzero(good)
+            for j, e in zip(idx, errs):
+                if e is not None:
+                    errors[j] = e
+            if explain:
+                ok = np.array([e is None for e in errs], dtype=bool)
+                explained = pd.DataFrame(index=range(n))
+                if ok.any():
+                    sub = data if ok.all() else (data[ok] if not isinstance(data, pd.DataFrame) else data[ok])
+                    top = _explain(det, sub, explain)
+                    top.index = idx[ok]
+                    explained = explained.join(top)
+        elif explain:
+            explained = pd.DataFrame(index=range(n))
+        yield ScoredChunk(chunk, scores, errors, explained)
+
+
+def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row", explain: int = 0,
+                  progress: Callable[[int], None] | None = None) -> BatchSummary:
+    """Stream ``reader`` through ``det`` into ``out`` (.csv or .parquet), atomically.
+
+    Output columns: ``id_name``, score, p_value, is_anomaly, threshold, error, and with ``explain``
+    the top-K features or image regions (``top1_feature``, ``top1_nats``, ...). The threshold is
+    the detector's current one; it must be finite."""
+    if not np.isfinite(det.threshold_):
+        raise CalibrationError(getattr(det, "_calibration_error", None)
+                               or "the model has no finite threshold: recalibrate it or choose a larger alpha")
+    start = time.perf_counter()
+    summary = BatchSummary(alpha=det.alpha_, threshold=float(det.threshold_),
+                           skipped_files=getattr(reader, "skipped", 0))
+    cal_scores = np.sort(det.calibration_scores_)
+    explain_names: list[str] = []
+    if explain:
+        if det.input_kind_ == "image":
+            width = len(image_regions(det.preprocessor_.height, det.preprocessor_.width))
+        else:
+            width = len(det.preprocessor_.columns)
+        explain_names = [f"top{j}_{kind}" for j in range(1, min(explain, width) + 1) for kind in ("feature", "nats")]
+    with ResultWriter(Path(out)) as writer:
+        for sc in iter_scored(det, reader, explain=explain):
+            scored = ~np.isnan(sc.scores)
+            p = np.full(len(scored), np.nan)
+            p[scored] = conformal_p_values(sc.scores[scored], cal_scores)
+            flagged = scored & (np.nan_to_num(sc.scores, nan=-np.inf) > det.threshold_)
+            df = pd.DataFrame({
+                id_name: pd.array(sc.chunk.ids) if id_name != "row" else np.asarray(sc.chunk.ids, dtype=np.int64),
+                "score": sc.scores,
+                "p_value": p,
+                "is_anomaly": pd.array(np.where(scored, flagged, False), dtype="boolean"),
+                "threshold": np.full(len(scored), det.threshold_),
+                "error": pd.array([e if e is not None else "" for e in sc.errors], dtype="string"),
+            })
+            df.loc[~scored, "is_anomaly"] = pd.NA
+            if writer.format == "parquet" and id_name != "row":
+                df[id_name] = df[id_name].astype("string")  # one schema for every chunk
+            if explain:
+                ex = sc.explain.reindex(columns=explain_names)  # same columns in every chunk
+                for c in explain_names:
+                    df[c] = ex[c].astype("string" if c.endswith("_feature") else np.float64).to_numpy()
+            writer.write(df)
+            summary.add(sc.chunk.ids, sc.errors, flagged)
+            if progress is not None:
+                progress(len(sc.chunk))
+        summary.output = writer.commit()
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,34 +1,49 @@
 """anomaly-vae: anomaly detection by variational-autoencoder likelihood, with a calibrated
-false-alarm rate."""
+false-alarm rate.
+
+The public names are imported on first use (PEP 562), so that ``anomaly-vae --help`` and other
+light uses do not pay for importing torch and scikit-learn."""
+
+import importlib as _importlib
+import typing as _typing
 
 from ._version import __version__
-from .artifact import load_detector, read_model_card
-from .calibration import conformal_p_values, conformal_threshold, min_calibration_size
-from .detector import VAEAnomalyDetector
-from .exceptions import (
-    AnomalyVAEError,
-    ArtifactError,
-    CalibrationError,
-    InputError,
-    NotFittedError,
-    TrainingDivergedError,
-)
-from .models import ConvVAE, DenseVAE
 
-__all__ = [
-    "__version__",
-    "VAEAnomalyDetector",
-    "DenseVAE",
-    "ConvVAE",
-    "load_detector",
-    "read_model_card",
-    "conformal_threshold",
-    "conformal_p_values",
-    "min_calibration_size",
-    "AnomalyVAEError",
-    "ArtifactError",
-    "CalibrationError",
-    "InputError",
-    "NotFittedError",
-    "TrainingDivergedError",
-]
+_WHERE = {
+    "VAEAnomalyDetector": "detector",
+    "DenseVAE": "models",
+    "ConvVAE": "models",
+    "load_detector": "artifact",
+    "read_model_card": "artifact",
+    "conformal_threshold": "calibration",
+    "conformal_p_values": "calibration",
+    "min_calibration_size": "calibration",
+    "AnomalyVAEError": "exceptions",
+    "ArtifactError": "exceptions",
+    "CalibrationError": "exceptions",
+    "InputError": "exceptions",
+    "NotFittedError": "exceptions",
+    "TrainingDivergedError": "exceptions",
+}
+
+__all__ = ["__version__", *_WHERE]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    if name in _WHERE:
+        value = getattr(_importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if _typing.TYPE_CHECKING:
+    from .artifact import load_detector, read_model_card
+    from .calibration import conformal_p_values, conformal_threshold, min_calibration_size
+    from .detector import VAEAnomalyDetector
+    from .exceptions import AnomalyVAEError, ArtifactError, CalibrationError, InputError, NotFittedError, TrainingDivergedError
+    from .models import ConvVAE, DenseVAE

@@ -195,6 +195,8 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
             summary.add(sc.chunk.ids, sc.errors, flagged)
             if progress is not None:
                 progress(len(sc.chunk))
+        if summary.rows == 0:  # a header-only input still gives a well-formed (empty) output
+            writer.write(pd.DataFrame({c: pd.Series(dtype="float64") for c in (id_name, *RESULT_COLUMNS, *explain_names)}))
         summary.output = writer.commit()
     summary.seconds = time.perf_counter() - start
     return summary

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .exceptions import AnomalyVAEError
+from ._version import __version__
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3
 
@@ -259,9 +258,11 @@ def _add_table_flags(p: argparse.ArgumentParser, labels: bool) -> None:
                             "the labels are the first-level subfolder names")
 
 
+LIKELIHOODS = ("gaussian", "gaussian-shared", "gaussian-fixed", "bernoulli")  # objectives.LIKELIHOODS (test)
+SCORES = ("elbo", "reconstruction", "iwae")  # scoring.SCORES (test)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .objectives import LIKELIHOODS
-    from .scoring import SCORES
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    from .exceptions import AnomalyVAEError  # after parsing: --help and usage errors stay fast
+
     try:
         return int(args.func(args))
     except UsageError as err:

@@ -1,0 +1,314 @@
+"""The command line through its real entry point (a subprocess running `anomaly-vae`), on real
+data: ADBench cardio written as CSV with an id and a string column, and Fashion-MNIST as PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae import load_detector
+
+PIL = pytest.importorskip("PIL.Image")
+
+EXE = shutil.which("anomaly-vae", path=str(Path(sys.executable).parent)) or "anomaly-vae"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def table(cardio: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cardio with an id column and a string column (site), as a CSV file."""
+    df = cardio.copy()
+    df.insert(0, "id", [f"p{i:05d}" for i in range(len(df))])
+    df["site"] = np.random.RandomState(0).choice(["north", "south", "east"], len(df))
+    path = tmp_path_factory.mktemp("table") / "cardio.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def table_model(table: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("model") / "cardio-model"
+    r = run("train", table, "--out", out, "--label-column", "label", "--normal-label", "normal",
+            "--id-column", "id", "--epochs", "30", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@pytest.fixture(scope="module")
+def png_folders(fashion_sample: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root/normal/*.png (all 100 T-shirts) and root/other/*.png (50 sneakers), real Fashion-MNIST."""
+    images, labels = fashion_sample
+    root = tmp_path_factory.mktemp("fmnist")
+    for cls, name, take in ((0, "normal", 100), (7, "other", 50)):
+        (root / name).mkdir()
+        for i in np.flatnonzero(labels == cls)[:take]:
+            PIL.fromarray(images[i]).save(root / name / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_model(png_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("imodel") / "fmnist-model"
+    r = run("train", png_folders, "--out", out, "--normal-label", "normal", "--epochs", "3", "--alpha", "0.1",
+            "--latent-dim", "4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_help_teaches_commands_and_exit_codes() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("train", "score", "evaluate", "calibrate", "info", "demo", "exit codes"):
+        assert word in r.stdout
+    r = run("score", "--help")
+    assert r.returncode == 0 and "--explain" in r.stdout and "p_value" in r.stdout
+
+
+def test_train_with_labels_reports_held_out_metrics(table_model: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    model, r = table_model
+    assert "AUROC" in r.stdout and "false-alarm rate" in r.stdout
+    auroc = float(r.stdout.split("AUROC")[1].split()[0])
+    assert auroc > 0.85  # cardio, normal-only training: the Python API gets ~0.93
+    card = json.loads((model / "model.json").read_text())
+    names = [c["name"] for c in card["input"]["preprocessing"]["columns"]]
+    assert "id" not in names and "label" not in names and "site" in names
+    assert card["training"]["summary"]["holdout"]["n_anomalous"] == 176
+
+
+def test_info_shows_the_model_card(table_model: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    r = run("info", table_model[0])
+    assert r.returncode == 0
+    for word in ("site (cat)", "threshold", "calibration scores", "dense VAE", "held-out check", "torch"):
+        assert word in r.stdout
+    r = run("info", table_model[0], "--json")
+    assert json.loads(r.stdout)["format_version"] == 1
+
+
+def test_score_round_trip_matches_python_api_exactly(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    r = run("score", table_model[0], table, "--out", out, "--id-column", "id", "--batch-size", "500", "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = pd.read_csv(out)
+    df = pd.read_csv(table)
+    assert list(res.columns) == ["id", "score", "p_value", "is_anomaly", "threshold", "error"]
+    assert res["id"].tolist() == df["id"].tolist()  # one row per input row, in order
+    det = load_detector(table_model[0])
+    expected = det.anomaly_score(df)
+    np.testing.assert_array_equal(res["score"].to_numpy(), expected)  # the same scores as Python, bit for bit
+    np.testing.assert_array_equal(res["is_anomaly"].to_numpy(dtype=bool), expected > det.threshold_)
+    np.testing.assert_allclose(res["p_value"], det.p_values_from_scores(expected))
+    assert res["error"].isna().all()
+    assert f"scored {len(df)} of {len(df)} rows" in r.stdout and "anomalies flagged" in r.stdout
+
+
+def test_score_columns_in_another_order_give_the_same_scores(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                             tmp_path: Path) -> None:
+    df = pd.read_csv(table).head(300)
+    shuffled = tmp_path / "shuffled.csv"
+    df[list(reversed(df.columns))].to_csv(shuffled, index=False)
+    r = run("score", table_model[0], shuffled, "--out", tmp_path / "s.csv", "--quiet")
+    assert r.returncode == 0, r.stderr
+    res = pd.read_csv(tmp_path / "s.csv")
+    assert res["row"].tolist() == list(range(300))
+    np.testing.assert_array_equal(res["score"], load_detector(table_model[0]).anomaly_score(df))
+
+
+def test_bad_rows_are_flagged_and_nothing_is_lost(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                  tmp_path: Path) -> None:
+    lines = table.read_text().splitlines()[:41]  # header + 40 rows
+    header = lines[0].split(",")
+    f02 = header.index("f02")
+    row = lines[4].split(",")
+    row[f02] = "12,5".replace(",", ";")  # an unparsable number
+    lines[4] = ",".join(row)
+    lines[9] = lines[9] + ",surplus"  # a line with one field too many
+    lines[15] = ",".join(lines[15].split(",")[:-3])  # three fields short
+    row = lines[20].split(",")
+    row[f02] = "inf"
+    lines[20] = ",".join(row)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "bad-scores.csv"
+    r = run("score", table_model[0], bad, "--out", out, "--id-column", "id", "--quiet")
+    assert r.returncode == 3, r.stderr  # documented: some rows had errors
+    res = pd.read_csv(out, keep_default_na=False)
+    assert len(res) == 40
+    errors = dict(zip(range(40), res["error"]))
+    assert "column 'f02': expected a number, got '12;5'" in errors[3]
+    assert "line 10: expected 24 fields, found 25" in errors[8]
+    assert "line 16: expected 24 fields, found 21" in errors[14]
+    assert "not finite" in errors[19]
+    assert res.loc[3, "id"] == "p00003" and res.loc[8, "id"] == "p00008"  # the id survives a malformed line
+    flagged = {3, 8, 14, 19}
+    for i in range(40):
+        assert (res.loc[i, "score"] == "") == (i in flagged)
+    assert "rows with errors     4" in r.stdout
+    good = pd.read_csv(table).head(40).drop(index=list(flagged))
+    np.testing.assert_array_equal(res.loc[[i for i in range(40) if i not in flagged], "score"].astype(float),
+                                  load_detector(table_model[0]).anomaly_score(good))
+
+
+def test_missing_column_is_a_clear_fatal_error_and_keeps_an_old_output(
+        table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    df = pd.read_csv(table).head(20).drop(columns=["f07"])
+    path = tmp_path / "missing.csv"
+    df.to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    out.write_text("previous results\n")
+    r = run("score", table_model[0], path, "--out", out, "--quiet")
+    assert r.returncode == 1
+    assert "missing column(s) ['f07']" in r.stderr
+    assert out.read_text() == "previous results\n"  # never replaced by a half or empty file
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_empty_and_header_only_files(table_model: tuple[Path, subprocess.CompletedProcess[str]], table: Path,
+                                     tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    r = run("score", table_model[0], empty, "--out", tmp_path / "o.csv", "--quiet")
+    assert r.returncode == 1 and "empty.csv: the file is empty" in r.stderr
+    header = tmp_path / "header.csv"
+    header.write_text(table.read_text().splitlines()[0] + "\n")
+    r = run("score", table_model[0], header, "--out", tmp_path / "o.csv", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert pd.read_csv(tmp_path / "o.csv").columns.tolist() == ["row", "score", "p_value", "is_anomaly", "threshold", "error"]
+
+
+def test_paths_that_do_not_exist(table_model: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    r = run("score", table_model[0], tmp_path / "nope.csv", "--out", tmp_path / "o.csv")
+    assert r.returncode == 1 and "nope.csv: no such file or directory" in r.stderr
+    r = run("score", tmp_path / "no-model", tmp_path / "nope.csv", "--out", tmp_path / "o.csv")
+    assert r.returncode == 1 and "not a model directory" in r.stderr
+
+
+def test_usage_errors_exit_2(table_model: tuple[Path, subprocess.CompletedProcess[str]], table: Path, tmp_path: Path) -> None:
+    assert run("score", table_model[0], table).returncode == 2  # --out is required
+    r = run("train", table, "--out", tmp_path / "m", "--alpha", "2")
+    assert r.returncode == 2 and "alpha must be in (0, 1)" in r.stderr
+    r = run("evaluate", table_model[0], table)
+    assert r.returncode == 2 and "--label-column" in r.stderr
+    assert run("frobnicate").returncode == 2
+
+
+def test_evaluate_writes_metrics_and_plots(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                           tmp_path: Path) -> None:
+    r = run("evaluate", table_model[0], table, "--label-column", "label", "--normal-label", "normal",
+            "--id-column", "id", "--json", tmp_path / "m.json", "--plots", tmp_path / "plots")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n"] == 1831 and m["n_anomalous"] == 176
+    assert m["auroc"] > 0.85 and 0 <= m["false_alarm_rate"] < 0.05
+    c = m["confusion"]
+    assert c["normal"]["flagged"] + c["normal"]["not_flagged"] == 1655
+    assert "confusion" in r.stdout and "AUROC" in r.stdout
+    for name, size in (("roc.png", (500, 500)), ("scores.png", (700, 400))):
+        with PIL.open(tmp_path / "plots" / name) as img:
+            assert img.size == size
+
+
+def test_calibrate_rechooses_the_threshold_without_retraining(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                               tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(table_model[0], model)
+    before = load_detector(model)
+    df = pd.read_csv(table)
+    normal = df[df.label == "normal"].sample(600, random_state=1)
+    path = tmp_path / "new-normal.csv"
+    normal.to_csv(path, index=False)
+    r = run("calibrate", model, path, "--alpha", "0.05", "--id-column", "id", "--label-column", "label")
+    assert r.returncode == 0, r.stderr
+    after = load_detector(model)
+    assert after.calibration_scores_.size == 600 and after.alpha_ == 0.05
+    np.testing.assert_array_equal(np.sort(after.calibration_scores_), np.sort(before.anomaly_score(normal)))
+    for a, b in zip(before.model_.parameters(), after.model_.parameters()):
+        assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+    assert "-> 600" in r.stdout
+
+
+def test_parquet_and_tsv_inputs_and_parquet_output(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                   tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    df = pd.read_csv(table).head(200)
+    expected = load_detector(table_model[0]).anomaly_score(df)
+    df.to_parquet(tmp_path / "t.parquet")
+    df.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    df.to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    for name in ("t.parquet", "t.tsv", "semi.csv"):
+        r = run("score", table_model[0], tmp_path / name, "--out", tmp_path / "o.parquet", "--id-column", "id",
+                "--batch-size", "64", "--explain", "2", "--quiet")
+        assert r.returncode == 0, (name, r.stderr)
+        res = pd.read_parquet(tmp_path / "o.parquet")
+        assert res["id"].tolist() == df["id"].tolist(), name
+        np.testing.assert_array_equal(res["score"], expected)
+        assert {"top1_feature", "top1_nats", "top2_feature", "top2_nats"} <= set(res.columns)
+        assert (res["top1_nats"] >= res["top2_nats"]).all()
+
+
+def test_image_folder_with_a_corrupt_file(png_folders: Path, image_model: Path, fashion_sample: tuple[np.ndarray, np.ndarray],
+                                          tmp_path: Path) -> None:
+    images, labels = fashion_sample
+    folder = tmp_path / "incoming"
+    (folder / "b").mkdir(parents=True)
+    for k, i in enumerate(np.flatnonzero(labels == 0)[:3]):
+        PIL.fromarray(images[i]).save(folder / f"a{k}.png")
+    PIL.fromarray(images[0]).convert("RGB").resize((40, 40)).save(folder / "b" / "colour.jpg")  # resized, converted
+    good = (folder / "a0.png").read_bytes()
+    (folder / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "b" / "garbage.png").write_bytes(b"not an image at all")
+    (folder / "README.txt").write_text("not an image")
+    out = tmp_path / "scores.csv"
+    r = run("score", image_model, folder, "--out", out, "--explain", "3", "--quiet")
+    assert r.returncode == 3, r.stderr
+    res = pd.read_csv(out, keep_default_na=False)
+    assert res["path"].tolist() == ["a0.png", "a1.png", "a2.png", "b/colour.jpg", "b/garbage.png", "b/truncated.png"]
+    err = dict(zip(res["path"], res["error"]))
+    assert "truncated" in err["b/truncated.png"] and "not an image" in err["b/garbage.png"]
+    assert err["a0.png"] == "" and err["b/colour.jpg"] == ""
+    det = load_detector(image_model)
+    x = np.stack([images[i] for i in np.flatnonzero(labels == 0)[:3]])
+    np.testing.assert_array_equal(res["score"][:3].astype(float), det.anomaly_score(x))
+    assert res.loc[0, "top1_feature"].startswith("y")
+    assert "not images, skipped  1" in r.stdout
+
+
+def test_evaluate_image_folders_by_subfolder(png_folders: Path, image_model: Path) -> None:
+    r = run("evaluate", image_model, png_folders)
+    assert r.returncode == 0, r.stderr
+    assert "100 normal with label 'normal', 50 others" in r.stdout
+
+
+def test_image_model_refuses_a_table(image_model: Path, table: Path, tmp_path: Path) -> None:
+    r = run("score", image_model, table, "--out", tmp_path / "o.csv", "--quiet")
+    assert r.returncode == 1 and "scores images" in r.stderr
+
+
+def test_memory_is_flat_in_the_input_size(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                          tmp_path: Path) -> None:
+    """Streaming: a CSV 4x larger must not need more than 1.2x the memory (peak RSS of the process)."""
+    df = pd.read_csv(table)
+    small, big = tmp_path / "small.csv", tmp_path / "big.csv"
+    pd.concat([df] * 30, ignore_index=True).to_csv(small, index=False)  # 55k rows
+    pd.concat([df] * 120, ignore_index=True).to_csv(big, index=False)  # 220k rows, ~60 MB
+    peaks = []
+    for path in (small, big):
+        proc = subprocess.Popen([EXE, "score", str(table_model[0]), str(path), "--out", str(tmp_path / "o.csv"), "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0
+        peaks.append(usage.ru_maxrss)
+    assert peaks[1] <= 1.2 * peaks[0], f"peak RSS {peaks[0] / 1024:.0f} MiB -> {peaks[1] / 1024:.0f} MiB"

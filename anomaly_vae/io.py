@@ -126,20 +126,23 @@ class TableReader:
         self.batch_size = int(batch_size)
         self.id_column, self.label_column = id_column, label_column
         self.dtypes = dict(dtypes or {})
-        if self.kind == "csv":
-            self._open_csv(sep)
-        else:
-            self._open_parquet()
-        for role, col in (("id", id_column), ("label", label_column)):
-            if col is not None and col not in self.columns:
-                raise InputError(f"{self.path}: the {role} column {col!r} is not in the header; columns are {self.columns}")
+        try:
+            if self.kind == "csv":
+                self._open_csv(sep)
+            else:
+                self._open_parquet()
+            for role, col in (("id", id_column), ("label", label_column)):
+                if col is not None and col not in self.columns:
+                    raise InputError(f"{self.path}: the {role} column {col!r} is not in the header; columns are {self.columns}")
+        except BaseException:
+            self.close()
+            raise
 
     # CSV: raw lines are counted and checked here (fast, with numpy), then parsed by pandas' C parser
     def _open_csv(self, sep: str | None) -> None:
         self._file: BinaryIO = open(self.path, "rb")
         head = self._file.read(1 << 16)
         if not head.strip():
-            self._file.close()
             raise InputError(f"{self.path}: the file is empty (expected a header row and data rows)")
         if head.startswith(b"\xef\xbb\xbf"):
             head = head[3:]
@@ -498,8 +501,12 @@ def open_data(path: str | os.PathLike[str], *, batch_size: int = 16384, sep: str
 
 def read_all(reader: Any) -> Chunk:
     """All chunks of ``reader`` as one chunk; any unreadable row is an ``InputError`` (for
-    training and calibration, where a silently skipped row would change the model)."""
-    chunks = list(reader)
+    training and calibration, where a silently skipped row would change the model). Closes
+    ``reader``."""
+    try:
+        chunks = list(reader)
+    finally:
+        reader.close()
     errors = [(c.ids[i], e) for c in chunks for i, e in enumerate(c.errors) if e is not None]
     if errors:
         shown = "; ".join(f"{i}: {e}" for i, e in errors[:3])

@@ -1,0 +1,131 @@
+"""Chunked readers: every row accounted for, whatever the chunk size, quoting or line endings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.exceptions import InputError
+from anomaly_vae.io import ArrayReader, ResultWriter, TableReader, list_images, load_image, parse_size, read_all
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+def rows(path: Path, batch_size: int, **kw: object) -> tuple[pd.DataFrame, list[str | None], list[int]]:
+    with TableReader(path, batch_size=batch_size, **kw) as r:  # type: ignore[arg-type]
+        chunks = list(r)
+    return (pd.concat([c.data for c in chunks], ignore_index=True), [e for c in chunks for e in c.errors],
+            [len(c) for c in chunks])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7, 64, 10_000])
+def test_chunks_give_every_row_once_in_order(cardio: pd.DataFrame, tmp_path: Path, batch_size: int) -> None:
+    df = cardio.head(150)
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    got, errors, sizes = rows(path, batch_size)
+    pd.testing.assert_frame_equal(got, df)
+    assert errors == [None] * 150 and max(sizes) <= max(batch_size, 1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100])
+def test_quoted_fields_with_separators_and_newlines(tmp_path: Path, batch_size: int) -> None:
+    path = tmp_path / "q.csv"
+    path.write_bytes(b'\xef\xbb\xbfid,note,x\r\n1,"a, b",0.5\r\n2,"two\nlines",1.5\r\n\r\n3,"say ""hi""",2\r\n4,plain,3\r\n')
+    got, errors, _ = rows(path, batch_size)
+    assert got.columns.tolist() == ["id", "note", "x"]  # the byte-order mark is not part of the first name
+    assert got["note"].tolist() == ["a, b", "two\nlines", 'say "hi"', "plain"]  # the blank line is not a row
+    assert got["x"].tolist() == [0.5, 1.5, 2.0, 3.0] and errors == [None] * 4
+
+
+def test_wrong_field_counts_are_row_errors_with_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5\n\n6,7,8,9\n10,11,12\n")
+    got, errors, _ = rows(path, 2)
+    assert len(got) == 4
+    assert errors[1] == "line 3: expected 3 fields, found 2 (separator ',')"
+    assert errors[2] == "line 5: expected 3 fields, found 4 (separator ',')"
+    assert errors[0] is None and errors[3] is None
+    assert got["a"].tolist()[3] == 10 and got.iloc[1].isna().all()
+
+
+def test_separator_is_sniffed(tmp_path: Path) -> None:
+    for sep, name in ((";", "s.csv"), ("\t", "t.txt"), ("|", "p.csv")):
+        path = tmp_path / name
+        path.write_text(sep.join(["a", "b"]) + "\n" + sep.join(["1.5", "x"]) + "\n")
+        with TableReader(path) as r:
+            assert r.sep == sep and r.columns == ["a", "b"]
+
+
+def test_empty_file_and_duplicate_header(tmp_path: Path) -> None:
+    (tmp_path / "e.csv").write_text("\n\n")
+    with pytest.raises(InputError, match="the file is empty"):
+        TableReader(tmp_path / "e.csv")
+    (tmp_path / "d.csv").write_text("a,b,a\n1,2,3\n")
+    with pytest.raises(InputError, match=r"duplicate column name\(s\) \['a'\]"):
+        TableReader(tmp_path / "d.csv")
+
+
+def test_categorical_columns_read_as_text_keep_leading_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "z.csv"
+    path.write_text("zip,x\n007,1\n010,2\n")
+    got, _, _ = rows(path, 10, dtypes={"zip": str})
+    assert got["zip"].tolist() == ["007", "010"]
+
+
+def test_read_all_refuses_unreadable_rows(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b\n1,2\n3\n")
+    with pytest.raises(InputError, match="1 unreadable row"):
+        read_all(TableReader(path))
+
+
+def test_npy_object_arrays_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="unpickle"):
+        ArrayReader(tmp_path / "o.npy")
+
+
+def test_images_are_listed_sorted_and_converted(tmp_path: Path, fashion_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    images, _ = fashion_sample
+    (tmp_path / "b").mkdir()
+    PIL.fromarray(images[0]).save(tmp_path / "b" / "x.PNG")
+    PIL.fromarray(images[1]).convert("RGB").save(tmp_path / "a.bmp")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    (tmp_path / "notes.md").write_text("")
+    paths, skipped = list_images(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a.bmp", "b/x.PNG"] and skipped == 2
+    grey = load_image(tmp_path / "b" / "x.PNG", None, 1)
+    np.testing.assert_array_equal(grey[0], images[0].astype(np.float32) / 255)
+    colour = load_image(tmp_path / "b" / "x.PNG", (14, 20), 3)
+    assert colour.shape == (3, 14, 20) and colour.dtype == np.float32
+
+
+def test_decompression_bomb_guard_stays_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    PIL.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PIL, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 1000: Pillow's warning, an error here
+    with pytest.raises(InputError, match="too many pixels"):
+        load_image(tmp_path / "big.png", None, 1)
+
+
+def test_parse_size() -> None:
+    assert parse_size("28x32") == (28, 32)
+    with pytest.raises(InputError, match="HxW"):
+        parse_size("28")
+
+
+def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with ResultWriter(target) as w:
+            w.write(pd.DataFrame({"a": [1]}))
+            raise RuntimeError("crash in the middle")
+    assert list(tmp_path.iterdir()) == []
+    with ResultWriter(target) as w:
+        w.write(pd.DataFrame({"a": [1]}))
+        w.write(pd.DataFrame({"a": [2]}))
+        w.commit()
+    assert target.read_text() == "a\n1\n2\n" and list(tmp_path.iterdir()) == [target]

@@ -16,7 +16,7 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,images,parquet,plots]"
+	$(BIN)/pip install --quiet -e ".[dev,images,plots]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -170,10 +170,8 @@ class TableReader:
         self._rest = b""
 
     def _open_parquet(self) -> None:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise InputError("reading Parquet needs pyarrow: pip install 'anomaly-vae[parquet]'") from None
+        import pyarrow.parquet as pq
+
         try:
             self._pq = pq.ParquetFile(self.path)
         except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
@@ -213,6 +211,7 @@ class TableReader:
         """Blocks of whole records (cut at a newline outside quotes), about batch_size rows each.
         Reads only when the buffer holds fewer records than that, so memory stays bounded."""
         buf, eof = b"", False
+        read_size = 1 << 20
         while True:
             arr = np.frombuffer(buf, dtype=np.uint8)
             nl = np.flatnonzero(arr == 10)
@@ -231,7 +230,9 @@ class TableReader:
                 if buf.strip():
                     yield buf if buf.endswith(b"\n") else buf + b"\n"
                 return
-            part = self._file.read(1 << 20)
+            if len(nl):  # read about what the rest of the block needs, from the bytes per row so far
+                read_size = int(min(max(1 << 20, (self.batch_size - len(nl) + 16) * (len(buf) / len(nl)) * 1.1), 1 << 28))
+            part = self._file.read(read_size)
             if part:
                 buf += part
             else:
@@ -534,7 +535,6 @@ class ResultWriter:
     _tmp: Path | None = field(default=None, init=False)
     _pq_writer: Any = field(default=None, init=False)
     _schema: Any = field(default=None, init=False)
-    _header: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -542,34 +542,29 @@ class ResultWriter:
         if suffix not in (".csv", ".parquet", ".pq"):
             raise InputError(f"{self.path}: the output must end in .csv or .parquet")
         self.format = "csv" if suffix == ".csv" else "parquet"
-        if self.format == "parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise InputError("writing Parquet needs pyarrow: pip install 'anomaly-vae[parquet]'") from None
         if not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path.parent}: the output folder does not exist")
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
         os.close(fd)
         self._tmp = Path(tmp)
-        self._csv = open(self._tmp, "w", newline="", encoding="utf-8") if self.format == "csv" else None
 
     def write(self, df: pd.DataFrame) -> None:
-        if self.format == "csv":
-            df.to_csv(self._csv, index=False, header=self._header, lineterminator="\n")
-            self._header = False
-            return
+        """Append ``df``; every chunk must have the columns and types of the first. Arrow's
+        writers release the GIL, so writing overlaps scoring (CSV: floats in shortest round-trip
+        form, booleans true/false, missing values empty)."""
         import pyarrow as pa
+        import pyarrow.csv as pc
         import pyarrow.parquet as pq
 
         if self._pq_writer is None:
             self._schema = pa.Schema.from_pandas(df, preserve_index=False)
-            self._pq_writer = pq.ParquetWriter(self._tmp, self._schema)
+            if self.format == "csv":
+                self._pq_writer = pc.CSVWriter(str(self._tmp), self._schema)
+            else:
+                self._pq_writer = pq.ParquetWriter(self._tmp, self._schema)
         self._pq_writer.write_table(pa.Table.from_pandas(df, schema=self._schema, preserve_index=False))
 
     def commit(self) -> Path:
-        if self._csv is not None:
-            self._csv.close()
         if self._pq_writer is not None:
             self._pq_writer.close()
         assert self._tmp is not None
@@ -578,8 +573,6 @@ class ResultWriter:
         return self.path
 
     def abort(self) -> None:
-        if self._csv is not None and not self._csv.closed:
-            self._csv.close()
         if self._pq_writer is not None:
             try:
                 self._pq_writer.close()

@@ -168,10 +168,14 @@ class TablePreprocessor:
                 if col["indicator"]:
                     out[:, j + 1] = miss
             else:
-                values = self._strings_rows(s, name, errors)
-                index = {c: i for i, c in enumerate(col["categories"])}
-                other = index[OTHER]
-                pos = np.fromiter((index.get(v, other) for v in values), dtype=np.int64, count=n)
+                cats = col["categories"]
+                if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+                    # fast path (text columns, as the CSV reader gives them): no per-value type checks
+                    values = np.where(s.isna().to_numpy(), MISSING, s.to_numpy(dtype=object))
+                else:
+                    values = self._strings_rows(s, name, errors)
+                codes = pd.Index(cats, dtype=object).get_indexer(values)  # -1 where not a training category
+                pos = np.where(codes < 0, cats.index(OTHER), codes)  # unseen and missing -> <other>
                 out[np.arange(n), j + pos] = 1.0
             j += self._width(col)
         bad = [i for i, e in enumerate(errors) if e is not None]

@@ -45,7 +45,9 @@ def _block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) 
         return -sum_event(model.log_likelihood(x, model.decode(mu)))
     z = model.reparameterize(mu.unsqueeze(0), logvar.unsqueeze(0), noise.unsqueeze(1))  # (K, B, k)
     params = model.decode(z)  # (K, B, *event)
-    log_px = torch.stack([sum_event(model.log_likelihood(x, p)) for p in params])  # (K, B)
+    k, b = params.shape[:2]
+    per = model.log_likelihood(x.unsqueeze(0).expand_as(params), params)  # (K, B, *event), one op for all K
+    log_px = per.reshape(k, b, -1).sum(dim=2)  # (K, B)
     if score == "elbo":
         return -log_px.mean(dim=0) + kl_standard_normal(mu, logvar)
     # iwae: -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)

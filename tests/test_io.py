@@ -128,4 +128,4 @@ def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
         w.write(pd.DataFrame({"a": [1]}))
         w.write(pd.DataFrame({"a": [2]}))
         w.commit()
-    assert target.read_text() == "a\n1\n2\n" and list(tmp_path.iterdir()) == [target]
+    assert target.read_text() == '"a"\n1\n2\n' and list(tmp_path.iterdir()) == [target]

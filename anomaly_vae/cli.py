@@ -138,7 +138,7 @@ def _score(args: argparse.Namespace) -> int:
         reader.close()
     rate = summary.anomaly_rate
     print(f"scored {summary.scored} of {summary.rows} {'files' if kind == 'images' else 'rows'} from {args.data} "
-          f"in {summary.seconds:.1f} s ({summary.rows / max(summary.seconds, 1e-9):,.0f}/s)")
+          f"in {summary.seconds:.2f} s ({summary.rows / max(summary.seconds, 1e-9):,.0f}/s)")
     print(f"  anomalies flagged    {summary.anomalies} ({_fmt(rate, '.2%')} of scored; target false-alarm rate "
           f"alpha {_fmt(summary.alpha, 'g')}, threshold {summary.threshold:.4g})")
     print(f"  rows with errors     {summary.errors}")

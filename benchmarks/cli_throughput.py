@@ -34,6 +34,9 @@ from sklearn.ensemble import IsolationForest
 
 from anomaly_vae import VAEAnomalyDetector
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procstat import peak_rss_mib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EXE = shutil.which("anomaly-vae", path=str(Path(sys.executable).parent)) or "anomaly-vae"
@@ -52,25 +55,6 @@ def cli_score(model: Path, data: Path, out: Path) -> dict[str, float]:
     assert m, stdout
     rows, seconds = int(m.group(2)), float(m.group(3))
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "wall": wall, "wall_rate": rows / wall}
-
-
-def peak_rss_mib(cmd: list[str]) -> float:
-    """Peak RSS of a command, from its own /proc/PID/status VmHWM, polled until it exits.
-    (wait4's ru_maxrss is no good here: Linux carries the forking parent's high-water mark
-    across exec, so a child of a big process reports the parent's size.)"""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status, peak = Path(f"/proc/{proc.pid}/status"), 0
-    while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        time.sleep(0.02)
-    if proc.wait() != 0:
-        raise RuntimeError(f"{cmd} failed with exit code {proc.returncode}")
-    return peak / 1024
 
 
 def timed(fn, *args) -> tuple[float, object]:  # type: ignore[no-untyped-def]

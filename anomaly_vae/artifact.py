@@ -21,7 +21,9 @@ from .exceptions import ArtifactError
 from .models import build_model
 from .preprocessing import ImagePreprocessor, TablePreprocessor
 
-__all__ = ["FORMAT_VERSION", "save_detector", "load_detector", "read_model_card"]
+__all__ = ["FORMAT_VERSION", "save_detector", "load_detector", "read_model_card", "export_to_bentoml", "resolve_model"]
+
+DEFAULT_BENTO_NAME = "anomaly_vae"
 
 FORMAT_VERSION = 1
 JSON_NAME, WEIGHTS_NAME = "model.json", "model.safetensors"
@@ -166,3 +168,58 @@ def load_detector(path: str | os.PathLike[str]) -> Any:
         det.best_f1_ = c["best_f1"]
     det.model_card_ = card
     return det
+
+
+# -- the BentoML model store ---------------------------------------------------------------------
+def _bentoml() -> Any:
+    try:
+        import bentoml
+    except ImportError:
+        raise ArtifactError("the BentoML model store needs bentoml: pip install 'anomaly-vae[service]'") from None
+    return bentoml
+
+
+def export_to_bentoml(path: str | os.PathLike[str], name: str = DEFAULT_BENTO_NAME) -> str:
+    """Put the model directory ``path`` into the BentoML model store as a new version of ``name``:
+    the same ``model.json`` and ``model.safetensors`` files, checked by loading them first (never a
+    pickled module). Returns the tag, ``"name:version"``."""
+    import shutil
+
+    bentoml = _bentoml()
+    det = load_detector(path)  # refuses a corrupt or modified model before it reaches the store
+    card = det.model_card_
+    p = Path(path)
+    labels = {"package": "anomaly-vae", "input_kind": det.input_kind_, "score": det.score_kind,
+              "weights_sha256": card["weights"]["sha256"][:12]}
+    metadata = {"format_version": card["format_version"], "package_version": card.get("package_version"),
+                "threshold": float(det.threshold_), "alpha": det.alpha_,
+                "calibration_n": int(len(det.calibration_scores_)), "source": str(p.resolve())}
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
+        for f in (JSON_NAME, card["weights"]["file"]):
+            shutil.copyfile(p / f, Path(bento_model.path) / f)
+    return str(bento_model.tag)
+
+
+def resolve_model(ref: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """A model reference, either a model directory or a BentoML model tag (``anomaly_vae`` or
+    ``anomaly_vae:latest`` or ``anomaly_vae:VERSION``), as (directory, tag or None)."""
+    p = Path(ref)
+    if p.is_dir():
+        return p, None
+    text = str(ref)
+    if os.sep in text or text.startswith(".") or (os.altsep and os.altsep in text):
+        raise ArtifactError(f"{text} is not a model directory (no such folder); give a model directory or a "
+                            "BentoML model tag such as anomaly_vae:latest")
+    bentoml = _bentoml()
+    try:
+        stored = bentoml.models.get(text)
+    except bentoml.exceptions.NotFound:
+        raise ArtifactError(f"no model {text!r} in the BentoML model store ({_store_path()}): put one there with "
+                            "`anomaly-vae export MODEL_DIR`, or give a model directory") from None
+    except ValueError as err:  # a malformed tag
+        raise ArtifactError(f"{text!r} is neither a model directory nor a BentoML model tag: {err}") from None
+    return Path(stored.path), str(stored.tag)
+
+
+def _store_path() -> str:
+    return str(Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models")

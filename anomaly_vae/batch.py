@@ -162,12 +162,14 @@ def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Ite
 
 
 def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row", explain: int = 0,
-                  progress: Callable[[int], None] | None = None) -> BatchSummary:
+                  progress: Callable[[int], None] | None = None,
+                  observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
     """Stream ``reader`` through ``det`` into ``out`` (.csv or .parquet), atomically.
 
     Output columns: ``id_name``, score, p_value, is_anomaly, threshold, error, and with ``explain``
     the top-K features or image regions (``top1_feature``, ``top1_nats``, ...). The threshold is
-    the detector's current one; it must be finite."""
+    the detector's current one; it must be finite. ``observe(scores, flagged)`` is called per chunk
+    with the scores of the rows that were scored (for metrics)."""
     if not np.isfinite(det.threshold_):
         raise CalibrationError(getattr(det, "_calibration_error", None)
                                or "the model has no finite threshold: recalibrate it or choose a larger alpha")
@@ -208,6 +210,8 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
                 pending.result()
             pending = pool.submit(writer.write, df)
             summary.add(sc.chunk.ids, sc.errors, flagged)
+            if observe is not None:
+                observe(sc.scores[scored], flagged[scored])
             if progress is not None:
                 progress(len(sc.chunk))
         if pending is not None:

@@ -236,6 +236,15 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .artifact import export_to_bentoml
+
+    tag = export_to_bentoml(args.model_dir, args.name)
+    print(f"exported {args.model_dir} to the BentoML model store as {tag}")
+    print(f"  serve it             ANOMALY_VAE_MODEL={tag} bentoml serve   (from the repository root)")
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import format_result, run_demo
 
@@ -353,6 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--json", action="store_true", help="the whole model.json")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="put a model directory into the BentoML model store for the service",
+                       description="Copy MODEL_DIR (model.json + model.safetensors, checked by loading them) into "
+                                   "the BentoML model store ($BENTOML_HOME, default ~/bentoml) as a new version of "
+                                   "--name. The service serves anomaly_vae:latest unless ANOMALY_VAE_MODEL says "
+                                   "otherwise.")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--name", default="anomaly_vae", help="model name in the store (default anomaly_vae)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="train, calibrate and evaluate on the cardio table that ships with the repo",
                        description="Train on the normal rows of data/cardio.csv, calibrate a threshold for "

@@ -12,7 +12,14 @@ class AnomalyVAEError(Exception):
 
 
 class InputError(AnomalyVAEError, ValueError):
-    """Input data that cannot be used: wrong shape, missing column, non-finite value, ..."""
+    """Input data that cannot be used: wrong shape, missing column, non-finite value, ...
+
+    ``reason`` is a short fixed word for what kind of problem it is ("missing_column",
+    "not_finite", ...), for counting rejected requests without reading the message."""
+
+    def __init__(self, message: str, reason: str = "invalid_input") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CalibrationError(AnomalyVAEError, ValueError):

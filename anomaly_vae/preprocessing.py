@@ -68,6 +68,7 @@ class TablePreprocessor:
     def fit(self, df: pd.DataFrame) -> "TablePreprocessor":
         if df.shape[1] == 0:
             raise InputError("the table has no columns")
+        self.__dict__.pop("_layout_cache", None)
         self.columns: list[dict[str, Any]] = []
         for name in df.columns:
             s = df[name]
@@ -129,7 +130,7 @@ class TablePreprocessor:
         by_name = {str(c): c for c in df.columns}  # names are kept as strings (JSON); 0 matches "0"
         missing = [n for n in self.names if n not in by_name]
         if missing:
-            raise InputError(f"missing column(s) {missing}; the model expects columns {self.names}")
+            raise InputError(f"missing column(s) {missing}; the model expects columns {self.names}", reason="missing_column")
         out = df[[by_name[n] for n in self.names]]
         out.columns = self.names
         return out
@@ -154,20 +155,15 @@ class TablePreprocessor:
         n = len(df)
         out = np.zeros((n, self.n_features_out), dtype=np.float32)
         errors: list[tuple[str, str] | None] = [None] * n
+        numeric = [k for k, col in enumerate(self.columns) if col["type"] == "numeric"]
+        values = np.empty((n, len(numeric)), dtype=np.float64)
+        for m, k in enumerate(numeric):
+            values[:, m] = self._numeric_rows(df[self.columns[k]["name"]], self.columns[k]["name"], errors)
+        self._fill_numeric(out, values)
         j = 0
         for col in self.columns:
             name, s = col["name"], df[col["name"]]
-            if col["type"] == "numeric":
-                v = self._numeric_rows(s, name, errors)
-                miss = np.isnan(v)
-                if miss.any() and not col["indicator"]:
-                    log.warning("column %r: %d missing value(s) imputed with the training median %g "
-                                "(the column had no missing values in training)", name, int(miss.sum()), col["median"])
-                v = np.where(miss, col["median"], v)
-                out[:, j] = (v - col["mean"]) / col["std"]
-                if col["indicator"]:
-                    out[:, j + 1] = miss
-            else:
+            if col["type"] == "categorical":
                 cats = col["categories"]
                 if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
                     # fast path (text columns, as the CSV reader gives them): no per-value type checks
@@ -181,6 +177,59 @@ class TablePreprocessor:
         bad = [i for i, e in enumerate(errors) if e is not None]
         out[bad] = 0.0
         return out, errors
+
+    def _numeric_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Per numeric column: output position, mean, std, median, has-indicator; and the names."""
+        if not hasattr(self, "_layout_cache"):
+            pos, mean, std, med, ind, names = [], [], [], [], [], []
+            j = 0
+            for col in self.columns:
+                if col["type"] == "numeric":
+                    pos.append(j)
+                    mean.append(col["mean"])
+                    std.append(col["std"])
+                    med.append(col["median"])
+                    ind.append(col["indicator"])
+                    names.append(col["name"])
+                j += self._width(col)
+            self._layout_cache = (np.array(pos, dtype=np.intp), np.array(mean), np.array(std), np.array(med),
+                                  np.array(ind, dtype=bool), names)
+        return self._layout_cache
+
+    def _fill_numeric(self, out: np.ndarray, values: np.ndarray) -> None:
+        """Write the scaled numeric columns (and missing indicators) of ``values`` (N, n_numeric),
+        float64 with NaN for missing, into ``out``. The one place of the scaling formula."""
+        pos, mean, std, med, ind, names = self._numeric_layout()
+        miss = np.isnan(values)
+        if miss.any():
+            for m in np.flatnonzero(miss.any(axis=0) & ~ind):
+                log.warning("column %r: %d missing value(s) imputed with the training median %g "
+                            "(the column had no missing values in training)", names[m], int(miss[:, m].sum()), med[m])
+            values = np.where(miss, med, values)
+        out[:, pos] = (values - mean) / std
+        out[:, pos[ind] + 1] = miss[:, ind]
+
+    @property
+    def all_numeric(self) -> bool:
+        return all(c["type"] == "numeric" for c in self.columns)
+
+    def transform_numeric(self, values: np.ndarray) -> np.ndarray:
+        """``transform`` for a model whose columns are all numeric, from a float64 matrix
+        (N, n_columns) in the fitted column order, NaN for missing: no DataFrame on the way, so
+        small requests are cheap. The same numbers as ``transform``. Infinity raises ``InputError``."""
+        values = np.asarray(values, dtype=np.float64)
+        if not self.all_numeric:
+            raise InputError("transform_numeric needs a model whose columns are all numeric")
+        if values.ndim != 2 or values.shape[1] != len(self.columns):
+            raise InputError(f"expected a matrix with {len(self.columns)} columns, got shape {values.shape}", reason="width")
+        inf = np.isinf(values)
+        if inf.any():
+            i, k = (int(v) for v in np.argwhere(inf)[0])
+            raise InputError(f"column {self.columns[k]['name']!r}, row {i}: value {values[i, k]} is not finite "
+                             "(infinity is not allowed)", reason="not_finite")
+        out = np.zeros((values.shape[0], self.n_features_out), dtype=np.float32)
+        self._fill_numeric(out, values)
+        return out
 
     @staticmethod
     def _numeric_rows(s: pd.Series, name: str, errors: list[tuple[str, str] | None]) -> np.ndarray:
@@ -288,7 +337,7 @@ class ImagePreprocessor:
             raise InputError(f"images must be numeric arrays, got dtype {raw.dtype}")
         x = self._layout(raw)
         if x.shape[2:] != (self.height, self.width):
-            raise InputError(f"images must be {self.height}x{self.width} pixels, got {x.shape[2]}x{x.shape[3]}")
+            raise InputError(f"images must be {self.height}x{self.width} pixels, got {x.shape[2]}x{x.shape[3]}", reason="shape")
         errors: list[str | None] = [None] * x.shape[0]
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0

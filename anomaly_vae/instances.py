@@ -1,0 +1,175 @@
+"""JSON-style instances (what an HTTP client posts) into the model's input, and their scores.
+
+An instance is one of:
+
+* a list of values in the model's column order (tables), numbers for numeric columns and strings or
+  numbers for categorical ones;
+* an object keyed by column name (tables), every column of the model and no other;
+* a nested list of pixels (images): (H, W), (H, W, C) or (C, H, W), integers 0-255 or floats in
+  [0, 1], of exactly the model's height and width.
+
+``null`` is a missing value (imputed, as an empty CSV cell is); NaN and infinity are errors. Any
+problem raises ``InputError`` naming the instance (and column), with a ``reason`` from ``REASONS``.
+The scores are exactly those of ``VAEAnomalyDetector.anomaly_score`` for the same rows: the same
+preprocessing formula and the same fixed-block forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import InputError
+
+__all__ = ["REASONS", "instances_to_input", "score_input"]
+
+# every reason an InputError from here (or from the preprocessing it calls) can carry
+REASONS = ("empty", "shape", "width", "missing_column", "unknown_column", "non_numeric", "not_finite",
+           "invalid_value")
+
+_NUMBER = (int, float)
+
+
+def instances_to_input(det: Any, instances: Sequence[Any]) -> np.ndarray:
+    """The network's input for ``instances``: (N, n_features_out) or (N, C, H, W) float32."""
+    if not isinstance(instances, (list, tuple)) or len(instances) == 0:
+        raise InputError("'instances' is empty: send at least one instance", reason="empty")
+    if det.input_kind_ == "image":
+        return _images(det, instances)
+    return _table(det, instances)
+
+
+def score_input(det: Any, x: np.ndarray) -> np.ndarray:
+    """Scores (N,) float64 of a prepared input (``instances_to_input``) with the model's score."""
+    from .detector import _threads
+
+    with _threads(det.n_threads):
+        return det._scores(det._tensor(x), det.score_kind)
+
+
+# -- tables -----------------------------------------------------------------------------------
+def _rows(pre: Any, instances: Sequence[Any]) -> list[Sequence[Any]]:
+    """Every instance as a list of values in the model's column order."""
+    names = pre.names
+    index = {n: k for k, n in enumerate(names)}
+    rows: list[Sequence[Any]] = []
+    for i, inst in enumerate(instances):
+        if isinstance(inst, dict):
+            unknown = [k for k in inst if k not in index]
+            if unknown:
+                raise InputError(f"instance {i}: unknown column(s) {unknown}; the model's columns are {names}",
+                                 reason="unknown_column")
+            if len(inst) != len(names):
+                missing = [n for n in names if n not in inst]
+                raise InputError(f"instance {i}: missing column(s) {missing}; the model's columns are {names}",
+                                 reason="missing_column")
+            rows.append([inst[n] for n in names])
+        elif isinstance(inst, (list, tuple)):
+            if len(inst) != len(names):
+                raise InputError(f"instance {i} has {len(inst)} values, the model expects {len(names)} "
+                                 f"(columns {names})", reason="width")
+            rows.append(inst)
+        else:
+            raise InputError(f"instance {i}: expected a list of {len(names)} values or an object keyed by column "
+                             f"name, got {_kind(inst)}", reason="shape")
+    return rows
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), type(v).__name__)
+
+
+def _bad_value(i: int, name: str, v: Any, numeric: bool) -> InputError:
+    if isinstance(v, float) and not np.isfinite(v):
+        return InputError(f"instance {i}, column {name!r}: {v} is not allowed (send null for a missing value)",
+                          reason="not_finite")
+    if numeric:
+        return InputError(f"instance {i}, column {name!r}: expected a number or null, got {_kind(v)} {v!r}"[:300],
+                          reason="non_numeric")
+    return InputError(f"instance {i}, column {name!r}: expected a string, a number or null, got {_kind(v)}",
+                      reason="invalid_value")
+
+
+def _check_values(pre: Any, rows: list[Sequence[Any]]) -> None:
+    """JSON types per column: numbers (not booleans) or null for numeric columns; strings, numbers
+    or null for categorical ones; never NaN or infinity."""
+    kinds = {type(v) for row in rows for v in row}
+    if kinds <= {int, float, type(None)}:  # the usual case: numbers fit every column type
+        for i, row in enumerate(rows):
+            for k, v in enumerate(row):
+                if type(v) is float and not np.isfinite(v):
+                    raise _bad_value(i, pre.columns[k]["name"], v, True)
+        return
+    for i, row in enumerate(rows):
+        for col, v in zip(pre.columns, row):
+            t = type(v)
+            if col["type"] == "numeric":
+                ok = v is None or (t in _NUMBER and (t is int or np.isfinite(v)))
+            else:
+                ok = v is None or t is str or (t in _NUMBER and (t is int or np.isfinite(v)))
+            if not ok:
+                raise _bad_value(i, col["name"], v, col["type"] == "numeric")
+
+
+def _table(det: Any, instances: Sequence[Any]) -> np.ndarray:
+    pre = det.preprocessor_
+    rows = _rows(pre, instances)
+    _check_values(pre, rows)
+    if pre.all_numeric:
+        return pre.transform_numeric(np.array(rows, dtype=np.float64))  # None -> NaN = missing
+    df = pd.DataFrame(np.array(rows, dtype=object).reshape(len(rows), len(pre.columns)), columns=pre.names)
+    for col in pre.columns:
+        if col["type"] == "numeric":
+            df[col["name"]] = df[col["name"]].astype(np.float64)
+    return pre.transform(df)
+
+
+# -- images -----------------------------------------------------------------------------------
+def _images(det: Any, instances: Sequence[Any]) -> np.ndarray:
+    pre = det.preprocessor_
+    arrays = []
+    for i, inst in enumerate(instances):
+        try:
+            a = np.asarray(inst)
+        except ValueError:
+            a = None  # ragged nesting
+        if a is None or a.dtype == object or a.ndim not in (2, 3):
+            raise InputError(f"instance {i}: expected an image as a nested list of numbers, (H, W), (H, W, C) or "
+                             f"(C, H, W) with H x W = {pre.height}x{pre.width}, got "
+                             f"{'a ragged list' if a is None or a.dtype == object else f'shape {a.shape}'}",
+                             reason="shape")
+        if a.dtype.kind not in "iuf":
+            raise InputError(f"instance {i}: pixel values must be numbers, got {a.dtype.name} values",
+                             reason="non_numeric")
+        if a.dtype.kind in "iu":
+            if a.size and (a.min() < 0 or a.max() > 255):
+                raise InputError(f"instance {i}: integer pixel values must lie in 0..255, found "
+                                 f"{a.min()}..{a.max()}", reason="invalid_value")
+            a = a.astype(np.uint8)
+        elif a.size and not np.isfinite(a).all():
+            raise InputError(f"instance {i}: pixel values must be finite, found NaN or infinity", reason="not_finite")
+        if a.ndim == 2 or (a.shape[-1] in (1, 3) and a.shape[0] not in (1, 3)):
+            hw = a.shape[:2]  # (H, W) or (H, W, C)
+        elif a.shape[0] in (1, 3):
+            hw = a.shape[1:]  # (C, H, W)
+        else:
+            raise InputError(f"instance {i}: cannot tell the channel axis of shape {a.shape}: expected 1 or 3 "
+                             "channels first or last", reason="shape")
+        if tuple(hw) != (pre.height, pre.width):
+            raise InputError(f"instance {i}: images must be {pre.height}x{pre.width} pixels, got shape {a.shape}",
+                             reason="shape")
+        arrays.append(a)
+    dtypes = {a.dtype for a in arrays}
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f"all images of a request must have one layout, got shapes {sorted(shapes)}", reason="shape")
+    batch = np.stack([a.astype(np.float32) / 255.0 if a.dtype == np.uint8 and len(dtypes) > 1 else a for a in arrays])
+    x, errors = pre.transform_rows(batch)
+    for i, err in enumerate(errors):
+        if err is not None:
+            raise InputError(f"instance {i}: {err}", reason="invalid_value")
+    return x

@@ -1,0 +1,221 @@
+"""Prometheus metrics of the scoring service (prometheus-client), correct with several workers.
+
+Counters and histograms go through prometheus-client's multiprocess mode, which BentoML switches
+on for ``bentoml serve`` (``PROMETHEUS_MULTIPROC_DIR``): every worker writes its own file and any
+worker's ``/metrics`` adds them up. The drift statistic cannot be added up that way (a KS distance
+of the union is not a sum of per-worker values), so every worker keeps its recent scores in a
+memory-mapped ring file in the same directory, and the worker that answers a scrape computes the
+KS distance of all workers' recent scores together against the calibration scores.
+
+Names follow Prometheus conventions (``_total`` counters, units in names); labels are bounded:
+``endpoint`` is one of ``ENDPOINTS`` and ``reason`` one of ``REJECT_REASONS``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("score", "score_csv", "score_images")
+# every reason a request can be rejected for (4xx): the instance reasons of anomaly_vae.instances,
+# and the ones of the request as a whole
+REJECT_REASONS = ("empty", "shape", "width", "missing_column", "unknown_column", "non_numeric", "not_finite",
+                  "invalid_value", "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type")
+
+_current: "ServiceMetrics | None" = None
+_lock = threading.Lock()
+
+
+def current() -> "ServiceMetrics | None":
+    """The metrics of this process's service instance (None before it is created)."""
+    return _current
+
+
+def score_buckets(calibration_scores: np.ndarray, threshold: float) -> list[float]:
+    """Histogram bucket upper bounds: calibration-score quantiles below the threshold (rounded to 4
+    significant digits), the threshold itself exactly, then steps of the threshold's distance from
+    the median above it, so both the normal bulk and how far anomalies go are visible."""
+    cal = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+    levels = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+    below = {float(f"{q:.4g}") for q in np.quantile(cal, levels)}
+    median = float(np.median(cal))
+    step = threshold - median if threshold > median else max(abs(threshold), 1.0) * 0.1
+    above = {float(f"{threshold + step * m:.4g}") for m in (0.5, 1, 2, 4, 8, 16, 32)}
+    bounds = sorted(b for b in below | above if b != threshold and np.isfinite(b))
+    return sorted({*(b for b in bounds if b < threshold), threshold, *(b for b in bounds if b > threshold)})
+
+
+class DriftWindow:
+    """The recent scores of this worker, (time, score) pairs in a ring of ``capacity``; in a file
+    under ``directory`` when given, so that the scraping worker can read every worker's ring."""
+
+    def __init__(self, capacity: int, directory: str | None) -> None:
+        self.capacity = int(capacity)
+        self.directory = directory
+        self._pos = 0
+        self._lock = threading.Lock()
+        if directory:
+            self.path = Path(directory) / f"anomaly_vae_window_{os.getpid()}.f64"
+            self._ring = np.memmap(self.path, dtype=np.float64, mode="w+", shape=(self.capacity, 2))
+        else:
+            self.path = None
+            self._ring = np.zeros((self.capacity, 2), dtype=np.float64)
+
+    def add(self, scores: np.ndarray) -> None:
+        scores = np.asarray(scores, dtype=np.float64)[-self.capacity:]
+        n = len(scores)
+        if n == 0:
+            return
+        with self._lock:
+            idx = (self._pos + np.arange(n)) % self.capacity
+            self._ring[idx, 1] = scores  # the score first, then its time: a reader never sees a time without its score
+            self._ring[idx, 0] = time.time()
+            self._pos = (self._pos + n) % self.capacity
+
+    def recent(self, seconds: float) -> np.ndarray:
+        """Scores of the last ``seconds``, from every worker's ring (or this one's)."""
+        since = time.time() - seconds
+        if self.path is None:
+            rings = [self._ring.copy()]
+        else:
+            rings = []
+            for f in glob.glob(str(Path(self.directory) / "anomaly_vae_window_*.f64")):
+                try:
+                    rings.append(np.fromfile(f, dtype=np.float64).reshape(-1, 2))
+                except (OSError, ValueError):  # a worker's file being created right now
+                    continue
+        if not rings:
+            return np.zeros(0)
+        both = np.concatenate(rings)
+        return both[both[:, 0] >= since, 1]
+
+
+class ServiceMetrics:
+    """The service's metrics. One per process: creating a new one (a new model in tests) replaces
+    the previous one in prometheus-client's registry."""
+
+    def __init__(self, calibration_scores: np.ndarray, threshold: float, alpha: float | None, info: dict[str, str],
+                 window_seconds: float = 600.0, window_size: int = 10000) -> None:
+        global _current
+        import prometheus_client as pc  # here, not at import: BentoML sets the multiprocess dir first
+
+        self.calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+        self.threshold_value = float(threshold)
+        self.window_seconds = float(window_seconds)
+        with _lock:
+            if _current is not None:
+                _current.unregister()
+            reg = pc.REGISTRY
+            self.scored = pc.Counter("anomaly_vae_samples_scored", "Samples (rows or images) scored",
+                                     ["endpoint"], registry=reg)
+            self.anomalies = pc.Counter("anomaly_vae_anomalies", "Samples flagged as anomalous (score above the "
+                                        "threshold)", ["endpoint"], registry=reg)
+            self.rejected = pc.Counter("anomaly_vae_requests_rejected", "Requests answered 4xx, by reason",
+                                       ["endpoint", "reason"], registry=reg)
+            self.score = pc.Histogram("anomaly_vae_score_nats", "Anomaly scores (nats, higher = more anomalous); "
+                                      "buckets from the calibration scores, one boundary exactly at the threshold",
+                                      buckets=score_buckets(self.calibration, self.threshold_value), registry=reg)
+            self.batch_rows = pc.Histogram("anomaly_vae_batch_rows", "Rows per forward pass (adaptive batching of "
+                                           "concurrent requests)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+                                           registry=reg)
+            self.threshold = pc.Gauge("anomaly_vae_threshold_nats", "Anomaly threshold: a score above it is flagged",
+                                      multiprocess_mode="livemostrecent", registry=reg)
+            self.alpha = pc.Gauge("anomaly_vae_alpha", "Target false-alarm rate the threshold was calibrated for "
+                                  "(NaN when the threshold was not chosen by alpha)",
+                                  multiprocess_mode="livemostrecent", registry=reg)
+            self.calibration_samples = pc.Gauge("anomaly_vae_calibration_samples", "Number of calibration scores",
+                                                multiprocess_mode="livemostrecent", registry=reg)
+            self.info = pc.Gauge("anomaly_vae_model_info", "The model being served (value 1)", sorted(info),
+                                 multiprocess_mode="livemostrecent", registry=reg)
+            self._collectors = [self.scored, self.anomalies, self.rejected, self.score, self.batch_rows,
+                                self.threshold, self.alpha, self.calibration_samples, self.info]
+            _current = self
+        self.threshold.set(self.threshold_value)
+        self.alpha.set(float("nan") if alpha is None else float(alpha))
+        self.calibration_samples.set(len(self.calibration))
+        self.info.labels(**info).set(1)
+        for e in ENDPOINTS:  # every series exists from the start, so rate() and alerts see zeros
+            self.scored.labels(e)
+            self.anomalies.labels(e)
+            for r in REJECT_REASONS:
+                self.rejected.labels(e, r)
+        self.window = DriftWindow(window_size, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    def unregister(self) -> None:
+        import prometheus_client as pc
+
+        for c in self._collectors:
+            try:
+                pc.REGISTRY.unregister(c)
+            except KeyError:
+                pass
+
+    def observe(self, endpoint: str, scores: np.ndarray, flagged: np.ndarray) -> None:
+        """Count scored samples and anomalies, and add the scores to the histogram and the window."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if len(scores) == 0:
+            return
+        self.scored.labels(endpoint).inc(len(scores))
+        self.anomalies.labels(endpoint).inc(int(np.count_nonzero(flagged)))
+        self._observe_histogram(scores)
+        self.window.add(scores)
+
+    def _observe_histogram(self, scores: np.ndarray) -> None:
+        buckets = getattr(self.score, "_buckets", None)
+        upper = getattr(self.score, "_upper_bounds", None)
+        total = getattr(self.score, "_sum", None)
+        if buckets is None or upper is None or total is None or len(buckets) != len(upper):
+            for s in scores:  # prometheus-client changed its internals: the slow, public way
+                self.score.observe(float(s))
+            return
+        # one increment per bucket instead of one observe() per score (a 100k-row CSV would
+        # otherwise spend longer on the histogram than on the model); the same counts as observe():
+        # a score goes into the first bucket whose upper bound is >= it
+        scores = scores[~np.isnan(scores)]
+        idx = np.searchsorted(np.asarray(upper, dtype=np.float64), scores, side="left")
+        for b, n in zip(*np.unique(idx, return_counts=True)):
+            buckets[int(b)].inc(int(n))
+        total.inc(float(scores.sum()))
+
+    def reject(self, endpoint: str, reason: str) -> None:
+        self.rejected.labels(endpoint if endpoint in ENDPOINTS else "other",
+                             reason if reason in REJECT_REASONS else "invalid_request").inc()
+
+    def drift_text(self) -> str:
+        """The drift gauges in the text exposition format, for appending to ``/metrics``."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+        from scipy.stats import ks_2samp
+
+        recent = self.window.recent(self.window_seconds)
+        if len(recent) and len(self.calibration):
+            test = ks_2samp(recent, self.calibration, method="asymp")
+            stat, pvalue = float(test.statistic), float(test.pvalue)
+        else:
+            stat = pvalue = float("nan")
+        families = [
+            ("anomaly_vae_score_drift_ks", "Kolmogorov-Smirnov distance between the scores of the recent window "
+             "(all workers) and the calibration scores; NaN when the window is empty", stat),
+            ("anomaly_vae_score_drift_ks_pvalue", "Asymptotic p-value of the two-sample KS test of the recent window "
+             "against the calibration scores", pvalue),
+            ("anomaly_vae_score_drift_window_samples", "Scores in the recent window (all workers)", float(len(recent))),
+            ("anomaly_vae_score_drift_window_seconds", "Length of the recent window", self.window_seconds),
+        ]
+
+        class _Drift:
+            def collect(self) -> Any:
+                for name, doc, value in families:
+                    yield GaugeMetricFamily(name, doc, value=value)
+
+        registry = CollectorRegistry()
+        registry.register(_Drift())
+        return generate_latest(registry).decode()

@@ -16,7 +16,7 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,images,plots]"
+	$(BIN)/pip install --quiet -e ".[dev,images,plots,service]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -94,10 +94,11 @@ class AnomalyVAE:
         from anomaly_vae.instances import score_input
 
         self._ready = False
-        path, tag = resolve_model(MODEL_REF)
+        ref = os.environ.get("ANOMALY_VAE_MODEL", MODEL_REF)
+        path, tag = resolve_model(ref)
         det = load_detector(path)
         if not np.isfinite(det.threshold_):
-            raise RuntimeError(f"model {MODEL_REF} has no usable threshold ({det._calibration_error}); "
+            raise RuntimeError(f"model {ref} has no usable threshold ({det._calibration_error}); "
                                "recalibrate it with `anomaly-vae calibrate` before serving")
         threads = int(os.environ.get("ANOMALY_VAE_TORCH_THREADS", "1"))
         det.n_threads = threads
@@ -105,7 +106,7 @@ class AnomalyVAE:
         self.det = det
         card = det.model_card_
         self.model_version = tag.split(":", 1)[1] if tag else "sha256:" + card["weights"]["sha256"][:12]
-        self.card = {"model_version": self.model_version, "bentoml_tag": tag, "source": str(MODEL_REF), **card}
+        self.card = {"model_version": self.model_version, "bentoml_tag": tag, "source": ref, **card}
         self.threshold = float(det.threshold_)
         self.alpha = det.alpha_
         self.calibration = np.sort(det.calibration_scores_)
@@ -121,7 +122,7 @@ class AnomalyVAE:
         self._warm_up()
         _Instance.current = self
         self._ready = True
-        log.info("serving %s (%s, version %s): threshold %.6g nats, alpha %s", MODEL_REF, det.input_kind_,
+        log.info("serving %s (%s, version %s): threshold %.6g nats, alpha %s", ref, det.input_kind_,
                  self.model_version, self.threshold, self.alpha)
 
     def _warm_up(self) -> None:

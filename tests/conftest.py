@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+# The in-process service tests run prometheus-client in multiprocess mode, as `bentoml serve` does
+# (BentoML's /metrics needs it). prometheus-client reads this when it is first imported, so it is
+# set here, before any test imports it; server subprocesses get an environment without it.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-prometheus-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

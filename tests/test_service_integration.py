@@ -1,0 +1,319 @@
+"""The service as people run it: `anomaly-vae export`, a real `bentoml serve` subprocess with two
+workers on 127.0.0.1, a real Prometheus server scraping it, and `bentoml build` packing a Bento
+that serves on its own. Every server is started here and stopped here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ks_2samp
+
+from anomaly_vae import VAEAnomalyDetector, load_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MONITORING = ROOT / "service" / "monitoring"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "ANOMALY_VAE_MODEL")}
+    env.update(BENTOML_DO_NOT_TRACK="true", **extra)
+    return env
+
+
+class Server:
+    """A subprocess in its own process group, stopped with everything it started."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "wb")
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_for(self, url: str, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{url} not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def rows(cardio: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    features = cardio.drop(columns=["label"])
+    return features[cardio["label"] == "normal"], features[cardio["label"] != "normal"]
+
+
+@pytest.fixture(scope="module")
+def stored_model(rows, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VAEAnomalyDetector, str]:
+    """A model trained on cardio's normal rows, exported into a fresh BentoML home."""
+    normal, _ = rows
+    home = tmp_path_factory.mktemp("bentoml-home")
+    det = VAEAnomalyDetector(epochs=15, random_state=0).fit(normal.iloc[:1200])
+    det.save(home / "model-dir")
+    r = subprocess.run([str(BIN / "anomaly-vae"), "export", str(home / "model-dir")], env=clean_env(BENTOML_HOME=str(home)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tag = re.search(r"as (anomaly_vae:\w+)", r.stdout).group(1)
+    assert (home / "models" / "anomaly_vae" / tag.split(":")[1] / "model.safetensors").is_file()
+    return home, load_detector(home / "model-dir"), tag
+
+
+@pytest.fixture(scope="module")
+def served(stored_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Server]]:
+    home, _, _ = stored_model
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = Server([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], ROOT,
+                    clean_env(BENTOML_HOME=str(home), ANOMALY_VAE_WORKERS="2"), log)
+    try:
+        server.wait_for(f"http://127.0.0.1:{port}/readyz")
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.stop()
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def post_score(url: str, instances: list[Any]) -> httpx.Response:
+    # a new connection per request, so that both workers' accept() calls get some
+    return httpx.post(f"{url}/score", json={"instances": instances}, headers={"Connection": "close"}, timeout=60)
+
+
+def test_served_scores_are_exact_and_metrics_add_up_over_two_workers(served, stored_model, rows) -> None:
+    url, server = served
+    _, det, tag = stored_model
+    normal, _ = rows
+    sample = normal.iloc[1200:1500]
+    expected = det.anomaly_score(sample)
+    records = sample.to_dict("records")
+    before = scrape(url)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: post_score(url, records[i:i + 2]), range(0, 300, 2)))
+    for i, r in zip(range(0, 300, 2), answers):
+        assert r.status_code == 200, r.text
+        assert np.array_equal(r.json()["scores"], expected[i:i + 2])
+        assert r.json()["model_version"] == tag.split(":")[1]
+    log = server.log.read_text()
+    workers = set(re.findall(r"entry_service:anomaly_vae:(\d+)\].*path=/score,", log))
+    assert workers == {"1", "2"}, "both workers should have answered some of 150 new connections"
+    ks = ks_2samp(expected, det.calibration_scores_, method="asymp").statistic
+    scored = 'anomaly_vae_samples_scored_total{endpoint="score"}'
+    for _ in range(6):  # whichever worker answers the scrape, the totals are those of both
+        m = scrape(url)
+        assert m[scored] - before.get(scored, 0) == 300
+        assert m["anomaly_vae_score_drift_window_samples"] == 300
+        assert m["anomaly_vae_score_drift_ks"] == pytest.approx(ks, abs=1e-12)
+        assert m["anomaly_vae_threshold_nats"] == det.threshold_
+
+
+def test_bad_input_never_takes_the_server_down(served, rows) -> None:
+    url, server = served
+    normal, _ = rows
+    good = normal.iloc[:1].to_dict("records")
+    nan_body = json.dumps({"instances": [[0.0] * 21]}).replace("0.0", "NaN", 1).encode()
+    cases = [
+        ({"content": b"\x80\x04K\x01.", "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 415),
+        ({"content": b"[" * 100, "headers": {"content-type": "application/json"}}, 400),
+        ({"content": nan_body, "headers": {"content-type": "application/json"}}, 422),
+        ({"json": {"instances": [{"f00": "x"}]}}, 422),
+        ({"content": b"0" * (33 << 20), "headers": {"content-type": "application/json"}}, 413),
+    ]
+    for kwargs, status in cases:
+        r = httpx.post(f"{url}/score", timeout=60, **kwargs)
+        assert r.status_code == status, r.text
+        assert post_score(url, good).status_code == 200
+    r = httpx.post(f"{url}/score_csv", data={"file": "http://127.0.0.1:1/x.csv"}, files={"x": ("x", b"1")}, timeout=60)
+    assert r.status_code == 422 and "never fetched from URLs" in r.text
+    assert not re.search(r"status=5\d\d", server.log.read_text())
+
+
+@pytest.fixture(scope="module")
+def prometheus(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.skip("prometheus is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    url, _ = served
+    work = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(MONITORING / "alerts.yml")],
+        "scrape_configs": [{"job_name": "anomaly-vae", "static_configs": [{"targets": [url.removeprefix("http://")]}]}],
+    }
+    (work / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    server = Server([exe, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+                     f"--web.listen-address=127.0.0.1:{port}"], work, clean_env(), work / "prometheus.log")
+    try:
+        server.wait_for(f"http://127.0.0.1:{port}/-/ready", timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def promql(prom: str, query: str, at: float | None = None) -> list[dict[str, Any]]:
+    params = {"query": query, **({"time": f"{at:.3f}"} if at is not None else {})}
+    body = httpx.get(f"{prom}/api/v1/query", params=params, timeout=10).json()
+    assert body["status"] == "success", (query, body)
+    return body["data"]["result"]
+
+
+def scalar(prom: str, query: str, at: float | None = None) -> float | None:
+    result = promql(prom, query, at)
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_until(check, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def test_prometheus_measures_the_anomaly_rate_of_a_known_batch(served, prometheus, stored_model, rows) -> None:
+    url, _ = served
+    _, det, _ = stored_model
+    normal, anomalous = rows
+    total = "sum(anomaly_vae_samples_scored_total)"
+    wait_until(lambda: scalar(prometheus, 'up{job="anomaly-vae"}') == 1)
+    start = scrape(url)['anomaly_vae_samples_scored_total{endpoint="score"}']
+    wait_until(lambda: scalar(prometheus, total) == start)
+    t_before = time.time()
+    time.sleep(2.5)  # a few scrapes of the counters before the batch, inside the window below
+
+    batch = pd.concat([normal.iloc[1500:1650], anomalous.iloc[:50]])
+    flagged = int((det.anomaly_score(batch) > det.threshold_).sum())
+    assert 0 < flagged < 200
+    records = batch.to_dict("records")
+    for i in range(0, 200, 20):
+        assert post_score(url, records[i:i + 20]).status_code == 200
+    wait_until(lambda: scalar(prometheus, total) == start + 200)
+    t_after = time.time()
+    # the counters' change between the two instants (increase() would extrapolate to the window's
+    # edges, differently for a counter that starts near zero; over minutes that washes out)
+    w = f"{int((t_after - t_before) * 1000)}ms"
+
+    def change(series: str) -> str:
+        return f"(sum({series}) - sum({series} offset {w}))"
+
+    rate = scalar(prometheus, f"{change('anomaly_vae_anomalies_total')} / {change('anomaly_vae_samples_scored_total')}",
+                  at=t_after)
+    assert rate == pytest.approx(flagged / 200, abs=1e-9)
+    at_threshold = 'anomaly_vae_score_nats_bucket{le="%r"}' % det.threshold_
+    normal_share = scalar(prometheus, f"{change(at_threshold)} / {change('anomaly_vae_score_nats_count')}", at=t_after)
+    assert normal_share == pytest.approx(1 - flagged / 200, abs=1e-9)  # the bucket boundary is the threshold
+
+
+def test_alert_rules_and_dashboard_queries_run_in_prometheus(served, prometheus) -> None:
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    names = {r["name"] for g in groups for r in g["rules"]}
+    assert {"AnomalyRateHigh", "ScoreDistributionDrift", "RequestsRejected", "AnomalyServiceDown"} <= names
+    wait_until(lambda: all(r.get("health") == "ok" for g in httpx.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
+                           for r in g["rules"]))
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    known = set(httpx.get(f"{prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"])
+    for expr in exprs:
+        promql(prometheus, expr.replace("$__rate_interval", "1m"))  # valid PromQL
+        for name in re.findall(r"\b((?:anomaly_vae|bentoml)_[a-z_]+)", expr):
+            assert name in known, f"{name} (in the dashboard) is not a metric the service exports"
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]):
+        r = subprocess.run([promtool, *args], cwd=MONITORING, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "SUCCESS" in r.stdout + r.stderr
+
+
+def test_bentoml_build_packs_a_bento_that_serves_on_its_own(stored_model, rows, tmp_path: Path) -> None:
+    home, det, tag = stored_model
+    env = clean_env(BENTOML_HOME=str(home))
+    r = subprocess.run([str(BIN / "bentoml"), "build", "--output", "tag"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bento = re.search(r"__tag__:(\S+)", r.stdout).group(1)
+    archive = tmp_path / "anomaly_vae.bento"
+    r = subprocess.run([str(BIN / "bentoml"), "export", bento, str(archive)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with tarfile.open(archive) as t:
+        names = {n.removeprefix("./") for n in t.getnames()}
+    version = tag.split(":")[1]
+    assert {f"models/anomaly_vae/{version}/model.json", f"models/anomaly_vae/{version}/model.safetensors",
+            "src/service/app.py", "src/anomaly_vae/detector.py", "src/service/monitoring/alerts.yml"} <= names
+    assert not any(n.endswith((".pkl", ".pickle")) for n in names)
+
+    # a fresh BentoML home with nothing but the imported Bento, served from another directory
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    env2 = clean_env(BENTOML_HOME=str(tmp_path / "home2"))
+    r = subprocess.run([str(BIN / "bentoml"), "import", str(archive)], env=env2, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    port = free_port()
+    server = Server([str(BIN / "bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)], other, env2,
+                    tmp_path / "bento.log")
+    try:
+        server.wait_for(f"http://127.0.0.1:{port}/readyz")
+        normal, _ = rows
+        got = post_score(f"http://127.0.0.1:{port}", normal.iloc[:5].to_dict("records"))
+        assert got.status_code == 200
+        assert np.array_equal(got.json()["scores"], det.anomaly_score(normal.iloc[:5]))
+        assert got.json()["model_version"] == version
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ preprocessing formula and the same fixed-block forward.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,6 @@ __all__ = ["REASONS", "instances_to_input", "score_input"]
 REASONS = ("empty", "shape", "width", "missing_column", "unknown_column", "non_numeric", "not_finite",
            "invalid_value")
 
-_NUMBER = (int, float)
 
 
 def instances_to_input(det: Any, instances: Sequence[Any]) -> np.ndarray:
@@ -94,33 +94,37 @@ def _bad_value(i: int, name: str, v: Any, numeric: bool) -> InputError:
                       reason="invalid_value")
 
 
-def _check_values(pre: Any, rows: list[Sequence[Any]]) -> None:
+def _check_values(pre: Any, rows: list[Sequence[Any]]) -> np.ndarray | None:
     """JSON types per column: numbers (not booleans) or null for numeric columns; strings, numbers
-    or null for categorical ones; never NaN or infinity."""
+    or null for categorical ones; never NaN or infinity. Returns the float64 matrix (null -> NaN)
+    when every value is a number or null (the usual case, checked without a Python loop over
+    the values), else None."""
     kinds = {type(v) for row in rows for v in row}
-    if kinds <= {int, float, type(None)}:  # the usual case: numbers fit every column type
-        for i, row in enumerate(rows):
-            for k, v in enumerate(row):
-                if type(v) is float and not np.isfinite(v):
-                    raise _bad_value(i, pre.columns[k]["name"], v, True)
-        return
+    if kinds <= {int, float, type(None)}:  # numbers fit every column type
+        values = np.array(rows, dtype=np.float64)  # null -> NaN
+        bad = ~np.isfinite(values)
+        if bad.any():
+            for i, k in np.argwhere(bad):
+                v = rows[i][k]
+                if v is not None:  # a NaN or infinity sent as such, not a null
+                    raise _bad_value(int(i), pre.columns[k]["name"], v, True)
+        return values
     for i, row in enumerate(rows):
         for col, v in zip(pre.columns, row):
             t = type(v)
-            if col["type"] == "numeric":
-                ok = v is None or (t in _NUMBER and (t is int or np.isfinite(v)))
-            else:
-                ok = v is None or t is str or (t in _NUMBER and (t is int or np.isfinite(v)))
+            finite_number = t is int or (t is float and math.isfinite(v))
+            ok = v is None or finite_number or (t is str and col["type"] != "numeric")
             if not ok:
                 raise _bad_value(i, col["name"], v, col["type"] == "numeric")
+    return None
 
 
 def _table(det: Any, instances: Sequence[Any]) -> np.ndarray:
     pre = det.preprocessor_
     rows = _rows(pre, instances)
-    _check_values(pre, rows)
+    values = _check_values(pre, rows)
     if pre.all_numeric:
-        return pre.transform_numeric(np.array(rows, dtype=np.float64))  # None -> NaN = missing
+        return pre.transform_numeric(values)
     df = pd.DataFrame(np.array(rows, dtype=object).reshape(len(rows), len(pre.columns)), columns=pre.names)
     for col in pre.columns:
         if col["type"] == "numeric":

@@ -18,6 +18,7 @@ not fit the model (width, columns, values, image size, undecodable image, unread
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -41,6 +42,24 @@ from .batcher import MicroBatcher, Overloaded
 from .guard import FILENAMES_KEY, REASON_KEY, RequestGuard, RouteRule
 
 log = logging.getLogger("anomaly_vae.service")
+
+
+class _ClientErrorLog(logging.Filter):
+    """BentoML logs a request body it cannot parse (a client's mistake, answered 400) as an ERROR
+    with a traceback; here it becomes one INFO line, so that server errors stand out in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.msg, record.args = f"{record.getMessage()}: answered 400 ({exc.errors()[0]['msg'][:120]})", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLog())
 
 MODEL_REF = os.environ.get("ANOMALY_VAE_MODEL", "anomaly_vae:latest")
 WORKERS = int(os.environ.get("ANOMALY_VAE_WORKERS", "1"))
@@ -118,7 +137,11 @@ class AnomalyVAE:
             window_size=int(os.environ.get("ANOMALY_VAE_DRIFT_WINDOW_SIZE", "10000")))
         self.batcher = MicroBatcher(lambda x: score_input(det, x),
                                     max_batch_rows=int(os.environ.get("ANOMALY_VAE_MAX_BATCH_ROWS", "1024")),
-                                    on_batch=self.metrics.batch_rows.observe)
+                                    on_batch=self.metrics.batch_rows.observe,
+                                    # a dense forward is many small torch ops: run in a second thread they
+                                    # fight the event loop for the GIL (measured: 30% fewer requests/s), so
+                                    # they run on the loop; a conv forward is long kernels that release it
+                                    inline=det.model_.kind == "dense")
         self._warm_up()
         _Instance.current = self
         self._ready = True
@@ -175,8 +198,12 @@ class AnomalyVAE:
         except Overloaded as err:
             return self._overloaded(ctx, err)
         p, flagged = self._judge("score", scores)
-        return ScoreResponse(scores=scores.tolist(), p_values=p.tolist(), is_anomaly=flagged.tolist(),
-                             threshold=self.threshold, alpha=self.alpha, model_version=self.model_version)
+        # the ScoreResponse fields, serialized here: validating our own floats again through
+        # pydantic costs more than the model's forward for a single row
+        return Response(json.dumps({"scores": scores.tolist(), "p_values": p.tolist(), "is_anomaly": flagged.tolist(),
+                                    "threshold": self.threshold, "alpha": self.alpha,
+                                    "model_version": self.model_version}, allow_nan=False),
+                        media_type="application/json")
 
     @bentoml.api(route="/score_csv")
     async def score_csv(

@@ -1,10 +1,12 @@
 """Adaptive batching of concurrent requests inside one worker.
 
 Requests put their rows on a queue and wait; one consumer takes everything that is waiting (up to
-``max_batch_rows``), runs one forward pass in a worker thread, and hands each request its slice of
-the scores. While a pass runs, new requests gather for the next one, so the batch size follows the
-load by itself: one row at a time when requests are sparse, tens of rows under load, with no timer
-that adds latency and no request dropped below capacity. Large requests are cut into pieces of at
+``max_batch_rows``), runs one forward pass, and hands each request its slice of the scores. While a
+pass runs, new requests gather for the next one, so the batch size follows the load by itself: one
+row at a time when requests are sparse, tens of rows under load, with no timer that adds latency
+and no request dropped below capacity. The pass runs on the event loop (``inline``, for forwards
+made of many small torch ops, which in a second thread would fight the loop for the GIL) or in
+one worker thread (long kernels that release the GIL, such as convolutions). Large requests are cut into pieces of at
 most ``max_batch_rows``, so that a 10,000-row request does not hold up single rows behind it.
 
 Why not BentoML's own ``@bentoml.api(batchable=True)``: it batches an endpoint whose only argument
@@ -31,8 +33,10 @@ class Overloaded(Exception):
 
 class MicroBatcher:
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_batch_rows: int = 1024,
-                 max_queued_rows: int = 1_000_000, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_queued_rows: int = 1_000_000, on_batch: Callable[[int], None] | None = None,
+                 inline: bool = False) -> None:
         self._fn = fn
+        self.inline = inline
         self.max_batch_rows = int(max_batch_rows)
         self.max_queued_rows = int(max_queued_rows)
         self._on_batch = on_batch
@@ -71,6 +75,7 @@ class MicroBatcher:
         queue, loop = self._queue, self._loop
         while True:
             items = [await queue.get()]
+            await asyncio.sleep(0)  # let the requests that are ready to run put their rows in first
             rows = len(items[0][0])
             while rows < self.max_batch_rows and not queue.empty():
                 items.append(queue.get_nowait())
@@ -80,7 +85,10 @@ class MicroBatcher:
                 if live:
                     x = live[0][0] if len(live) == 1 else np.concatenate([x for x, _ in live])
                     try:
-                        scores = await loop.run_in_executor(self._executor, self._fn, x)
+                        if self.inline:
+                            scores = self._fn(x)
+                        else:
+                            scores = await loop.run_in_executor(self._executor, self._fn, x)
                     except Exception as err:  # the requests of this batch fail; the consumer goes on
                         for _, f in live:
                             if not f.done():

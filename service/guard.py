@@ -43,13 +43,13 @@ class RequestGuard:
         if rule is None:
             return await self.app(scope, receive, send)
         endpoint = scope["path"].strip("/")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        headers = {k.lower(): v for k, v in scope.get("headers", []) if k.lower() in (b"content-type", b"content-length")}
+        media_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
         if media_type != rule.media_type:
             return await self._reject(send, endpoint, 415, "unsupported_media_type",
                                       f"{scope['path']} accepts Content-Type {rule.media_type}, got "
                                       f"{media_type or 'none'}")
-        length = headers.get("content-length")
+        length = headers[b"content-length"].decode("latin-1") if b"content-length" in headers else None
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await self._reject(send, endpoint, 413, "too_large", self._too_large(length))
         body, disconnected = await self._read_body(receive)

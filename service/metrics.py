@@ -143,9 +143,9 @@ class ServiceMetrics:
         self.alpha.set(float("nan") if alpha is None else float(alpha))
         self.calibration_samples.set(len(self.calibration))
         self.info.labels(**info).set(1)
+        self._children = {}
         for e in ENDPOINTS:  # every series exists from the start, so rate() and alerts see zeros
-            self.scored.labels(e)
-            self.anomalies.labels(e)
+            self._children[e] = (self.scored.labels(e), self.anomalies.labels(e))
             for r in REJECT_REASONS:
                 self.rejected.labels(e, r)
         self.window = DriftWindow(window_size, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -164,8 +164,9 @@ class ServiceMetrics:
         scores = np.asarray(scores, dtype=np.float64)
         if len(scores) == 0:
             return
-        self.scored.labels(endpoint).inc(len(scores))
-        self.anomalies.labels(endpoint).inc(int(np.count_nonzero(flagged)))
+        scored, anomalies = self._children[endpoint]
+        scored.inc(len(scores))
+        anomalies.inc(int(np.count_nonzero(flagged)))
         self._observe_histogram(scores)
         self.window.add(scores)
 

@@ -202,3 +202,16 @@ def test_drift_statistic_is_the_ks_distance_of_all_recent_scores() -> None:
     finally:
         m.unregister()
         service_metrics._current = None
+
+
+def test_model_references_that_cannot_be_found_say_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    from anomaly_vae import ArtifactError
+    from anomaly_vae.artifact import resolve_model
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "home"))
+    with pytest.raises(ArtifactError, match=r"no model 'anomaly_vae:latest' in the BentoML model store .*anomaly-vae export"):
+        resolve_model("anomaly_vae:latest")
+    with pytest.raises(ArtifactError, match="is not a model directory"):
+        resolve_model("./no/such/model")
+    with pytest.raises(ArtifactError, match="neither a model directory nor a BentoML model tag"):
+        resolve_model("bad tag!")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself asks only for torch>=2.6, which 2.13.0 satisfies.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-slow bench-quality clean
+.PHONY: demo test test-slow bench-quality bench-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ bench-quality: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+bench-service: $(VENV)/.installed
+	$(BIN)/python benchmarks/service_load.py

@@ -88,8 +88,12 @@ def test_save_before_fit_is_an_error(tmp_path):
 
 
 def test_no_pickle_in_any_load_path():
-    """No pickle, joblib, torch.load or allow_pickle=True anywhere in the package."""
-    pattern = re.compile(r"import (c?pickle|dill|joblib|cloudpickle)|pickle\.(loads?|dumps?)|joblib\.|torch\.load\(|allow_pickle\s*=\s*True")
-    offenders = [f"{p.name}:{i}" for p in PACKAGE.rglob("*.py")
+    """No pickle, joblib, torch.load or allow_pickle=True anywhere in the package or the service
+    (and no bentoml.pytorch / picklable_model, which pickle a whole module)."""
+    pattern = re.compile(r"import (c?pickle|dill|joblib|cloudpickle)|pickle\.(loads?|dumps?)|joblib\.|torch\.load\(|"
+                         r"allow_pickle\s*=\s*True|bentoml\.(pytorch|picklable_model)")
+    files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "service").rglob("*.py")]
+    assert len(files) > 20
+    offenders = [f"{p.name}:{i}" for p in files
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []

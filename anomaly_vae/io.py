@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Chunk", "TableReader", "ImageFolderReader", "ArrayReader", "open_data", "read_all", "data_kind",
-    "list_images", "load_image", "ResultWriter", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "parse_size",
+    "list_images", "load_image", "load_images", "ResultWriter", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "parse_size",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -421,6 +421,20 @@ def load_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.nd
         raise InputError(f"{path}: cannot decode the image ({err})") from None
     a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
     return a.astype(np.float32) / 255.0
+
+
+def load_images(paths: list[Path], size: tuple[int, int], channels: int, names: list[str] | None = None) -> np.ndarray:
+    """``load_image`` of every path, stacked: (N, C, H, W). The first file that cannot be read
+    raises ``InputError`` naming it by its entry in ``names`` (e.g. an upload's own file name)
+    instead of its path, with reason ``"bad_image"``."""
+    names = names if names is not None else [str(p) for p in paths]
+    images = []
+    for path, name in zip(paths, names):
+        try:
+            images.append(load_image(path, size, channels))
+        except InputError as err:
+            raise InputError(str(err).replace(str(path), repr(name)), reason="bad_image") from None
+    return np.stack(images)
 
 
 def image_mode_info(path: Path) -> tuple[tuple[int, int], int]:

@@ -248,10 +248,9 @@ class AnomalyVAE:
     def _score_file(self, data: Path, out: Path, id_column: str | None, sep: str | None, explain: int,
                     observed: list[tuple[np.ndarray, np.ndarray]]) -> Any:
         from anomaly_vae.batch import score_to_file
-        from anomaly_vae.io import TableReader
+        from anomaly_vae.jobs import DataOptions, model_reader
 
-        dtypes = {c["name"]: str for c in self.det.preprocessor_.columns if c["type"] == "categorical"}
-        reader = TableReader(data, sep=sep, id_column=id_column, dtypes=dtypes)
+        reader = model_reader(self.det, data, DataOptions(sep=sep, id_column=id_column))  # as `anomaly-vae score`
         try:
             return score_to_file(self.det, reader, out, id_name=id_column or "row", explain=explain,
                                  observe=lambda s, f: observed.append((s, f)))
@@ -285,16 +284,10 @@ class AnomalyVAE:
                               model_version=self.model_version)
 
     def _load_images(self, files: list[Path], names: list[str]) -> np.ndarray:
-        from anomaly_vae.io import load_image
+        from anomaly_vae.io import load_images
 
         pre = self.det.preprocessor_
-        images = []
-        for path, name in zip(files, names):
-            try:
-                images.append(load_image(path, (pre.height, pre.width), pre.channels))
-            except InputError as err:
-                raise InputError(str(err).replace(str(path), repr(name or path.name)), reason="bad_image") from None
-        return pre.transform(np.stack(images))
+        return pre.transform(load_images(files, (pre.height, pre.width), pre.channels, names=names))
 
 
 class _Instance:

@@ -107,18 +107,33 @@ class AnomalyVAE:
     model_ref = _store_reference(MODEL_REF)
 
     def __init__(self) -> None:
+        self._ready = False
+        self.load_error: str | None = None
+        _Instance.current = None
+        ref = os.environ.get("ANOMALY_VAE_MODEL", MODEL_REF)
+        try:
+            self._load(ref)
+        except Exception as err:  # the worker stays up, not ready, and says why (/readyz, /score, /model, log)
+            from anomaly_vae.exceptions import AnomalyVAEError
+
+            self.load_error = f"cannot serve model {ref}: {err}"
+            (log.error if isinstance(err, AnomalyVAEError) else log.exception)(self.load_error)
+            return
+        _Instance.current = self
+        self._ready = True
+
+    def _load(self, ref: str) -> None:
         import torch
 
         from anomaly_vae.artifact import load_detector, resolve_model
+        from anomaly_vae.exceptions import CalibrationError
         from anomaly_vae.instances import score_input
 
-        self._ready = False
-        ref = os.environ.get("ANOMALY_VAE_MODEL", MODEL_REF)
         path, tag = resolve_model(ref)
         det = load_detector(path)
         if not np.isfinite(det.threshold_):
-            raise RuntimeError(f"model {ref} has no usable threshold ({det._calibration_error}); "
-                               "recalibrate it with `anomaly-vae calibrate` before serving")
+            raise CalibrationError(f"no usable threshold ({det._calibration_error}); recalibrate it with "
+                                   "`anomaly-vae calibrate` before serving")
         threads = int(os.environ.get("ANOMALY_VAE_TORCH_THREADS", "1"))
         det.n_threads = threads
         torch.set_num_threads(threads)
@@ -143,8 +158,6 @@ class AnomalyVAE:
                                     # they run on the loop; a conv forward is long kernels that release it
                                     inline=det.model_.kind == "dense")
         self._warm_up()
-        _Instance.current = self
-        self._ready = True
         log.info("serving %s (%s, version %s): threshold %.6g nats, alpha %s", ref, det.input_kind_,
                  self.model_version, self.threshold, self.alpha)
 
@@ -159,13 +172,17 @@ class AnomalyVAE:
         return self._ready
 
     def __metrics__(self, content: str) -> str:
-        return content + self.metrics.drift_text()
+        return content + self.metrics.drift_text() if self._ready else content
 
     # -- helpers ------------------------------------------------------------------------------
     def _reject(self, ctx: bentoml.Context, status: int, reason: str, message: str) -> Response:
         ctx.response.status_code = status
         ctx.request.scope[REASON_KEY] = reason  # counted by the guard
         return JSONResponse({"error": message, "reason": reason}, status_code=status)
+
+    def _unavailable(self, ctx: bentoml.Context) -> Response:
+        ctx.response.status_code = 503
+        return JSONResponse({"error": self.load_error}, status_code=503)
 
     def _overloaded(self, ctx: bentoml.Context, err: Exception) -> Response:
         ctx.response.status_code = 503
@@ -186,6 +203,8 @@ class AnomalyVAE:
         """Score rows or images, answered in request order. Concurrent requests are batched together."""
         from anomaly_vae.instances import instances_to_input
 
+        if not self._ready:
+            return self._unavailable(ctx)
         try:
             if len(instances) <= INLINE_INSTANCES:
                 x = instances_to_input(self.det, instances)
@@ -217,6 +236,8 @@ class AnomalyVAE:
                         "and reports them in the error column, as the command line does")] = "reject",
     ) -> Annotated[Path, bentoml.validators.ContentType("text/csv")]:
         """Score an uploaded CSV file; the answer is the CSV `anomaly-vae score` writes for it."""
+        if not self._ready:
+            return self._unavailable(ctx)
         if self.det.input_kind_ != "table":
             return self._reject(ctx, 422, "bad_csv", "this model scores images: use /score_images")
         work = Path(tempfile.mkdtemp(prefix="anomaly-vae-csv-"))
@@ -264,6 +285,8 @@ class AnomalyVAE:
                                                         "model's channels and resized to its size")],
     ) -> ImagesResponse:
         """Score uploaded image files, one result per file in upload order."""
+        if not self._ready:
+            return self._unavailable(ctx)
         if self.det.input_kind_ != "image":
             return self._reject(ctx, 422, "bad_image", "this model scores tables: use /score or /score_csv")
         names = ctx.request.scope.get(FILENAMES_KEY, {}).get("files") or [p.name for p in files]
@@ -291,14 +314,14 @@ class AnomalyVAE:
 
 
 class _Instance:
-    current: AnomalyVAE | None = None
+    current: AnomalyVAE | None = None  # the service instance of this worker, once its model is loaded
 
 
 async def model_card(request: Request) -> Response:
     """GET /model: the model card (model.json) with the served version."""
     svc = _Instance.current
     if svc is None:
-        return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+        return JSONResponse({"error": "no model loaded; see /readyz and the service log"}, status_code=503)
     return JSONResponse(svc.card)
 
 

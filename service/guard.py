@@ -113,7 +113,8 @@ class RequestGuard:
             yield b""
 
         try:
-            form = await MultiPartParser(Headers(scope=scope), stream(), max_files=10000, max_fields=100).parse()
+            # the same limits as BentoML's own parse of the form
+            form = await MultiPartParser(Headers(scope=scope), stream(), max_files=1000, max_fields=1000).parse()
         except MultiPartException as err:
             return f"cannot parse the multipart body: {err}"
         try:

@@ -272,6 +272,17 @@ def test_metrics_after_a_known_batch(table_model: Path, det: VAEAnomalyDetector,
         assert metric(c, "anomaly_vae_score_drift_window_samples") == 200
 
 
+def test_without_a_loadable_model_the_server_is_live_but_not_ready(tmp_path: Path) -> None:
+    with serving(tmp_path / "no-such-model") as c:
+        assert c.get("/livez").status_code == 200
+        assert c.get("/readyz").status_code == 503
+        for r in (c.post("/score", json={"instances": [[1.0]]}), c.get("/model"),
+                  c.post("/score_csv", files={"file": ("x.csv", b"a\n1\n", "text/csv")})):
+            assert r.status_code == 503
+        assert "no-such-model is not a model directory" in c.post("/score", json={"instances": [[1.0]]}).text
+        assert c.get("/metrics").status_code == 200
+
+
 # -- images -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_model(fashion_sample, tmp_path_factory: pytest.TempPathFactory) -> Path:

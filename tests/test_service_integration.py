@@ -317,3 +317,4 @@ def test_bentoml_build_packs_a_bento_that_serves_on_its_own(stored_model, rows, 
         assert got.json()["model_version"] == version
     finally:
         server.stop()
+

@@ -236,6 +236,50 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from . import plots
+    from .evaluation import anomaly_labels, default_normal_label
+    from .jobs import read_for_model
+
+    det = _load(args.model_dir, args.alpha)
+    kind = args.kind
+    if kind not in ("grid", "history") and not args.data:
+        raise UsageError(f"plot {kind} needs DATA (a table or an image folder)")
+    X, labels = (None, None) if kind in ("grid", "history") else read_for_model(det, args.data, _data_options(args))
+    if kind == "latent":
+        fig = plots.latent_figure(det, X, labels, seed=args.seed)
+    elif kind == "grid":
+        fig = plots.grid_figure(det, n=args.n or 15, seed=args.seed)
+    elif kind == "morph":
+        i, j = args.pair
+        for v in (i, j):
+            if not 0 <= v < len(X):
+                raise UsageError(f"--pair {i} {j}: DATA has {len(X)} samples (0..{len(X) - 1})")
+        fig = plots.morph_figure(det, X[i], X[j], steps=args.n or 10)
+    elif kind == "reconstructions":
+        fig = plots.reconstructions_figure(det, X, n=args.n or 6)
+    elif kind == "scores":
+        fig = plots.scores_figure(det, X, labels)
+    elif kind == "roc":
+        if labels is None:
+            raise UsageError("plot roc needs labels: --label-column for a table, subfolders for an image folder")
+        y = anomaly_labels(labels, args.normal_label if args.normal_label is not None else default_normal_label(labels))
+        fig = plots.roc_figure(det.anomaly_score(X), y, det.threshold_)
+    elif kind == "history":
+        fig = plots.history_figure(det)
+    else:  # features
+        row = args.row if args.row is not None else int(det.anomaly_score(X).argmax())
+        if not 0 <= row < len(X):
+            raise UsageError(f"--row {row}: DATA has {len(X)} rows (0..{len(X) - 1})")
+        fig = plots.features_figure(det, X.iloc[[row]] if hasattr(X, "iloc") else X[row : row + 1])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    w, h = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    print(f"wrote {out} ({kind}, {w}x{h} pixels)")
+    return EXIT_OK
+
+
 def _export(args: argparse.Namespace) -> int:
     from .artifact import export_to_bentoml
 
@@ -269,6 +313,7 @@ def _add_table_flags(p: argparse.ArgumentParser, labels: bool) -> None:
 
 LIKELIHOODS = ("gaussian", "gaussian-shared", "gaussian-fixed", "bernoulli")  # objectives.LIKELIHOODS (test)
 SCORES = ("elbo", "reconstruction", "iwae")  # scoring.SCORES (test)
+PLOT_KINDS = ("latent", "grid", "morph", "reconstructions", "scores", "roc", "history", "features")  # plots.KINDS (test)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,6 +407,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--json", action="store_true", help="the whole model.json")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("plot", formatter_class=fmt, help="draw a figure of a model (and data)",
+                       description="Draw one figure to --out (PNG):\n"
+                                   "  latent           posterior means of DATA in the latent plane (PCA if > 2-D), by label\n"
+                                   "  grid             decoded images over the latent plane (2-D) or prior samples\n"
+                                   "  morph            decoded images between the latent codes of two samples (--pair)\n"
+                                   "  reconstructions  most / least anomalous images, reconstructions, error maps\n"
+                                   "  scores           score histogram (per label when given) with the threshold\n"
+                                   "  roc              ROC curve (needs labels)\n"
+                                   "  history          loss terms per epoch\n"
+                                   "  features         one table row's per-column contributions (--row; default: "
+                                   "the most anomalous)\n"
+                                   "Labels: --label-column for a table; the first-level subfolders of an image folder.",
+                       epilog="example: anomaly-vae plot model/ latent images/ --out latent.png")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help=f"one of {', '.join(PLOT_KINDS)}")
+    p.add_argument("data", nargs="?", metavar="DATA", help="table or image folder (all kinds but grid and history)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure")
+    p.add_argument("--label-column", metavar="COL", help="column with the labels (tables)")
+    p.add_argument("--normal-label", metavar="VALUE", help="the normal label (roc; default 'normal' or 0)")
+    p.add_argument("--row", type=int, metavar="N", help="features: the 0-based row to explain")
+    p.add_argument("--pair", type=int, nargs=2, default=(0, 1), metavar=("I", "J"), help="morph: two samples (default 0 1)")
+    p.add_argument("--n", type=_positive, metavar="N", help="grid side (15), morph steps (10), reconstructions per side (6)")
+    p.add_argument("--alpha", type=_alpha, help="mark the threshold for this alpha instead of the model's")
+    p.add_argument("--seed", type=int, default=0, help="seed for prior samples and subsampling (default 0)")
+    p.add_argument("--sep", help="CSV delimiter (default: sniffed)")
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("export", help="put a model directory into the BentoML model store for the service",
                        description="Copy MODEL_DIR (model.json + model.safetensors, checked by loading them) into "

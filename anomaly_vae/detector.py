@@ -415,6 +415,24 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         with torch.no_grad(), _threads(self.n_threads):
             return torch.cat([self.model_.encode(x[i : i + 1024].to(device))[0].cpu() for i in range(0, len(x), 1024)]).numpy()
 
+    def decode(self, Z: Any) -> np.ndarray:
+        """The mean of p(x | z) for each row of ``Z`` (n_samples, latent_dim), in the network's input
+        space: images (n_samples, C, H, W) in [0, 1]; tables the scaled, one-hot features the
+        preprocessor makes (n_samples, n_features_out)."""
+        check_is_fitted(self, "model_")
+        z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
+        if z.ndim != 2 or z.shape[1] != self.model_.latent_dim:
+            raise InputError(f"Z must be (n_samples, {self.model_.latent_dim}), got shape {tuple(z.shape)}", reason="shape")
+        device = self._model_device()
+        self.model_.eval()
+        with torch.no_grad(), _threads(self.n_threads):
+            out = torch.cat([self.model_.likelihood.mean(self.model_.decode(z[i : i + 1024].to(device))).cpu()
+                             for i in range(0, len(z), 1024)]).numpy()
+        if self.input_kind_ == "image":
+            pre = self.preprocessor_
+            return np.clip(out.reshape(len(z), pre.channels, pre.height, pre.width), 0.0, 1.0)
+        return out
+
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write the model directory (``model.json`` + ``model.safetensors``); see ``artifact``."""

@@ -171,6 +171,18 @@ def model_reader(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions, l
                      label_column=opts.label_column)
 
 
+def read_for_model(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions) -> tuple[Any, list[Any] | None]:
+    """All of ``data`` in memory, read as the model reads it (its categorical columns as text, its
+    image size and channels), with labels when there are any (``opts.label_column`` for a table,
+    the first-level subfolders of an image folder). Returns (X, labels or None); images as
+    (N, C, H, W) float32. Any unreadable row is an error."""
+    chunk = read_all(model_reader(det, data, opts, labels=True))
+    labels = chunk.labels
+    if labels is not None and len({str(v) for v in labels}) < 2 and data_kind(data) == "images":
+        labels = None  # a flat folder: no classes to tell apart
+    return chunk.data, labels
+
+
 def evaluate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
                  alpha: float | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[tuple[Any, str]]]:
     """Score labelled ``data`` with the model and measure it. Rows that cannot be scored are left

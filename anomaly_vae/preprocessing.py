@@ -3,7 +3,8 @@
 Rules, applied the same way in every face (Python, CLI, HTTP):
 
 * Numeric columns are standardised with the training mean and standard deviation; a constant
-  column gets a standard deviation of 1 (no division by zero).
+  column (standard deviation below 1e-9 of its largest absolute value: float rounding) gets a
+  standard deviation of 1 (no division by zero, nor by rounding noise).
 * Missing numeric values (NaN / None) are replaced by the training median, after scaling. A column
   that had missing values in training also gets a 0/1 "missing" indicator feature, so the model
   learns how often values are absent. Missing values at scoring time in a column that never had any
@@ -80,9 +81,12 @@ class TablePreprocessor:
                 if finite.size == 0:
                     raise InputError(f"column {name!r} has no values in the training data (all missing)")
                 std = float(finite.std())
+                # a column constant in training can have a float std of 1e-17 instead of 0; dividing
+                # by it sends any other value to 1e18 and its score to infinity
+                constant = std <= 1e-9 * float(np.abs(finite).max())
                 self.columns.append({
                     "name": name, "type": "numeric", "mean": float(finite.mean()),
-                    "std": std if std > 0 else 1.0, "median": float(np.median(finite)),
+                    "std": 1.0 if constant else std, "median": float(np.median(finite)),
                     "indicator": bool(np.isnan(v).any()),
                 })
             else:

@@ -130,6 +130,17 @@ def test_constant_column_does_not_divide_by_zero(cancer):
     assert np.isfinite(det.anomaly_score(X)).all()
 
 
+def test_column_constant_up_to_float_rounding_does_not_send_scores_to_infinity(cardio):
+    """Regression: cardio's f05 is -0.0614 in every one of the first 1000 normal rows, with a
+    float std of 1.4e-17, not 0. Divided by that, the one row with f05 = 19.9 scored infinity."""
+    X = cardio.drop(columns=["label"])
+    train = X[cardio["label"] == "normal"].iloc[:1000]
+    assert 0 < train["f05"].std(ddof=0) < 1e-15
+    det = VAEAnomalyDetector(epochs=3, random_state=0).fit(train)
+    assert det.preprocessor_.columns[5]["std"] == 1.0
+    assert np.isfinite(det.anomaly_score(X)).all()
+
+
 def test_missing_values_are_imputed_with_indicator():
     X, _ = load_breast_cancer(return_X_y=True, as_frame=True)
     X = X.iloc[:300].copy()

@@ -89,6 +89,10 @@ def _train(args: argparse.Namespace) -> int:
         params["latent_dim"] = args.latent_dim
     if args.hidden_sizes:
         params["hidden_sizes"] = tuple(int(v) for v in args.hidden_sizes.split(","))
+    if args.activation:
+        params["activation"] = args.activation
+    if args.checkpoint_dir:
+        params["checkpoint_dir"] = args.checkpoint_dir
     result = train_job(args.data, args.out, opts, params, test_size=args.test_size, seed=args.seed)
     det, info = result.detector, result.detector.fit_info_
     print(f"trained {det.model_.kind} VAE on {args.data}")
@@ -346,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "validation split usually stops sooner (default 100)")
     p.add_argument("--latent-dim", type=_positive, help="size of z (default: 16, or half the features for small tables)")
     p.add_argument("--hidden-sizes", metavar="N,N", help="dense hidden layers, e.g. 256,128")
+    p.add_argument("--activation", choices=("relu", "tanh", "elu", "leaky_relu"), help="dense hidden layers' "
+                   "nonlinearity (default relu)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state there every epoch; a run "
+                   "that finds a checkpoint there goes on from it")
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="decoder likelihood (default gaussian, learned sigma)")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")
     p.add_argument("--id-column", metavar="COL", help="a column that identifies rows: not used as a feature")

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration as cal
 from .exceptions import CalibrationError, InputError
-from .models import VAE, ConvVAE, DenseVAE
+from .models import ACTIVATIONS, VAE, ConvVAE, DenseVAE
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
@@ -56,6 +56,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     latent_dim : size of z; None picks 16 for images and clip(d // 2, 2, 16) for tables of d features.
     hidden_sizes : dense hidden layers; None picks (64, 32), or (256, 128) above 100 features.
     conv_channels : filters of the stride-2 convolutions; None picks 32, 64 (and more for large images).
+    activation : nonlinearity of the dense network's hidden layers: "relu" (default), "tanh", "elu"
+        or "leaky_relu".
     likelihood : "gaussian" (learned variance per feature, the default), "gaussian-shared",
         "gaussian-fixed" (MSE) or "bernoulli" (data in [0, 1]).
     score_kind : default anomaly score: "elbo" (negative ELBO), "reconstruction" or "iwae"; all in nats.
@@ -74,6 +76,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     n_threads : torch threads while fitting and scoring (None: leave torch's setting).
     device : "cpu" (default, reproducible), "cuda" or "auto".
     verbose : 0 silent, 1 progress bar, 2 also logs every epoch.
+    checkpoint_dir : write the training state there after every epoch, and go on from a checkpoint
+        found there (the same weights as a run never interrupted); see ``training.train``.
 
     Attributes
     ----------
@@ -83,18 +87,20 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def __init__(
         self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
-        conv_channels: tuple[int, ...] | None = None, likelihood: str = "gaussian", score_kind: str = "elbo",
+        conv_channels: tuple[int, ...] | None = None, activation: str = "relu", likelihood: str = "gaussian",
+        score_kind: str = "elbo",
         n_score_samples: int = 16, min_scale: float | None = None, alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
         mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
         grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, random_state: Any = None,
-        n_threads: int | None = None, device: str = "cpu", verbose: int = 0,
+        n_threads: int | None = None, device: str = "cpu", verbose: int = 0, checkpoint_dir: str | None = None,
     ) -> None:
         self.model = model
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
         self.conv_channels = conv_channels
+        self.activation = activation
         self.likelihood = likelihood
         self.score_kind = score_kind
         self.n_score_samples = n_score_samples
@@ -119,6 +125,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.n_threads = n_threads
         self.device = device
         self.verbose = verbose
+        self.checkpoint_dir = checkpoint_dir
 
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -126,6 +133,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
         if self.score_kind not in SCORES:
             raise ValueError(f"score_kind must be one of {SCORES}, got {self.score_kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if int(self.n_score_samples) < 1:
@@ -224,7 +233,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         d = int(np.prod(x.shape[1:]))
         hidden = tuple(self.hidden_sizes) if self.hidden_sizes else ((256, 128) if d > 100 else (64, 32))
         latent = int(self.latent_dim or min(16, max(2, d // 2)))
-        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik, min_scale=floor)
+        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik, min_scale=floor, activation=self.activation)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -258,7 +267,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(seed)
             self.history_ = train(
                 self.model_, x_train, t[val_idx].to(device) if n_val else None,
-                self._train_config(), generator, verbose=int(self.verbose),
+                self._train_config(), generator, verbose=int(self.verbose), checkpoint_dir=self.checkpoint_dir,
             )
             self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
             self.calibration_scores_ = self._scores(t[cal_idx], self.score_kind)

@@ -52,10 +52,13 @@ class VAE(nn.Module):
         raise NotImplementedError
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
+
+
+def _mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
@@ -68,6 +71,8 @@ class DenseVAE(VAE):
     hidden : sizes of the hidden layers of the encoder (the decoder mirrors them).
     latent_dim : k, the size of z.
     likelihood : one of ``objectives.LIKELIHOODS``.
+    activation : the hidden layers' nonlinearity, one of ``ACTIVATIONS`` (relu; tanh as in Kingma &
+        Welling's original MNIST experiments).
     """
 
     kind = "dense"
@@ -80,8 +85,12 @@ class DenseVAE(VAE):
         likelihood: str = "gaussian",
         scale: float = 1.0,
         min_scale: float = 1e-2,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         if n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
         if latent_dim < 1:
@@ -89,11 +98,11 @@ class DenseVAE(VAE):
         self.n_features, self.hidden, self.latent_dim = int(n_features), tuple(int(h) for h in hidden), int(latent_dim)
         self.event_shape = (self.n_features,)
         last = self.hidden[-1] if self.hidden else self.n_features
-        self.encoder = _mlp([self.n_features, *self.hidden])
+        self.encoder = _mlp([self.n_features, *self.hidden], activation)
         self.to_mu = nn.Linear(last, self.latent_dim)
         self.to_logvar = nn.Linear(last, self.latent_dim)
         rev = list(reversed(self.hidden))
-        self.decoder = nn.Sequential(_mlp([self.latent_dim, *rev]), nn.Linear(rev[-1] if rev else self.latent_dim, self.n_features))
+        self.decoder = nn.Sequential(_mlp([self.latent_dim, *rev], activation), nn.Linear(rev[-1] if rev else self.latent_dim, self.n_features))
         self._init_likelihood(likelihood, scale, min_scale)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -101,7 +110,7 @@ class DenseVAE(VAE):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "n_features": self.n_features, "hidden": list(self.hidden),
-                "latent_dim": self.latent_dim, **self._lik_args}
+                "latent_dim": self.latent_dim, "activation": self.activation, **self._lik_args}
 
 
 def default_conv_channels(height: int, width: int) -> tuple[int, ...]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .exceptions import TrainingDivergedError
@@ -15,7 +21,9 @@ from .objectives import kl_standard_normal, log_normal, log_standard_normal, mmd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "loss_terms"]
+__all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS"]
+
+CHECKPOINT_JSON, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
 
 
 @dataclass
@@ -73,15 +81,27 @@ def loss_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig,
 
 
 def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: TrainConfig,
-          generator: torch.Generator, verbose: int = 0) -> list[dict[str, float]]:
+          generator: torch.Generator, verbose: int = 0,
+          checkpoint_dir: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
     """Fit ``model`` in place; returns the history (one dict of mean terms per epoch). The best
-    weights by validation loss (training loss when there is no validation set) are restored."""
+    weights by validation loss (training loss when there is no validation set) are restored.
+
+    With ``checkpoint_dir``, the whole training state (weights, optimizer moments, random
+    generator, history, early-stopping state) is written there after every epoch, and a run that
+    finds a checkpoint there goes on from it: interrupted after epoch 3 and started again, it ends
+    with exactly the weights of a run that was never interrupted. A checkpoint written with other
+    settings or data is refused (only ``epochs`` may change, to train longer)."""
     cfg.check()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n, k = x_train.shape[0], model.latent_dim
     history: list[dict[str, float]] = []
-    best, best_state, since_best = math.inf, None, 0
-    bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=verbose <= 0, leave=verbose > 1)
+    best, best_state, since_best, stopped, first = math.inf, None, 0, False, 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / CHECKPOINT_JSON).is_file():
+        first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, cfg, x_train)
+        log.info("resuming from %s after epoch %d", ckpt, first)
+    bar = tqdm(range(first, cfg.epochs if not stopped else first), desc="training", unit="epoch",
+               disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
     for epoch in bar:
         beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
         model.train()
@@ -120,8 +140,12 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
                 best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
             else:
                 since_best += 1
-                if since_best >= cfg.patience:
-                    break
+                stopped = since_best >= cfg.patience
+        if ckpt is not None:
+            _save_checkpoint(ckpt, epoch + 1, model, opt, generator, cfg, x_train, history, best, best_state,
+                             since_best, stopped)
+        if stopped:
+            break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -144,3 +168,59 @@ def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int
     if not math.isfinite(value):
         raise TrainingDivergedError(f"validation loss is {value}: training diverged; lower learning_rate")
     return value
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _fingerprint(cfg: TrainConfig, model: VAE, x_train: torch.Tensor) -> dict[str, Any]:
+    """What must be the same for a checkpoint to go on with: settings but ``epochs``, the network,
+    and the training data (shape and a cheap checksum)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    data = {"shape": list(x_train.shape), "sum": float(x_train.double().sum()), "sq": float((x_train.double() ** 2).sum())}
+    return {"settings": settings, "model": model.config(), "data": data}
+
+
+def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
+                     cfg: TrainConfig, x_train: torch.Tensor, history: list[dict[str, float]], best: float,
+                     best_state: dict[str, torch.Tensor] | None, since_best: int, stopped: bool) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()})
+    state = opt.state_dict()
+    for i, st in state["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{i}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    tensors["generator"] = generator.get_state()
+    meta = {"epoch": epoch, "history": history, "best": best if math.isfinite(best) else None,
+            "since_best": since_best, "stopped": stopped, "param_groups": state["param_groups"],
+            "fingerprint": _fingerprint(cfg, model, x_train)}
+    # both files to temporaries first, then renamed: a crash mid-write leaves the previous checkpoint
+    for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f)),
+                        (CHECKPOINT_JSON, lambda f: Path(f).write_text(json.dumps(meta)))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path)
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path / name)
+
+
+def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
+                     cfg: TrainConfig, x_train: torch.Tensor) -> tuple[int, list[dict[str, float]], float,
+                                                                        dict[str, torch.Tensor] | None, int, bool]:
+    meta = json.loads((path / CHECKPOINT_JSON).read_text())
+    expected = _fingerprint(cfg, model, x_train)
+    if meta["fingerprint"] != expected:
+        differ = [k for k in expected if meta["fingerprint"].get(k) != expected[k]]
+        raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's; "
+                         "remove it, or give another checkpoint_dir")
+    tensors = load_file(str(path / CHECKPOINT_TENSORS))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            opt_state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    generator.set_state(tensors["generator"])
+    best = meta["best"] if meta["best"] is not None else math.inf
+    return meta["epoch"], meta["history"], best, best_state, meta["since_best"], meta["stopped"]

@@ -325,3 +325,24 @@ def test_mmd_objective_and_mc_kl_train(cancer):
     for kw in ({"objective": "mmd"}, {"kl_estimator": "mc"}, {"kl_warmup_epochs": 2}, {"likelihood": "gaussian-fixed"}):
         det = VAEAnomalyDetector(epochs=4, random_state=0, **kw).fit(cancer[0])
         assert np.isfinite(det.anomaly_score(cancer[1])).all()
+
+
+def test_checkpoints_resume_to_exactly_the_uninterrupted_run(cancer, tmp_path):
+    import json
+
+    X = cancer[0]
+    settings = dict(patience=100, random_state=0, alpha=0.1)
+    full = VAEAnomalyDetector(epochs=6, **settings).fit(X)
+    ckpt = tmp_path / "ckpt"
+    VAEAnomalyDetector(epochs=3, checkpoint_dir=str(ckpt), **settings).fit(X)  # "interrupted" after 3 epochs
+    assert json.loads((ckpt / "checkpoint.json").read_text())["epoch"] == 3
+    resumed = VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3, 4, 5, 6]
+    assert resumed.history_ == full.history_
+    for (name, a), b in zip(full.model_.state_dict().items(), resumed.model_.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
+    with pytest.raises(ValueError, match="was written for other settings than this run's"):
+        VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), learning_rate=0.01, **settings).fit(X)
+    with pytest.raises(ValueError, match="was written for other data than this run's"):
+        VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X.iloc[::-1])

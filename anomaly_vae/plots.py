@@ -132,14 +132,25 @@ def _show(ax: Any, img: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=8)
 
 
+def _class_order(labels: np.ndarray) -> list[str]:
+    """Numbers in numeric order, other labels alphabetically."""
+    values = sorted(set(labels))
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return values
+
+
 def _prepared(det: Any, X: Any) -> np.ndarray:
     return det._prepare(X, reset=False)
 
 
-def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points: int = 5000, seed: int = 0) -> Any:
+def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points: int = 5000, seed: int = 0,
+                  ax: Any = None, title: str | None = None) -> Any:
     """The posterior means of ``X`` in the latent plane, coloured by ``labels`` when given. A
     latent space with more than two dimensions is shown on its first two principal components
-    (the axes say so, with the share of variance each holds)."""
+    (the axes say so, with the share of variance each holds). Draws into ``ax`` when given (to put
+    maps side by side); returns the Figure."""
     plt = _pyplot()
     z = det.encode(X)
     lab = None if labels is None else np.asarray([str(v) for v in labels], dtype=object)
@@ -158,11 +169,11 @@ def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points:
     else:
         z = np.column_stack([z[:, 0], np.zeros(len(z))])
         names, what = ["z1", ""], "1-D latent space"
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100) if ax is None else (ax.figure, ax)
     if lab is None:
         ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6, color="tab:blue")
     else:
-        classes = sorted(set(lab), key=lambda v: (len(v), v))
+        classes = _class_order(lab)
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes[:20]):
             m = lab == c
@@ -170,12 +181,12 @@ def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points:
         ax.legend(markerscale=4, fontsize=8, loc="best", title="label")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(f"Posterior means of {len(z)} samples, {what}")
+    ax.set_title(title or f"Posterior means of {len(z)} samples, {what}")
     fig.tight_layout()
     return fig
 
 
-def grid_figure(det: Any, n: int = 15, seed: int = 0) -> Any:
+def grid_figure(det: Any, n: int = 15, seed: int = 0, ax: Any = None, title: str | None = None) -> Any:
     """Decoded images: with a 2-D latent, over an n x n grid of latent coordinates at the standard
     normal's quantiles 5%..95% (so the grid covers where the prior puts its mass); otherwise n x n
     samples from the prior."""
@@ -187,15 +198,15 @@ def grid_figure(det: Any, n: int = 15, seed: int = 0) -> Any:
 
         q = norm.ppf(np.linspace(0.05, 0.95, n))
         zz = np.array([[x, y] for y in q[::-1] for x in q])  # rows from top (high z2) to bottom
-        title = f"Decoded over a {n} x {n} grid of the 2-D latent plane (z1 left to right, z2 top to bottom)"
+        what = f"Decoded over a {n} x {n} grid of the 2-D latent plane (z1 left to right, z2 top to bottom)"
     else:
         zz = np.random.default_rng(seed).standard_normal((n * n, k))
-        title = f"{n * n} samples from the prior N(0, I) of the {k}-D latent space, decoded"
+        what = f"{n * n} samples from the prior N(0, I) of the {k}-D latent space, decoded"
     mosaic = tile_images(det.decode(zz), n, n)
-    size = min(12.0, max(4.0, n * 0.5))
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    size = min(9.0, max(4.0, n * 0.5))
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100) if ax is None else (ax.figure, ax)
     _show(ax, mosaic)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title or what, fontsize=9)
     if k == 2:
         ax.set_xlabel(f"z1 from {q[0]:.2f} to {q[-1]:.2f}")
         ax.set_ylabel(f"z2 from {q[-1]:.2f} (top) to {q[0]:.2f}")
@@ -270,7 +281,7 @@ def scores_figure(det: Any, X: Any, labels: list[Any] | None = None) -> Any:
         ax.set_ylabel("samples")
     else:
         lab = np.asarray([str(v) for v in labels], dtype=object)
-        classes = sorted(set(lab), key=lambda v: (len(v), v))[:20]
+        classes = _class_order(lab)[:20]
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes):
             m = lab == c

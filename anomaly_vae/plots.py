@@ -257,7 +257,7 @@ def reconstructions_figure(det: Any, X: Any, n: int = 6) -> Any:
         axes[2, j].imshow(err[j], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
         axes[2, j].set_xticks([])
         axes[2, j].set_yticks([])
-    for row, name in enumerate(("input", "reconstruction", "error (nats)")):
+    for row, name in enumerate(("input", "reconstruction", "error (nats, one scale)")):
         axes[row, 0].set_ylabel(name, fontsize=8)
     fig.suptitle(f"The {n} highest and {n} lowest anomaly scores of {len(scores)} samples", fontsize=9)
     fig.tight_layout()

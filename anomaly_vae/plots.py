@@ -28,6 +28,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _bins(finite: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """60 bins over the 0.5-99.5% range of the scores (widened to show the threshold), and the
+    scores clipped to that range."""
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    if np.isfinite(threshold):
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    return np.linspace(lo, hi + 1e-9, 60), np.clip(finite, lo, hi)
+
+
 def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold: float, alpha: float | None) -> Any:
     """Histogram of anomaly scores (normal and anomalous apart when labels are given) with the
     threshold marked. Returns the matplotlib Figure."""
@@ -35,11 +44,7 @@ def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold
     scores = np.asarray(scores, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     finite = scores[np.isfinite(scores)]
-    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-    if np.isfinite(threshold):
-        lo, hi = min(lo, threshold), max(hi, threshold)
-    bins = np.linspace(lo, hi + 1e-9, 60)
-    clipped = np.clip(finite, lo, hi)
+    bins, clipped = _bins(finite, threshold)
     if is_anomaly is None:
         ax.hist(clipped, bins=bins, color="tab:blue", alpha=0.8, label=f"all ({finite.size})")
     else:
@@ -271,11 +276,7 @@ def scores_figure(det: Any, X: Any, labels: list[Any] | None = None) -> Any:
     scores = det.anomaly_score(X)
     threshold, alpha = float(det.threshold_), det.alpha_
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    lo, hi = np.percentile(scores, [0.5, 99.5])
-    if np.isfinite(threshold):
-        lo, hi = min(lo, threshold), max(hi, threshold)
-    bins = np.linspace(lo, hi + 1e-9, 60)
-    clipped = np.clip(scores, lo, hi)
+    bins, clipped = _bins(scores, threshold)
     if labels is None:
         ax.hist(clipped, bins=bins, color="tab:blue", alpha=0.8, label=f"all ({len(scores)})")
         ax.set_ylabel("samples")

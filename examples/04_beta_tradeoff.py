@@ -15,7 +15,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from _common import FMNIST_CLASSES, load, parser, report, save, settings
+from _common import FMNIST_CLASSES, load_one_class, parser, report, save, settings
 from anomaly_vae import VAEAnomalyDetector, plots
 
 NORMAL = 0  # T-shirt/top
@@ -26,11 +26,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     s = settings(args, full={"limit": 6000, "epochs": 30}, quick={"limit": 2000, "epochs": 6})
     started = time.perf_counter()
-    xtr, ytr, xte, yte = load("fashion-mnist", None, args.seed)
-    xtr = xtr[ytr == NORMAL][: s["limit"]]
-    if args.quick:
-        keep = np.sort(np.random.RandomState(args.seed).choice(len(xte), 2000, replace=False))
-        xte, yte = xte[keep], yte[keep]
+    xtr, xte, yte = load_one_class(NORMAL, s["limit"], args.quick, args.seed)
     anomalous = yte != NORMAL
     rows, numbers = [], {"normal_class": FMNIST_CLASSES[NORMAL], "training_images": len(xtr), "epochs": s["epochs"],
                          "test_images": len(xte)}

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from _common import FMNIST_CLASSES, load, parser, report, save, settings
+from _common import FMNIST_CLASSES, load_one_class, parser, report, save, settings
 from anomaly_vae import VAEAnomalyDetector, plots
 
 NORMAL = 1  # Trouser
@@ -25,11 +24,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     s = settings(args, full={"limit": 6000, "epochs": 30}, quick={"limit": 6000, "epochs": 8})
     started = time.perf_counter()
-    xtr, ytr, xte, yte = load("fashion-mnist", None, args.seed)
-    xtr = xtr[ytr == NORMAL][: s["limit"]]
-    if args.quick:
-        keep = np.sort(np.random.RandomState(args.seed).choice(len(xte), 2000, replace=False))
-        xte, yte = xte[keep], yte[keep]
+    xtr, xte, yte = load_one_class(NORMAL, s["limit"], args.quick, args.seed)
     det = VAEAnomalyDetector(model="conv", latent_dim=16, alpha=0.01, epochs=s["epochs"], random_state=args.seed,
                              verbose=1).fit(xtr)
     scores = det.anomaly_score(xte)

@@ -30,8 +30,12 @@ def test_example_runs_with_tiny_settings(script: str, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--quick", "--limit", "600", "--epochs", "2",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    from PIL import Image
+
     for name in EXAMPLES[script]:
-        assert (tmp_path / name).stat().st_size > 5000, name
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] >= 250 and im.size[1] >= 100, name
+            assert len(im.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 2, name  # a picture, not a blank
     numbers = json.loads((tmp_path / f"{script[:-3]}.json").read_text())
     assert numbers["seconds"] > 0
     if script.startswith("03"):

@@ -97,8 +97,10 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     history: list[dict[str, float]] = []
     best, best_state, since_best, stopped, first = math.inf, None, 0, False, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # once, not every epoch: it sums over the whole training set
+    fingerprint = _fingerprint(cfg, model, x_train) if ckpt is not None else None
     if ckpt is not None and (ckpt / CHECKPOINT_JSON).is_file():
-        first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, cfg, x_train)
+        first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, fingerprint)
         log.info("resuming from %s after epoch %d", ckpt, first)
     bar = tqdm(range(first, cfg.epochs if not stopped else first), desc="training", unit="epoch",
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
@@ -142,7 +144,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
                 since_best += 1
                 stopped = since_best >= cfg.patience
         if ckpt is not None:
-            _save_checkpoint(ckpt, epoch + 1, model, opt, generator, cfg, x_train, history, best, best_state,
+            _save_checkpoint(ckpt, epoch + 1, model, opt, generator, fingerprint, history, best, best_state,
                              since_best, stopped)
         if stopped:
             break
@@ -180,7 +182,7 @@ def _fingerprint(cfg: TrainConfig, model: VAE, x_train: torch.Tensor) -> dict[st
 
 
 def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
-                     cfg: TrainConfig, x_train: torch.Tensor, history: list[dict[str, float]], best: float,
+                     fingerprint: dict[str, Any], history: list[dict[str, float]], best: float,
                      best_state: dict[str, torch.Tensor] | None, since_best: int, stopped: bool) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -193,7 +195,7 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
     tensors["generator"] = generator.get_state()
     meta = {"epoch": epoch, "history": history, "best": best if math.isfinite(best) else None,
             "since_best": since_best, "stopped": stopped, "param_groups": state["param_groups"],
-            "fingerprint": _fingerprint(cfg, model, x_train)}
+            "fingerprint": fingerprint}
     # both files to temporaries first, then renamed: a crash mid-write leaves the previous checkpoint
     for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f)),
                         (CHECKPOINT_JSON, lambda f: Path(f).write_text(json.dumps(meta)))):
@@ -204,10 +206,9 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
 
 
 def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
-                     cfg: TrainConfig, x_train: torch.Tensor) -> tuple[int, list[dict[str, float]], float,
-                                                                        dict[str, torch.Tensor] | None, int, bool]:
+                     expected: dict[str, Any]) -> tuple[int, list[dict[str, float]], float,
+                                                        dict[str, torch.Tensor] | None, int, bool]:
     meta = json.loads((path / CHECKPOINT_JSON).read_text())
-    expected = _fingerprint(cfg, model, x_train)
     if meta["fingerprint"] != expected:
         differ = [k for k in expected if meta["fingerprint"].get(k) != expected[k]]
         raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's; "

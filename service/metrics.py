@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_vae.instances import REASONS
+
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("score", "score_csv", "score_images")
 # every reason a request can be rejected for (4xx): the instance reasons of anomaly_vae.instances,
 # and the ones of the request as a whole
-REJECT_REASONS = ("empty", "shape", "width", "missing_column", "unknown_column", "non_numeric", "not_finite",
-                  "invalid_value", "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type")
+REJECT_REASONS = (*REASONS, "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type")
 
 _current: "ServiceMetrics | None" = None
 _lock = threading.Lock()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-
 from _common import load, parser, report, save, settings
 from anomaly_vae import VAEAnomalyDetector, plots
 

@@ -68,7 +68,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
     calibration_size, validation_size : fractions held out for calibration (from all data) and for
-        early stopping (from the rest).
+        early stopping (from the rest). The calibration part is raised to the size ``alpha`` needs
+        (``min_calibration_size(alpha)``, 99 for 0.01) while at least half the data is left to train
+        on; with less data than that, ``fit`` raises ``CalibrationError`` saying what would work.
     epochs, batch_size, learning_rate, weight_decay, beta, objective, mmd_weight, kl_estimator,
     kl_warmup_epochs, grad_clip, patience : training settings, see ``training.TrainConfig``.
     max_categories : most one-hot categories per string column.
@@ -250,10 +252,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if n < 10:
             raise InputError(f"need at least 10 samples to fit (training, validation and calibration splits), "
                              f"got {n} sample{'s' if n != 1 else ''}")
+        n_cal = self._calibration_rows(n)
         seed = self._seed()
         rng = np.random.RandomState(seed)
         perm = rng.permutation(n)
-        n_cal = max(1, int(round(float(self.calibration_size) * n)))
         n_val = int(round(float(self.validation_size) * (n - n_cal)))
         cal_idx, val_idx, train_idx = perm[:n_cal], perm[n_cal : n_cal + n_val], perm[n_cal + n_val :]
         start = time.perf_counter()
@@ -280,6 +282,25 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         else:
             self.set_alpha(self.alpha)
         return self
+
+    def _calibration_rows(self, n: int) -> int:
+        """Rows held out for calibration: ``calibration_size`` of ``n``, raised to the number the
+        conformal threshold at ``alpha`` needs as long as half the rows are left to train on; where
+        that cannot be, ``fit`` fails here, before training, saying what would work."""
+        n_cal = max(1, int(round(float(self.calibration_size) * n)))
+        if self.contamination is not None:
+            return n_cal  # the threshold comes from the training scores, not a conformal rank
+        need = cal.min_calibration_size(self.alpha)
+        if n_cal >= need:
+            return n_cal
+        most = n // 2
+        if need <= most:
+            return need
+        raise CalibrationError(
+            f"alpha={self.alpha:g} needs at least {need} held-out calibration samples, and {n} samples leave at "
+            f"most {most} once half are kept for training: fit on at least {2 * need} samples, choose "
+            f"alpha >= {1.0 / (most + 1):.4g}, or set contamination= (a threshold from the training scores, "
+            "without the false-alarm guarantee)")
 
     # -- thresholds ---------------------------------------------------------------------------
     def _set_threshold(self, threshold: float, method: str, alpha: float | None) -> None:
@@ -333,8 +354,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _model_device(self) -> torch.device:
         return next(self.model_.parameters()).device
 
+    def _workers(self) -> int:
+        """Blocks scored at once: ``n_threads``, else torch's thread count (each block on one thread)."""
+        return int(self.n_threads) if self.n_threads else torch.get_num_threads()
+
     def _scores(self, t: torch.Tensor, score: str) -> np.ndarray:
-        return _score_samples(self.model_, t, score, self.noise_.to(self._model_device()))
+        return _score_samples(self.model_, t, score, self.noise_, workers=self._workers())
 
     def anomaly_score(self, X: Any, score: str | None = None) -> np.ndarray:
         """Anomaly score of each sample, (n_samples,) float64, in nats: higher = more anomalous.
@@ -346,8 +371,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         x = self._prepare(X, reset=False)
-        with _threads(self.n_threads):
-            return self._scores(self._tensor(x), score)
+        return self._scores(self._tensor(x), score)
 
     def anomaly_score_rows(self, X: Any, score: str | None = None) -> tuple[np.ndarray, list[str | None]]:
         """``anomaly_score`` for batch jobs that must not lose a row: a row (image) with a bad value
@@ -365,9 +389,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         good = np.array([e is None for e in errors], dtype=bool)
         scores = np.full(len(errors), np.nan)
         if good.any():
-            with _threads(self.n_threads):
-                t = self._tensor(x if good.all() else x[good])
-                scores[good] = self._scores(t, score)
+            scores[good] = self._scores(self._tensor(x if good.all() else x[good]), score)
         return scores, errors
 
     def score_samples(self, X: Any) -> np.ndarray:
@@ -405,8 +427,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ``anomaly_score(X, score="reconstruction")``."""
         check_is_fitted(self, "model_")
         x = self._prepare(X, reset=False)
-        with _threads(self.n_threads):
-            per = _feature_scores(self.model_, self._tensor(x).to(self._model_device()))
+        per = _feature_scores(self.model_, self._tensor(x), workers=self._workers())
         if self.input_kind_ == "image":
             return per.reshape(x.shape)
         groups = self.preprocessor_.feature_groups()

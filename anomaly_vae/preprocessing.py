@@ -13,6 +13,10 @@ Rules, applied the same way in every face (Python, CLI, HTTP):
   ``max_categories`` most frequent) plus an ``<other>`` slot shared by rarer categories and by any
   category never seen in training. A missing value is its own category. An unseen category is
   scored, not an error, and scores high: ``<other>`` was (almost) always 0 in training.
+* A finite value too far out for float32 arithmetic (more than ``Z_MAX`` = 1e6 training standard
+  deviations from the training mean; no training set of fewer than 1e12 rows has one) is scored as
+  ``Z_MAX``, with a warning naming the column: it is far beyond anything the model saw, and its score
+  is huge and flagged, never NaN (1e300 used to overflow to infinity and give a NaN score).
 * Columns are matched by name (DataFrames); extra columns are ignored, a missing one is an error.
 * Images are float in [0, 1], layout (N, C, H, W); uint8 input is divided by 255.
 """
@@ -33,6 +37,7 @@ __all__ = ["TablePreprocessor", "ImagePreprocessor", "as_table", "is_image_input
 
 OTHER = "<other>"
 MISSING = "<missing>"
+Z_MAX = 1e6  # largest |standardised value| the network is given; see the module docstring
 
 
 def as_table(X: Any, columns: list[str] | None = None) -> pd.DataFrame:
@@ -80,7 +85,12 @@ class TablePreprocessor:
                 finite = v[~np.isnan(v)]
                 if finite.size == 0:
                     raise InputError(f"column {name!r} has no values in the training data (all missing)")
-                std = float(finite.std())
+                with np.errstate(over="ignore", invalid="ignore"):
+                    std = float(finite.std())
+                if not (np.isfinite(std) and np.isfinite(finite.mean())):
+                    raise InputError(f"column {name!r}: values up to {np.abs(finite).max():g} are too large to "
+                                     "standardise in float64 (their variance overflows); rescale the column",
+                                     reason="invalid_value")
                 # a column constant in training can have a float std of 1e-17 instead of 0; dividing
                 # by it sends any other value to 1e18 and its score to infinity
                 constant = std <= 1e-9 * float(np.abs(finite).max())
@@ -210,7 +220,16 @@ class TablePreprocessor:
                 log.warning("column %r: %d missing value(s) imputed with the training median %g "
                             "(the column had no missing values in training)", names[m], int(miss[:, m].sum()), med[m])
             values = np.where(miss, med, values)
-        out[:, pos] = (values - mean) / std
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (values - mean) / std  # float64; 1e308 - (-1) / 0.5 overflows to inf, capped below
+        far = ~(np.abs(z) <= Z_MAX)
+        if far.any():
+            for m in np.flatnonzero(far.any(axis=0)):
+                log.warning("column %r: %d value(s) more than %g training standard deviations from the training "
+                            "mean, scored as %g (far beyond anything the model saw)", names[m], int(far[:, m].sum()),
+                            Z_MAX, Z_MAX)
+            z = np.clip(np.nan_to_num(z, nan=0.0, posinf=Z_MAX, neginf=-Z_MAX), -Z_MAX, Z_MAX)
+        out[:, pos] = z
         out[:, pos[ind] + 1] = miss[:, ind]
 
     @property
@@ -346,10 +365,11 @@ class ImagePreprocessor:
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         else:
-            x = x.astype(np.float32)
-            flat = x.reshape(x.shape[0], -1)
+            flat = x.reshape(x.shape[0], -1)  # checked before the float32 cast: 1e308 is finite, not inf
             finite = np.isfinite(flat).all(axis=1)
             in_range = ((flat >= 0) & (flat <= 1)).all(axis=1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = x.astype(np.float32)  # the rows this overflows are the bad ones, zeroed below
             for i in np.flatnonzero(~(finite & in_range)):
                 if not finite[i]:
                     errors[i] = "pixel values must be finite, found NaN or infinity"

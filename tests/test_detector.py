@@ -1,5 +1,6 @@
 """The estimator end to end on real data: breast cancer (scikit-learn), cardio and Fashion-MNIST (data/)."""
 
+import copy
 import logging
 
 import numpy as np
@@ -193,6 +194,7 @@ def test_images_any_layout_and_channels_are_converted(fashion_sample):
     (np.zeros((2, 20, 20), dtype=np.uint8), "must be 28x28 pixels, got 20x20"),
     (np.full((2, 28, 28), 2.0), "must lie in \\[0, 1\\]"),
     (np.full((2, 28, 28), np.nan), "must be finite"),
+    (np.full((2, 28, 28), 1e308), "must lie in \\[0, 1\\].*found 1e\\+308"),  # finite: not "NaN or infinity"
 ])
 def test_bad_images_are_clear_errors(fashion_sample, bad, match):
     images, labels = fashion_sample
@@ -201,14 +203,76 @@ def test_bad_images_are_clear_errors(fashion_sample, bad, match):
         det.anomaly_score(bad)
 
 
-def test_too_few_calibration_samples_gives_clear_error_at_predict(cancer):
-    det = VAEAnomalyDetector(epochs=2, random_state=0, alpha=0.001).fit(cancer[0])  # 50 calibration scores
+def test_too_few_calibration_samples_for_a_new_alpha_gives_clear_error_at_predict(cancer):
+    det = VAEAnomalyDetector(epochs=2, random_state=0, alpha=0.05, calibration_size=0.2).fit(cancer[0])
+    assert det.fit_info_["n_calibration"] == 50
+    det.set_alpha(0.001)  # a threshold re-chosen later, from the 50 stored scores
     assert det.threshold_ == np.inf
     assert np.isfinite(det.anomaly_score(cancer[1])).all()  # scores still work
     with pytest.raises(CalibrationError, match="needs at least 999 calibration samples, got 50"):
         det.predict(cancer[1])
     det.set_alpha(0.05)
     assert det.predict(cancer[1]).shape == (len(cancer[1]),)
+
+
+def test_small_data_default_fit_then_predict_works(cancer, cardio):
+    """Issue 10.3: 250 rows with the defaults left 50 calibration rows and predict refused alpha=0.01;
+    the calibration split is now sized for alpha."""
+    det = VAEAnomalyDetector(epochs=2, random_state=0).fit(cancer[0])
+    assert det.fit_info_["n_calibration"] == 99 and det.fit_info_["n_train"] + det.fit_info_["n_validation"] == 151
+    assert np.isfinite(det.threshold_)
+    assert det.predict(cancer[1]).shape == (len(cancer[1]),)
+    big = VAEAnomalyDetector(epochs=1, random_state=0).fit(cardio.drop(columns="label").iloc[:600])
+    assert big.fit_info_["n_calibration"] == 120  # enough data: 20%, as before
+
+
+def test_too_little_data_for_alpha_fails_at_fit_with_the_numbers(cancer):
+    """Issue 10.3: where the data cannot support alpha, fit says so (not predict, later)."""
+    with pytest.raises(CalibrationError, match=r"alpha=0.01 needs at least 99 held-out calibration samples, and 150 "
+                                               r"samples leave at most 75.*at least 198 samples.*alpha >= 0.01316"):
+        VAEAnomalyDetector(epochs=2, random_state=0).fit(cancer[0].iloc[:150])
+    det = VAEAnomalyDetector(epochs=2, random_state=0, alpha=0.05).fit(cancer[0].iloc[:150])  # the choices work
+    assert np.isfinite(det.threshold_)
+    det = VAEAnomalyDetector(epochs=2, random_state=0, contamination=0.05).fit(cancer[0].iloc[:150])
+    assert det.predict(cancer[1]).shape == (len(cancer[1]),)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 1e39, 1e19, np.finfo(np.float64).max])
+def test_extreme_finite_value_is_flagged_not_nan(cancer_model, cancer, value, caplog):
+    """Issue 10.2: a finite value that overflows float32 once standardised gave a NaN score and
+    predict said "normal"; it is now scored as far out (finite, above the threshold) and flagged."""
+    X = cancer[1].iloc[:3].copy()
+    X.iloc[1, 0] = value
+    with caplog.at_level(logging.WARNING):
+        scores = cancer_model.anomaly_score(X)
+    assert np.isfinite(scores).all() and scores[1] > cancer_model.threshold_
+    assert "mean radius" in caplog.text and "standard deviations" in caplog.text
+    assert list(cancer_model.predict(X))[1] == -1
+    assert cancer_model.p_values(X)[1] == 1 / (len(cancer_model.calibration_scores_) + 1)
+    rows, errors = cancer_model.anomaly_score_rows(X)
+    assert np.array_equal(rows, scores) and errors == [None, None, None]
+    assert np.isfinite(cancer_model.feature_scores(X).to_numpy()).all()
+    assert np.isfinite(cancer_model.anomaly_score(X, score="iwae")).all()
+
+
+def test_training_values_too_large_to_standardise_fail_at_fit(cancer):
+    X = cancer[0].copy()
+    X.iloc[0, 2] = 1e200  # its square overflows float64
+    with pytest.raises(InputError, match=r"column 'mean perimeter': values up to 1e\+200 are too large"):
+        VAEAnomalyDetector(epochs=1, random_state=0).fit(X)
+
+
+def test_scores_are_capped_finite_even_if_the_network_overflows(cancer_model, cancer):
+    """Issue 10.2, the last line of defence: whatever the network computes, no NaN or infinity
+    leaves the core (a non-finite score is reported as SCORE_MAX and flagged)."""
+    from anomaly_vae.scoring import SCORE_MAX
+
+    det = copy.deepcopy(cancer_model)
+    with torch.no_grad():
+        det.model_.encoder[0].bias[0] = float("nan")
+    scores = det.anomaly_score(cancer[1].iloc[:5])
+    assert np.all(scores == SCORE_MAX)
+    assert np.all(det.predict(cancer[1].iloc[:5]) == -1)
 
 
 def test_set_alpha_moves_threshold_without_retraining(cancer_model):

@@ -2,7 +2,12 @@
 
 Exit codes: 0 everything done; 3 done, but some rows could not be scored (each has its ``error``
 in the output); 2 usage error (bad flags); 1 fatal error (missing file or column, unreadable model,
-...); 130 interrupted.
+...); 128 + the signal's number when stopped by a signal: 130 SIGINT (Ctrl-C), 143 SIGTERM (what
+``timeout``, systemd, Kubernetes and Airflow send), 129 SIGHUP. The three signals are handled alike:
+the command stops, the hidden ``.part`` file of an output being written is removed (an output file
+appears only when whole), and it exits with that code. A signal ignored by whoever started the
+command (``nohup``, a shell's ``&``) stays ignored. A second signal while the first one's cleanup
+runs removes the ``.part`` files and exits at once.
 """
 
 from __future__ import annotations
@@ -11,21 +16,79 @@ import argparse
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3
+EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process killed by it
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 EPILOG = """exit codes: 0 all rows scored; 3 some rows had errors (see the error column); 2 usage error;
-1 fatal error. Data: CSV / TSV (delimiter sniffed, or --sep), Parquet, .npy / .npz, or a folder of
-PNG / JPEG / BMP / TIFF / WebP images (recursive, sorted)."""
+1 fatal error; 130 / 143 / 129 stopped by SIGINT (Ctrl-C) / SIGTERM / SIGHUP: the output being
+written is removed (outputs appear only when whole).
+Data: CSV / TSV (delimiter sniffed, or --sep), Parquet, .npy / .npz, or a folder of PNG / JPEG /
+BMP / TIFF / WebP images (recursive, sorted). Only regular files are read: a named pipe, socket or
+device is refused (in an image folder: an error row), never opened."""
 
 
 class UsageError(Exception):
     """Flags that do not fit together: exit 2."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt``, so
+    that every ``with`` and ``finally`` on the way out runs (the output's ``.part`` is removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP stop the command by an exception in the main thread (see the
+    module docstring). Only handlers still at their defaults are replaced: a signal that was
+    ignored when the process started (nohup, ``&``) stays ignored. The previous handlers are
+    restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    stopping = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:  # the first signal's cleanup is still running: do not wait for it
+            from .io import remove_partial_outputs
+
+            remove_partial_outputs()
+            os.write(2, f"anomaly-vae: {signal.Signals(signum).name} again: exiting now\n".encode())
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(signum)
+
+    previous: dict[int, Any] = {}
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:  # no SIGHUP on Windows
+            continue
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, signal.default_int_handler):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -180,7 +243,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         for ident, err in errors[:5]:
             print(f"    {ident}: {err}")
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        from .io import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"  metrics written to   {args.json}")
     if args.plots:
         from .plots import save_evaluation_plots
@@ -276,9 +342,12 @@ def _plot(args: argparse.Namespace) -> int:
         if not 0 <= row < len(X):
             raise UsageError(f"--row {row}: DATA has {len(X)} rows (0..{len(X) - 1})")
         fig = plots.features_figure(det, X.iloc[[row]] if hasattr(X, "iloc") else X[row : row + 1])
+    from .io import atomic_output
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format=out.suffix[1:].lower() or "png")  # by the target's suffix, not the temporary's
     w, h = (int(v) for v in fig.get_size_inches() * fig.dpi)
     print(f"wrote {out} ({kind}, {w}x{h} pixels)")
     return EXIT_OK
@@ -468,6 +537,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    with _stop_signals():
+        try:
+            return _run(parser, args)
+        except KeyboardInterrupt as err:  # Ctrl-C, or Stopped (SIGTERM, SIGHUP): the cleanup has run
+            signum = getattr(err, "signum", signal.SIGINT)
+            try:
+                print(f"anomaly-vae: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            except OSError:  # after SIGHUP the terminal may be gone
+                pass
+            return EXIT_SIGNAL_BASE + signum
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .exceptions import AnomalyVAEError  # after parsing: --help and usage errors stay fast
 
     try:
@@ -479,9 +561,6 @@ def main(argv: list[str] | None = None) -> int:
     except (AnomalyVAEError, ValueError, OSError) as err:
         print(f"anomaly-vae: error: {err}", file=sys.stderr)
         return EXIT_FATAL
-    except KeyboardInterrupt:
-        print("anomaly-vae: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ CSV rules: UTF-8 (a byte-order mark is dropped), a header row, the delimiter sni
 of the file (one of ``, ; TAB |``; ``.tsv`` means TAB) unless given; blank lines are not rows; empty
 fields and ``NA`` / ``null`` / ``NaN`` are missing values; quoted fields may hold delimiters and
 newlines.
+
+Only regular files are read (symbolic links are followed to what they point at). A named pipe, socket
+or device file is refused by its type, before it is opened: reading a FIFO waits for a writer that may
+never come, and opening a device can have effects of its own. The input file given by name is refused
+with an ``InputError``; such an entry in an image folder becomes that file's error row.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import csv
 import io
 import logging
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Chunk", "TableReader", "ImageFolderReader", "ArrayReader", "open_data", "read_all", "data_kind",
     "list_images", "load_image", "load_images", "ResultWriter", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "parse_size",
+    "atomic_output", "remove_partial_outputs",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -62,13 +70,63 @@ class Chunk:
         return len(self.ids)
 
 
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "another kind of file"
+
+
+def _not_regular(path: Path, mode: int) -> InputError:
+    return InputError(f"{path}: not a regular file but {_file_type(mode)}; not opened")
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for binary reading, if it is a regular file (after symbolic links).
+
+    The type is checked with ``stat`` before opening, so a FIFO, socket or device is never
+    opened; and again on the open descriptor, which is opened non-blocking so that a FIFO put
+    in its place in between cannot block either."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | nonblock | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def data_kind(path: str | os.PathLike[str]) -> str:
-    """``"images"`` (a folder), ``"csv"``, ``"parquet"``, ``"npy"`` or ``"npz"``."""
+    """``"images"`` (a folder), ``"csv"``, ``"parquet"``, ``"npy"`` or ``"npz"``. Anything but a
+    folder or a regular file (a FIFO, socket or device) is an ``InputError``: every reader
+    seeks or maps its file, and a FIFO would make the job wait on a writer that SIGTERM cannot
+    interrupt."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    if p.is_dir():
+    try:
+        mode = os.stat(p).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{p}: no such file or directory") from None
+    if stat.S_ISDIR(mode):
         return "images"
+    if not stat.S_ISREG(mode):
+        raise _not_regular(p, mode)
     suffix = p.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):
         return "csv"
@@ -140,7 +198,7 @@ class TableReader:
 
     # CSV: raw lines are counted and checked here (fast, with numpy), then parsed by pandas' C parser
     def _open_csv(self, sep: str | None) -> None:
-        self._file: BinaryIO = open(self.path, "rb")
+        self._file: BinaryIO = _open_regular(self.path)
         head = self._file.read(1 << 16)
         if not head.strip():
             raise InputError(f"{self.path}: the file is empty (expected a header row and data rows)")
@@ -380,7 +438,11 @@ def _pil() -> Any:
 
 def list_images(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
     """Image files under ``folder``, recursively, sorted by relative path; and how many other
-    files were skipped (other extensions, hidden files)."""
+    files were skipped (other extensions, hidden files).
+
+    Listed by name only, nothing is opened: an entry with an image suffix that is not a regular
+    file (a FIFO, socket or device, or a link to one) is listed, and ``load_image`` refuses it, so
+    it gets an error row. Links to folders are not followed (no loops, no leaving the folder)."""
     root = Path(folder)
     found, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -398,12 +460,18 @@ def list_images(folder: str | os.PathLike[str]) -> tuple[list[Path], int]:
 def load_image(path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     """One image file as float32 (C, H, W) in [0, 1], converted to ``channels`` (1 grey, 3 RGB)
     and resized (bilinear) to ``size`` = (H, W) when it differs. Pillow's decompression-bomb
-    guard stays on, and its warning is an error here. Raises ``InputError`` naming the file."""
+    guard stays on, and its warning is an error here. Raises ``InputError`` naming the file;
+    a path that is not a regular file is refused without being opened."""
     Image = _pil()
+    with _open_regular(Path(path)) as f:
+        return _decode_image(Image, f, path, size, channels)
+
+
+def _decode_image(Image: Any, f: BinaryIO, path: Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 img.load()  # decode now: a truncated or corrupt file fails here, not later
                 if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     a = np.asarray(img, dtype=np.float64)
@@ -441,10 +509,12 @@ def image_mode_info(path: Path) -> tuple[tuple[int, int], int]:
     """((H, W), channels) of an image file without decoding the pixels."""
     Image = _pil()
     try:
-        with Image.open(path) as img:
+        with _open_regular(Path(path)) as f, Image.open(f) as img:
             grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or (
                 img.mode == "P" and all(len(set(c)) == 1 for c in _palette_colours(img)))
             return (img.height, img.width), 1 if grey else 3
+    except InputError:
+        raise
     except Exception as err:  # Pillow raises many types for unreadable files
         raise InputError(f"{path}: not an image Pillow can read ({err})") from None
 
@@ -539,6 +609,54 @@ def read_all(reader: Any) -> Chunk:
 
 
 # -- output ------------------------------------------------------------------------------------
+# The hidden temporary files being written now, so that a process told to stop at once (a second
+# SIGTERM or Ctrl-C while the first one's cleanup runs) can still remove them before it exits.
+_PARTIAL: set[Path] = set()
+
+
+def _partial_file(target: Path) -> Path:
+    """A new, empty hidden file beside ``target`` (``.NAME.XXXXXXXX.part``), registered as partial."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    path = Path(tmp)
+    _PARTIAL.add(path)
+    return path
+
+
+def _discard(tmp: Path) -> None:
+    _PARTIAL.discard(tmp)
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def remove_partial_outputs() -> None:
+    """Remove every temporary output file still being written by this process (for a forced
+    exit that will not run the writers' own cleanup)."""
+    for tmp in list(_PARTIAL):
+        try:
+            _discard(tmp)
+        except OSError:  # best effort: the process is exiting
+            pass
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends
+    normally, removed when it raises (including ``KeyboardInterrupt`` and the CLI's SIGTERM), so
+    a file at ``path`` is always whole."""
+    target = Path(path)
+    tmp = _partial_file(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+        _PARTIAL.discard(tmp)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
 @dataclass
 class ResultWriter:
     """Writes result chunks to CSV or Parquet (by the target's suffix) in a temporary file beside
@@ -558,9 +676,7 @@ class ResultWriter:
         self.format = "csv" if suffix == ".csv" else "parquet"
         if not self.path.parent.exists():
             raise FileNotFoundError(f"{self.path.parent}: the output folder does not exist")
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = _partial_file(self.path)
 
     def write(self, df: pd.DataFrame) -> None:
         """Append ``df``; every chunk must have the columns and types of the first. Arrow's
@@ -583,6 +699,7 @@ class ResultWriter:
             self._pq_writer.close()
         assert self._tmp is not None
         os.replace(self._tmp, self.path)
+        _PARTIAL.discard(self._tmp)
         self._tmp = None
         return self.path
 
@@ -592,8 +709,8 @@ class ResultWriter:
                 self._pq_writer.close()
             except Exception:  # the file is removed anyway
                 pass
-        if self._tmp is not None and self._tmp.exists():
-            self._tmp.unlink()
+        if self._tmp is not None:
+            _discard(self._tmp)
         self._tmp = None
 
     def __enter__(self) -> "ResultWriter":

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import AnomalyVAEError
+from .io import atomic_output
 
 __all__ = ["score_histogram", "roc_figure", "save_evaluation_plots", "KINDS", "latent_figure", "grid_figure",
            "morph_figure", "reconstructions_figure", "scores_figure", "history_figure", "features_figure",
@@ -95,11 +96,13 @@ def save_evaluation_plots(scores: np.ndarray, is_anomaly: np.ndarray, threshold:
     y = np.asarray(is_anomaly, dtype=bool)
     if 0 < y.sum() < len(y):
         fig = roc_figure(scores, y, threshold)
-        fig.savefig(out / "roc.png")
+        with atomic_output(out / "roc.png") as tmp:  # a stopped run leaves no half figure
+            fig.savefig(tmp, format="png")
         plt.close(fig)
         written.append(out / "roc.png")
     fig = score_histogram(scores, y, threshold, alpha)
-    fig.savefig(out / "scores.png")
+    with atomic_output(out / "scores.png") as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     written.append(out / "scores.png")
     return written

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .exceptions import TrainingDivergedError
+from .io import atomic_output
 from .models import VAE
 from .objectives import kl_standard_normal, log_normal, log_standard_normal, mmd, sum_event
 
@@ -199,10 +199,8 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
     # both files to temporaries first, then renamed: a crash mid-write leaves the previous checkpoint
     for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f)),
                         (CHECKPOINT_JSON, lambda f: Path(f).write_text(json.dumps(meta)))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path / name)
+        with atomic_output(path / name) as tmp:  # removed if interrupted (SIGTERM in the CLI)
+            write(str(tmp))
 
 
 def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,7 @@ def test_help_teaches_commands_and_exit_codes() -> None:
         assert word in r.stdout
     r = run("score", "--help")
     assert r.returncode == 0 and "--explain" in r.stdout and "p_value" in r.stdout
+    assert "130 / 143 / 129 stopped by SIGINT (Ctrl-C) / SIGTERM / SIGHUP" in " ".join(r.stdout.split())
 
 
 def test_train_with_labels_reports_held_out_metrics(table_model: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -311,3 +315,142 @@ def test_memory_is_flat_in_the_input_size(table: Path, table_model: tuple[Path, 
     peaks = [peak_rss_mib([EXE, "score", str(table_model[0]), str(path), "--out", str(tmp_path / "o.csv"), "--quiet"])
              for path in (small, big)]
     assert peaks[1] <= 1.2 * peaks[0], f"peak RSS {peaks[0]:.0f} MiB -> {peaks[1]:.0f} MiB"
+
+
+# -- signals -----------------------------------------------------------------------------------
+# The child gets SIGINT, SIGTERM and SIGHUP at their defaults (or ignored, as nohup does) whatever
+# this test process inherited: a shell's `&` starts jobs with SIGINT ignored, nohup with SIGHUP
+# ignored, and a command must keep an ignored signal ignored. Then it execs the real entry point.
+SIGNAL_SHIM = textwrap.dedent("""
+    import os, signal, sys
+    ignored = {int(v) for v in sys.argv[1].split(",") if v}
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN if s in ignored else signal.SIG_DFL)
+    os.execvp(sys.argv[2], sys.argv[2:])
+""")
+
+
+@pytest.fixture(scope="module")
+def big_table(table: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """cardio repeated to 300k rows (62 MB): several seconds of scoring, time to stop it midway."""
+    header, *body = table.read_text().splitlines(keepends=True)
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    path.write_text(header + "".join(body) * 164)
+    return path
+
+
+def start_scoring(model: Path, data: Path, out: Path, ignored: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+    """`anomaly-vae score` started, and returned once it has written part of its output."""
+    ignore = ",".join(str(int(s)) for s in ignored)
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_SHIM, ignore, EXE, "score", str(model), str(data),
+                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size > 0 for p in out.parent.glob(f".{out.name}.*.part")):
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the job ended (exit {proc.returncode}) before it could be stopped midway: {err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("no partial output after 120 s")
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_sigterm_removes_the_part_file_and_exits_128_plus_signum(
+        big_table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path,
+        signum: int, code: int) -> None:
+    """SIGTERM (timeout, systemd, Kubernetes, Airflow) and SIGHUP stop a job as Ctrl-C does: no
+    .part left behind, no output that looks whole, exit 128 + the signal's number."""
+    out = tmp_path / "scores.csv"
+    proc = start_scoring(table_model[0], big_table, out)
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"still running 60 s after {signal.Signals(signum).name}")
+    assert proc.returncode == code, err
+    assert f"anomaly-vae: interrupted by {signal.Signals(signum).name}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the .part nor an output
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_a_signal_ignored_at_start_stays_ignored(big_table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                tmp_path: Path) -> None:
+    """`nohup anomaly-vae score ...` must survive the end of the session."""
+    out = tmp_path / "scores.csv"
+    proc = start_scoring(table_model[0], big_table, out, ignored=(signal.SIGHUP,))
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    with out.open() as got, big_table.open() as given:
+        assert sum(1 for _ in got) == sum(1 for _ in given)  # a header and every row
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_a_second_signal_during_cleanup_exits_at_once_without_part_files(tmp_path: Path) -> None:
+    """The first signal's cleanup may wait (a read that does not return): a second one must not."""
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        from anomaly_vae.cli import _stop_signals
+        from anomaly_vae.io import ResultWriter
+        with _stop_signals():
+            writer = ResultWriter(sys.argv[1])  # its .part exists now
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            except KeyboardInterrupt:  # the cleanup, stuck
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+        sys.exit(0)
+    """)
+    r = subprocess.run([sys.executable, "-c", SIGNAL_SHIM, "", sys.executable, "-c", script, str(tmp_path / "o.csv")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130, r.stderr
+    assert "SIGINT again: exiting now" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- files that are not regular files ----------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_fifo_in_an_image_folder_is_an_error_row_not_a_hang(image_model: Path, fashion_sample: tuple[np.ndarray, np.ndarray],
+                                                           tmp_path: Path) -> None:
+    images, labels = fashion_sample
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for k, i in enumerate(np.flatnonzero(labels == 0)[:2]):
+        PIL.fromarray(images[i]).save(folder / f"a{k}.png")
+    os.mkfifo(folder / "x.png")  # nobody ever writes to it
+    out = tmp_path / "scores.csv"
+    try:
+        r = subprocess.run([EXE, "score", str(image_model), str(folder), "--out", str(out), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job hung on the FIFO")
+    assert r.returncode == 3, r.stderr  # done, one row with an error
+    res = pd.read_csv(out, keep_default_na=False)
+    assert res["path"].tolist() == ["a0.png", "a1.png", "x.png"]
+    assert res["error"].tolist()[:2] == ["", ""] and res["score"].tolist()[2] == ""
+    assert res["error"][2].endswith("x.png: not a regular file but a named pipe (FIFO); not opened")
+    assert "rows with errors     1" in r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_fifo_as_the_input_file_is_refused_not_waited_on(table_model: tuple[Path, subprocess.CompletedProcess[str]],
+                                                         tmp_path: Path) -> None:
+    fifo = tmp_path / "in.csv"
+    os.mkfifo(fifo)
+    try:
+        r = subprocess.run([EXE, "score", str(table_model[0]), str(fifo), "--out", str(tmp_path / "o.csv"), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job waited for a writer on the FIFO")
+    assert r.returncode == 1
+    assert "in.csv: not a regular file but a named pipe (FIFO); not opened" in r.stderr

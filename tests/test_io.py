@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from anomaly_vae.exceptions import InputError
-from anomaly_vae.io import ArrayReader, ResultWriter, TableReader, list_images, load_image, parse_size, read_all
+from anomaly_vae.io import (ArrayReader, ImageFolderReader, ResultWriter, TableReader, atomic_output, data_kind,
+                            image_mode_info, list_images, load_image, open_data, parse_size, read_all,
+                            remove_partial_outputs)
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -129,3 +136,99 @@ def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
         w.write(pd.DataFrame({"a": [2]}))
         w.commit()
     assert target.read_text() == '"a"\n1\n2\n' and list(tmp_path.iterdir()) == [target]
+
+
+def test_writer_partial_files_are_removed_by_a_forced_exit(tmp_path: Path) -> None:
+    """A second stop signal exits without running the writers' cleanup: the CLI calls
+    remove_partial_outputs() first, which must know every .part still being written."""
+    w = ResultWriter(tmp_path / "out.csv")
+    w.write(pd.DataFrame({"a": [1]}))
+    with atomic_output(tmp_path / "m.json") as tmp:
+        tmp.write_text("{")
+        assert sorted(p.name.split(".")[1] for p in tmp_path.iterdir()) == ["m", "out"]
+        remove_partial_outputs()
+        assert list(tmp_path.iterdir()) == []
+        tmp.write_text("{}")  # the block goes on and ends normally: the file appears whole
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    w.abort()  # its .part is gone already: no error
+
+
+def test_atomic_output_leaves_nothing_on_interrupt(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "m.json") as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt  # what SIGTERM becomes in the CLI
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"] and (tmp_path / "m.json").read_text() == "old"
+
+
+# -- files that are not regular files ----------------------------------------------------------
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+
+
+def call_unless_blocked(fn: Callable[[], Any], fifos: list[Path], timeout: float = 10.0) -> Any:
+    """fn() in a thread; if it is still running after ``timeout`` (blocked opening or reading one
+    of ``fifos``), release it by opening the FIFOs' write ends, and fail."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # handed to the test's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets end of file
+            except OSError:
+                pass
+        thread.join(timeout)
+        pytest.fail(f"still blocked after {timeout} s: a FIFO was opened for reading")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@needs_fifo
+def test_fifo_named_like_an_image_is_an_error_row_not_a_hang(tmp_path: Path, fashion_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    images, _ = fashion_sample
+    PIL.fromarray(images[0]).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "x.png")
+    os.symlink(tmp_path / "x.png", tmp_path / "link-to-fifo.png")
+    os.symlink(os.devnull, tmp_path / "device.png")
+    os.symlink(tmp_path / "a.png", tmp_path / "link-to-image.png")  # a link to a regular file is read
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.png"))
+        chunks = call_unless_blocked(lambda: list(ImageFolderReader(tmp_path, (28, 28), 1)), [tmp_path / "x.png"])
+    assert len(chunks) == 1
+    errors = dict(zip(chunks[0].ids, chunks[0].errors))
+    assert list(errors) == ["a.png", "device.png", "link-to-fifo.png", "link-to-image.png", "s.png", "x.png"]
+    assert errors["a.png"] is None and errors["link-to-image.png"] is None
+    assert errors["x.png"] == f"{tmp_path / 'x.png'}: not a regular file but a named pipe (FIFO); not opened"
+    assert errors["link-to-fifo.png"].endswith("link-to-fifo.png: not a regular file but a named pipe (FIFO); not opened")
+    assert errors["device.png"].endswith("device.png: not a regular file but a character device; not opened")
+    assert errors["s.png"].endswith("s.png: not a regular file but a socket; not opened")
+    assert chunks[0].data.shape == (2, 1, 28, 28)  # only the two readable files are decoded
+    for fn in (load_image, lambda p, *_: image_mode_info(p)):
+        with pytest.raises(InputError, match="x.png: not a regular file"):
+            call_unless_blocked(lambda: fn(tmp_path / "x.png", None, 1), [tmp_path / "x.png"])
+
+
+@needs_fifo
+def test_fifo_as_the_input_file_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    """Every reader seeks or maps its file, and a read blocked on a pipe would keep a stopped job
+    from exiting: a FIFO given as the input is refused by its type, before it is opened."""
+    for name in ("in.csv", "in.parquet", "in.npy"):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        with pytest.raises(InputError, match=f"{name}: not a regular file but a named pipe"):
+            call_unless_blocked(lambda: open_data(fifo), [fifo])
+    with pytest.raises(InputError, match="not a regular file"):
+        call_unless_blocked(lambda: TableReader(tmp_path / "in.csv"), [tmp_path / "in.csv"])
+    assert data_kind(tmp_path) == "images"
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        data_kind(tmp_path / "in.csv" / "below")

@@ -7,13 +7,19 @@ environment variables:
   put there by ``anomaly-vae export MODEL_DIR``);
 * ``ANOMALY_VAE_WORKERS`` (1): worker processes; ``ANOMALY_VAE_TORCH_THREADS`` (1) per worker;
 * ``ANOMALY_VAE_MAX_BODY_MB`` (32): larger requests are answered 413;
+* ``ANOMALY_VAE_BODY_TIMEOUT_S`` (30): a request body that has not arrived this long after its
+  headers is answered 408 and its connection closed (raise it for large uploads over slow links);
 * ``ANOMALY_VAE_MAX_BATCH_ROWS`` (1024): rows per forward pass of the adaptive batching;
 * ``ANOMALY_VAE_DRIFT_WINDOW_SECONDS`` (600) and ``ANOMALY_VAE_DRIFT_WINDOW_SIZE`` (10000 per
   worker): the recent scores that the drift statistic compares with the calibration scores.
 
-Status codes: 400 a body BentoML cannot parse (not JSON, no ``instances``); 422 a body that does
-not fit the model (width, columns, values, image size, undecodable image, unreadable CSV rows);
-413 over the size limit; 415 a content type the route does not take; 503 past capacity.
+Status codes: 400 a body BentoML cannot parse (not JSON, no ``instances``) or more than one
+Content-Type header; 422 a body that does not fit the model (width, columns, values, image size,
+undecodable image, unreadable CSV rows, a file name over 240 bytes); 408 a body too slow to
+arrive; 413 over the size limit; 415 a content type the route does not take; 503 no model or past
+capacity. ``/docs.json`` describes exactly these (``service/openapi.py``).
+
+Metrics go to a Prometheus multiprocess directory of this server's own (``service/metrics.py``).
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ from anomaly_vae.exceptions import InputError
 from . import metrics as service_metrics
 from .batcher import MicroBatcher, Overloaded
 from .guard import FILENAMES_KEY, REASON_KEY, RequestGuard, RouteRule
+from .openapi import OpenAPIDocument
 
 log = logging.getLogger("anomaly_vae.service")
+service_metrics.use_own_multiproc_dir()  # before anything imports prometheus_client
 
 
 class _ClientErrorLog(logging.Filter):
@@ -64,6 +72,7 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLog
 MODEL_REF = os.environ.get("ANOMALY_VAE_MODEL", "anomaly_vae:latest")
 WORKERS = int(os.environ.get("ANOMALY_VAE_WORKERS", "1"))
 MAX_BODY_BYTES = int(float(os.environ.get("ANOMALY_VAE_MAX_BODY_MB", "32")) * 1024 * 1024)
+BODY_TIMEOUT_S = float(os.environ.get("ANOMALY_VAE_BODY_TIMEOUT_S", "30"))
 INLINE_INSTANCES = 256  # requests up to this size are prepared on the event loop, larger ones in a thread
 
 
@@ -189,12 +198,14 @@ class AnomalyVAE:
         return JSONResponse({"error": f"the service is over capacity: {err}; retry later"}, status_code=503,
                             headers={"Retry-After": "1"})
 
-    def _judge(self, endpoint: str, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _judge(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p-values and flags of ``scores``; not yet recorded in the metrics (``metrics.observe``
+        once the answer is ready: a request that fails records nothing)."""
         from anomaly_vae.calibration import conformal_p_values
 
-        flagged = scores > self.threshold
-        self.metrics.observe(endpoint, scores, flagged)
-        return conformal_p_values(scores, self.calibration), flagged
+        if not np.isfinite(scores).all():  # the core never gives one: a bug, answered 500
+            raise RuntimeError(f"the model gave {int((~np.isfinite(scores)).sum())} non-finite score(s)")
+        return conformal_p_values(scores, self.calibration), scores > self.threshold
 
     # -- endpoints ----------------------------------------------------------------------------
     @bentoml.api(route="/score")
@@ -216,13 +227,14 @@ class AnomalyVAE:
             scores = await self.batcher.score(x)
         except Overloaded as err:
             return self._overloaded(ctx, err)
-        p, flagged = self._judge("score", scores)
+        p, flagged = self._judge(scores)
         # the ScoreResponse fields, serialized here: validating our own floats again through
         # pydantic costs more than the model's forward for a single row
-        return Response(json.dumps({"scores": scores.tolist(), "p_values": p.tolist(), "is_anomaly": flagged.tolist(),
-                                    "threshold": self.threshold, "alpha": self.alpha,
-                                    "model_version": self.model_version}, allow_nan=False),
-                        media_type="application/json")
+        body = json.dumps({"scores": scores.tolist(), "p_values": p.tolist(), "is_anomaly": flagged.tolist(),
+                           "threshold": self.threshold, "alpha": self.alpha, "model_version": self.model_version},
+                          allow_nan=False)
+        self.metrics.observe("score", scores, flagged)
+        return Response(body, media_type="application/json")
 
     @bentoml.api(route="/score_csv")
     async def score_csv(
@@ -257,9 +269,9 @@ class AnomalyVAE:
                 shown = "; ".join(f"{'row' if not id_column else id_column} {i}: {e}" for i, e in summary.first_errors)
                 return self._reject(ctx, 422, "bad_csv", f"{summary.errors} of {summary.rows} rows could not be scored "
                                     f"({shown}); fix them, or send on_error=column to score the others")
+            content = (work / "scores.csv").read_bytes()
             for scores, flagged in observed:
                 self.metrics.observe("score_csv", scores, flagged)
-            content = (work / "scores.csv").read_bytes()
         finally:
             shutil.rmtree(work, ignore_errors=True)
         headers = {"X-Rows": str(summary.rows), "X-Rows-Scored": str(summary.scored),
@@ -300,11 +312,13 @@ class AnomalyVAE:
             scores = await self.batcher.score(x)
         except Overloaded as err:
             return self._overloaded(ctx, err)
-        p, flagged = self._judge("score_images", scores)
+        p, flagged = self._judge(scores)
         results = [ImageResult(filename=n, score=s, p_value=q, is_anomaly=a)
                    for n, s, q, a in zip(names, scores.tolist(), p.tolist(), flagged.tolist())]
-        return ImagesResponse(results=results, threshold=self.threshold, alpha=self.alpha,
-                              model_version=self.model_version)
+        answer = ImagesResponse(results=results, threshold=self.threshold, alpha=self.alpha,
+                                model_version=self.model_version)
+        self.metrics.observe("score_images", scores, flagged)
+        return answer
 
     def _load_images(self, files: list[Path], names: list[str]) -> np.ndarray:
         from anomaly_vae.io import load_images
@@ -337,4 +351,6 @@ AnomalyVAE.add_asgi_middleware(
     rules={"/score": RouteRule("application/json"),
            "/score_csv": RouteRule("multipart/form-data", file_fields=("file",)),
            "/score_images": RouteRule("multipart/form-data", file_fields=("files",))},
-    max_body_bytes=MAX_BODY_BYTES, count=_count_rejected)
+    max_body_bytes=MAX_BODY_BYTES, count=_count_rejected, body_timeout_s=BODY_TIMEOUT_S)
+AnomalyVAE.add_asgi_middleware(OpenAPIDocument, spec=lambda: AnomalyVAE.openapi_spec.asdict(),
+                               model=lambda: _Instance.current and _Instance.current.det)

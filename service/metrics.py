@@ -7,6 +7,11 @@ of the union is not a sum of per-worker values), so every worker keeps its recen
 memory-mapped ring file in the same directory, and the worker that answers a scrape computes the
 KS distance of all workers' recent scores together against the calibration scores.
 
+BentoML gives every ``bentoml serve`` the same directory, ``$BENTOML_HOME/prometheus_multiproc_dir``,
+and empties it when a server starts: a second server with the same home would delete the first
+one's files, and each would then report the other's metrics (the other model's threshold, a false
+drift alert). ``use_own_multiproc_dir`` gives each server a directory of its own.
+
 Names follow Prometheus conventions (``_total`` counters, units in names); labels are bounded:
 ``endpoint`` is one of ``ENDPOINTS`` and ``reason`` one of ``REJECT_REASONS``.
 """
@@ -16,6 +21,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +38,8 @@ log = logging.getLogger(__name__)
 ENDPOINTS = ("score", "score_csv", "score_images")
 # every reason a request can be rejected for (4xx): the instance reasons of anomaly_vae.instances,
 # and the ones of the request as a whole
-REJECT_REASONS = (*REASONS, "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type")
+REJECT_REASONS = (*REASONS, "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type",
+                  "timeout")
 
 _current: "ServiceMetrics | None" = None
 _lock = threading.Lock()
@@ -39,6 +48,56 @@ _lock = threading.Lock()
 def current() -> "ServiceMetrics | None":
     """The metrics of this process's service instance (None before it is created)."""
     return _current
+
+
+def use_own_multiproc_dir() -> Path | None:
+    """In a ``bentoml serve`` worker, point ``PROMETHEUS_MULTIPROC_DIR`` at a directory of this
+    server's own (``own_multiproc_dir``), for BentoML's metrics and these. Call it before
+    ``prometheus_client`` is imported. Anywhere else (a test's own directory, no directory) it
+    does nothing. Returns the directory it chose."""
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not shared:
+        return None
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    if os.path.realpath(shared) != os.path.realpath(BentoMLContainer.prometheus_multiproc_dir.get()):
+        return None
+    if "prometheus_client" in sys.modules:  # it has read the variable already
+        log.warning("prometheus_client was imported before the service: its metrics stay in %s, which another "
+                    "`bentoml serve` with the same BENTOML_HOME would share", shared)
+        return None
+    # every worker of one server is a child of the server's process manager: the server is its parent
+    own = own_multiproc_dir(Path(shared), os.getppid())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own)
+    return own
+
+
+def own_multiproc_dir(shared: Path, server_pid: int) -> Path:
+    """``anomaly_vae_metrics/server-PID-START`` beside ``shared``: the directory of the server
+    process ``server_pid`` (START, its start time, tells a reused process id apart). Directories
+    of servers that are no longer running are removed here."""
+    root = shared.parent / "anomaly_vae_metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for d in root.iterdir():
+        m = re.fullmatch(r"server-(\d+)-(\d+)", d.name)
+        if m and _start_time(int(m.group(1))) not in (int(m.group(2)), -1):
+            shutil.rmtree(d, ignore_errors=True)
+    own = root / f"server-{server_pid}-{_start_time(server_pid)}"
+    own.mkdir(exist_ok=True)
+    return own
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (1/100 s since the epoch); None if there is none, -1 if it
+    cannot be told."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time() * 100)
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return -1
 
 
 def score_buckets(calibration_scores: np.ndarray, threshold: float) -> list[float]:
@@ -161,13 +220,21 @@ class ServiceMetrics:
                 pass
 
     def observe(self, endpoint: str, scores: np.ndarray, flagged: np.ndarray) -> None:
-        """Count scored samples and anomalies, and add the scores to the histogram and the window."""
+        """Count scored samples and anomalies, and add the scores to the histogram and the window.
+        Call it once the answer exists: a request that fails records nothing. A non-finite score
+        (the core never gives one) is counted but kept out of the histogram, its sum and the
+        drift window, where one NaN or infinity would spoil them until a restart."""
         scores = np.asarray(scores, dtype=np.float64)
         if len(scores) == 0:
             return
         scored, anomalies = self._children[endpoint]
         scored.inc(len(scores))
         anomalies.inc(int(np.count_nonzero(flagged)))
+        finite = np.isfinite(scores)
+        if not finite.all():
+            log.warning("%d non-finite score(s) kept out of the score histogram and the drift window",
+                        int((~finite).sum()))
+            scores = scores[finite]
         self._observe_histogram(scores)
         self.window.add(scores)
 
@@ -182,7 +249,6 @@ class ServiceMetrics:
         # one increment per bucket instead of one observe() per score (a 100k-row CSV would
         # otherwise spend longer on the histogram than on the model); the same counts as observe():
         # a score goes into the first bucket whose upper bound is >= it
-        scores = scores[~np.isnan(scores)]
         idx = np.searchsorted(np.asarray(upper, dtype=np.float64), scores, side="left")
         for b, n in zip(*np.unique(idx, return_counts=True)):
             buckets[int(b)].inc(int(n))

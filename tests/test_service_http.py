@@ -178,6 +178,107 @@ def test_bad_input_is_a_counted_4xx_that_says_what_is_wrong(client: TestClient, 
     assert ok.status_code == 200  # the server keeps serving
 
 
+def test_json_integer_beyond_float64_is_a_422_naming_instance_and_column(client: TestClient) -> None:
+    """It was an OverflowError, answered 500."""
+    row = [0.0] * 21 + ["north"]
+    r = client.post("/score", json={"instances": [row, [0.0] * 5 + [-(10**400)] + [0.0] * 15 + ["north"]]})
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == "not_finite"
+    assert "instance 1, column 'f05': the integer -100000... (401 digits) is beyond the range" in r.json()["error"]
+    assert client.post("/score", json={"instances": [row]}).status_code == 200
+
+
+def test_a_finite_extreme_value_is_a_flagged_finite_score_and_infinity_a_422(client: TestClient,
+                                                                              det: VAEAnomalyDetector) -> None:
+    """1e300 (a finite float64 whose standardised value overflows float32) gave a NaN or infinite
+    score and a 500 after the metrics had counted it; it is scored as what it is, a huge finite
+    score, and flagged. 1e400 is what JSON decodes to infinity: an input error."""
+    before = metric(client, "anomaly_vae_anomalies_total", endpoint="score")
+    for value in (1e300, -1e300, 1e39):
+        r = client.post("/score", json={"instances": [[value] + [0.0] * 20 + ["north"]]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["is_anomaly"] == [True] and np.isfinite(body["scores"][0]) and body["scores"][0] > det.threshold_
+    assert metric(client, "anomaly_vae_anomalies_total", endpoint="score") == before + 3
+    assert np.isfinite(metric(client, "anomaly_vae_score_nats_sum"))
+    text = '{"instances": [[1e400' + ", 0.0" * 20 + ', "north"]]}'
+    r = client.post("/score", content=text.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["reason"] == "not_finite"
+    assert "column 'f00': inf is not allowed (a number beyond +-1.8e308 reads as infinity" in r.json()["error"]
+
+
+def test_a_failed_request_records_nothing_in_the_metrics(client: TestClient, table: pd.DataFrame) -> None:
+    """Samples and anomalies were counted, and the scores put in the histogram and the drift
+    window, before the answer failed (a 500)."""
+    from service.app import _Instance
+
+    svc = _Instance.current
+    names = ("anomaly_vae_samples_scored_total", "anomaly_vae_anomalies_total")
+    before = [metric(client, n, endpoint="score") for n in names] + [metric(client, "anomaly_vae_score_nats_count"),
+                                                                    metric(client, "anomaly_vae_score_drift_window_samples")]
+    score = svc.batcher._fn
+    svc.batcher._fn = lambda x: np.full(len(x), np.inf)  # a core that breaks its promise of finite scores
+    try:
+        r = client.post("/score", json={"instances": features(table).iloc[:3].to_dict("records")})
+    finally:
+        svc.batcher._fn = score
+    assert r.status_code == 500
+    after = [metric(client, n, endpoint="score") for n in names] + [metric(client, "anomaly_vae_score_nats_count"),
+                                                                   metric(client, "anomaly_vae_score_drift_window_samples")]
+    assert after == before
+
+
+@pytest.mark.parametrize("route, field", [("/score_csv", "file"), ("/score_images", "files")])
+def test_a_long_upload_filename_is_a_422_not_a_500(client: TestClient, route: str, field: str) -> None:
+    """BentoML stores an upload under a temporary name that ends with the client's file name: a
+    name over 255 bytes was an OSError, answered 500."""
+    before = metric(client, "anomaly_vae_requests_rejected_total", endpoint=route[1:], reason="invalid_request")
+    for name in ("a" * 300 + ".csv", "é" * 130 + ".csv"):  # 304 bytes; 264 bytes in 134 characters
+        r = client.post(route, files={field: (name, b"f00\n1\n", "text/csv")})
+        assert r.status_code == 422, r.text
+        assert r.json()["reason"] == "invalid_request" and "rename the file to at most 240 bytes" in r.json()["error"]
+    assert metric(client, "anomaly_vae_requests_rejected_total", endpoint=route[1:],
+                  reason="invalid_request") == before + 2
+    r = client.post(route, files={field: ("a" * 236 + ".csv", b"f00\n1\n", "text/csv")})
+    assert r.status_code == 422 and "rename" not in r.text  # at the limit: read, and refused for its content
+
+
+def test_a_request_with_two_content_types_is_a_counted_400(client: TestClient, table: pd.DataFrame) -> None:
+    """The guard read the last Content-Type, BentoML the first: a pickle body passed the guard."""
+    body = json.dumps({"instances": features(table).iloc[:1].values.tolist()}).encode()
+    before = metric(client, "anomaly_vae_requests_rejected_total", endpoint="score", reason="invalid_request")
+    for types in (["application/vnd.bentoml+pickle", "application/json"], ["application/json", "application/json"]):
+        r = client.post("/score", content=body, headers=[("content-type", t) for t in types])
+        assert r.status_code == 400 and "2 Content-Type headers" in r.json()["error"]
+    assert metric(client, "anomaly_vae_requests_rejected_total", endpoint="score", reason="invalid_request") == before + 2
+
+
+def test_openapi_document_agrees_with_the_service(client: TestClient, det: VAEAnomalyDetector) -> None:
+    """BentoML's document said 400's detail was a string (it is a list), left out 408, 413, 415,
+    422 and 503, and took any list as instances. The schema-based check is in the integration
+    tests (schemathesis against a real server)."""
+    doc = client.get("/docs.json").json()
+    error = doc["components"]["schemas"]["Error"]
+    assert error["properties"]["detail"]["type"] == "array" and "reason" in error["properties"]
+    for route in ("/score", "/score_csv", "/score_images"):
+        post = doc["paths"][route]["post"]
+        assert {"200", "400", "408", "413", "415", "422", "503"} <= set(post["responses"])
+        assert post["requestBody"]["required"] is True
+    answers = {400: client.post("/score", json={"rows": []}), 415: client.post("/score", content=b"x"),
+               422: client.post("/score", json={"instances": [[1.0]]})}
+    for status, r in answers.items():
+        assert r.status_code == status and set(r.json()) <= set(error["properties"]) and isinstance(r.json()["error"], str)
+    instances = doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["instances"]
+    as_list, as_object = instances["items"]["anyOf"]
+    names = det.preprocessor_.names
+    assert as_list["minItems"] == as_list["maxItems"] == len(names) and as_object["required"] == names
+    assert as_object["properties"]["f00"] == {"type": "number", "minimum": -1.7976931348623157e308,
+                                              "maximum": 1.7976931348623157e308, "nullable": True}
+    assert as_object["properties"]["site"]["anyOf"][0] == {"type": "string"}
+    alpha = doc["paths"]["/score"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["alpha"]
+    assert alpha["nullable"] is True and "anyOf" not in json.dumps(alpha)
+
+
 def test_score_csv_answers_the_csv_the_command_line_writes(client: TestClient, table_model: Path, table: pd.DataFrame,
                                                            tmp_path: Path) -> None:
     src = tmp_path / "in.csv"

@@ -1,6 +1,8 @@
 """The service as people run it: `anomaly-vae export`, a real `bentoml serve` subprocess with two
-workers on 127.0.0.1, a real Prometheus server scraping it, and `bentoml build` packing a Bento
-that serves on its own. Every server is started here and stopped here."""
+workers on 127.0.0.1 (and a second server beside it in the same BentoML home), a real Prometheus
+server scraping it, schemathesis checking it against its OpenAPI document, plain HTTP clients, and
+`bentoml build` packing a Bento that serves on its own. Every server is started here and stopped
+here."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +30,8 @@ import pytest
 from scipy.stats import ks_2samp
 
 from anomaly_vae import VAEAnomalyDetector, load_detector
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -318,3 +324,94 @@ def test_bentoml_build_packs_a_bento_that_serves_on_its_own(stored_model, rows, 
     finally:
         server.stop()
 
+
+
+# -- hardening: a second server, plain clients, slow clients, the OpenAPI document -------------
+@pytest.fixture(scope="module")
+def second_served(served, stored_model, rows, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[str, VAEAnomalyDetector]]:
+    """Another model served from the same BentoML home while the first server runs (BentoML
+    empties the home's metrics directory when a server starts), with a 2 s body timeout."""
+    home, _, _ = stored_model
+    normal, _ = rows
+    work = tmp_path_factory.mktemp("second")
+    det = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=1).fit(normal.iloc[:600])
+    det.save(work / "model")
+    port = free_port()
+    server = Server([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)], ROOT,
+                    clean_env(BENTOML_HOME=str(home), ANOMALY_VAE_MODEL=str(work / "model"),
+                              ANOMALY_VAE_BODY_TIMEOUT_S="2"), work / "serve.log")
+    try:
+        server.wait_for(f"http://127.0.0.1:{port}/readyz")
+        yield f"http://127.0.0.1:{port}", det
+    finally:
+        server.stop()
+
+
+def test_two_services_do_not_share_metrics_dir(served, second_served, stored_model, rows) -> None:
+    """The second server emptied the first one's metrics directory, and each then reported the
+    other's files: the other model's threshold and version, the other's scores in its drift."""
+    url, _ = served
+    url2, det2 = second_served
+    _, det, tag = stored_model
+    normal, _ = rows
+    scored = 'anomaly_vae_samples_scored_total{endpoint="score"}'
+    before, before2 = scrape(url), scrape(url2)
+    assert post_score(url, normal.iloc[:5].to_dict("records")).status_code == 200
+    m, m2 = scrape(url), scrape(url2)
+    assert m[scored] == before[scored] + 5 and m2[scored] == before2[scored] == 0
+    assert m["anomaly_vae_score_drift_window_samples"] == before["anomaly_vae_score_drift_window_samples"] + 5
+    assert m2["anomaly_vae_score_drift_window_samples"] == 0
+    assert (m["anomaly_vae_threshold_nats"], m2["anomaly_vae_threshold_nats"]) == (det.threshold_, det2.threshold_)
+    versions = [{k for k in x if k.startswith("anomaly_vae_model_info")} for x in (m, m2)]
+    assert all(len(v) == 1 for v in versions) and tag.split(":")[1] in next(iter(versions[0]))
+    assert versions[0] != versions[1]
+
+
+def test_a_plain_client_reads_the_413_of_an_oversized_body(served) -> None:
+    """Python's urllib sends the whole body before it reads the answer (no Expect: 100-continue):
+    it got `Connection reset by peer` instead of the 413."""
+    url, server = served
+    request = urllib.request.Request(f"{url}/score", data=b" " * (48 << 20), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=60)
+    assert err.value.code == 413
+    assert json.loads(err.value.read())["reason"] == "too_large"
+    assert post_score(url, [[0.0] * 21]).status_code == 200
+
+
+def test_slow_body_connections_are_dropped_after_the_body_timeout(second_served) -> None:
+    """Connections that sent their headers and 5 body bytes were held for as long as the client
+    liked (1,000 of them for 75 s)."""
+    url, _ = second_served
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"ins")
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+        elapsed = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"reason": "timeout"' in answer
+    assert 2 <= elapsed < 15
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+
+
+def test_schemathesis_finds_no_server_error_and_no_conformance_failure(served, tmp_path: Path) -> None:
+    """The OpenAPI document and the service disagreed (400's detail, 413/415/422/503 missing,
+    schema-valid requests refused). A bounded schemathesis run: /score with every check, schema-
+    valid requests included; the upload routes without that one, since no schema says which bytes
+    make a readable CSV file or image."""
+    url, server = served
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
+              "response_schema_conformance,negative_data_rejection")
+    runs = [["--include-path", "/score", "--checks", checks + ",positive_data_acceptance"],
+            ["--exclude-path", "/score", "--checks", checks]]
+    for args in runs:
+        r = subprocess.run([str(BIN / "schemathesis"), "run", f"{url}/docs.json", *args, "--max-examples", "40",
+                            "--seed", "1", "--workers", "1", "--request-timeout", "60", "--no-color"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=540, env=clean_env())
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert not re.search(r"status=5\d\d", server.log.read_text())

@@ -17,6 +17,7 @@ from anomaly_vae import InputError, VAEAnomalyDetector
 from anomaly_vae.instances import instances_to_input, score_input
 from service import metrics as service_metrics
 from service.batcher import MicroBatcher, Overloaded
+from service.guard import RequestGuard, RouteRule
 from service.metrics import DriftWindow, score_buckets
 
 
@@ -100,7 +101,6 @@ def test_images_as_nested_lists(fashion_sample) -> None:
         ([np.full((28, 28), np.nan).tolist()], "not_finite", "NaN or infinity"),
         ([np.full((28, 28), 1.5).tolist()], "invalid_value", "must lie in [0, 1]"),
         ([np.zeros((28, 28, 5)).tolist()], "shape", "cannot tell the channel axis"),
-        ([some[0].tolist(), some[1][..., None].tolist()], "shape", "one layout"),
         (["x"], "shape", "expected an image"),
     ]
     for instances, reason, words in cases:
@@ -108,6 +108,67 @@ def test_images_as_nested_lists(fashion_sample) -> None:
             instances_to_input(det, instances)
         assert err.value.reason == reason, instances
         assert words in str(err.value)
+
+
+def test_images_of_one_request_may_differ_in_layout_and_pixel_type(fashion_sample) -> None:
+    """Every image valid against the OpenAPI document is scored, whatever the others of its
+    request look like (a request of an (H, W) and a (1, H, W) image was refused)."""
+    images, _ = fashion_sample
+    det = VAEAnomalyDetector(epochs=1, latent_dim=4, random_state=0, conv_channels=(8, 16)).fit(images[:200])
+    some = images[200:203]
+    mixed = [some[0].tolist(), some[1][None].tolist(), (some[2][..., None] / 255.0).tolist()]
+    assert np.allclose(instances_to_input(det, mixed), instances_to_input(det, some.tolist()), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def image_det(fashion_sample) -> VAEAnomalyDetector:
+    images, _ = fashion_sample
+    return VAEAnomalyDetector(epochs=1, latent_dim=4, random_state=0, conv_channels=(8, 16)).fit(images[:200])
+
+
+def _image_with(value, at=(3, 5)) -> list:
+    img = np.zeros((28, 28), dtype=int).tolist()
+    img[at[0]][at[1]] = value
+    return img
+
+
+@pytest.mark.parametrize("instance, reason, words", [
+    (_image_with(None), "non_numeric", "the value at [3][5] is null; pixels must be numbers"),
+    ({"pixels": [[0]]}, "shape", "got an object"),
+    (_image_with({"r": 1}), "non_numeric", "the value at [3][5] is an object"),
+    (_image_with("7"), "non_numeric", "the value at [3][5] is a string"),
+    (_image_with(10**400), "invalid_value", "integer pixel values must lie in 0..255, found 100000... (401 digits) "
+                                            "at [3][5]"),
+    (_image_with(1e308), "invalid_value", "float pixel values must lie in [0, 1] (or send integers 0-255), found "
+                                          "0..1e+308"),
+    ([[1, 2], [3]], "shape", "rows of different lengths (a ragged list)"),
+])
+def test_image_instance_messages_name_the_real_problem(image_det, instance, reason, words) -> None:
+    """null pixels, an object and a huge integer were all "a ragged list"; a finite 1e308 pixel
+    was "NaN or infinity"."""
+    with pytest.raises(InputError) as err:
+        instances_to_input(image_det, [instance])
+    assert err.value.reason == reason
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("value, column", [(10**400, 0), (-(10**400), 20)], ids=["1e400-first", "-1e400-last"])
+def test_json_integer_beyond_float64_is_an_input_error_naming_instance_and_column(numeric, mixed, value,
+                                                                                  column) -> None:
+    """It was an OverflowError (a 500 in the service)."""
+    det, _ = numeric
+    row = [0.0] * 21
+    row[column] = value
+    with pytest.raises(InputError) as err:
+        instances_to_input(det, [[0.0] * 21, row])
+    assert err.value.reason == "not_finite"
+    assert f"instance 1, column 'f{column:02d}': the integer " in str(err.value)
+    assert "401 digits) is beyond the range of a 64-bit float" in str(err.value)
+    det, rows = mixed  # the path of tables with text columns; there a huge integer is a category's text
+    record = {k: (None if pd.isna(v) else v) for k, v in rows.iloc[:1].to_dict("records")[0].items()}
+    with pytest.raises(InputError, match="instance 0, column 'f02': the integer 100000"):
+        instances_to_input(det, [dict(record, f02=10**400)])
+    assert instances_to_input(det, [dict(record, site=10**400)]).shape[0] == 1
 
 
 # -- batching ---------------------------------------------------------------------------------
@@ -160,6 +221,79 @@ def test_large_requests_are_cut_into_pieces_and_errors_reach_only_their_batch() 
     batcher.close()
 
 
+# -- the request guard -----------------------------------------------------------------------
+def guarded(headers: dict[str, str] | list[tuple[str, str]], chunks: list[bytes], slow: bool = False,
+            **options) -> tuple[int, dict[str, str], list[str], int]:
+    """One POST /score through a RequestGuard (limit 100 bytes) in front of an app that answers
+    200: (status, answer headers, reasons counted, body chunks left unread). ``slow``: the
+    client sends ``chunks`` and then nothing more."""
+    counted: list[str] = []
+    pending = [{"type": "http.request", "body": c, "more_body": slow or k < len(chunks) - 1}
+               for k, c in enumerate(chunks)]
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # a client that stopped sending
+        raise AssertionError("not reached")
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    items = headers.items() if isinstance(headers, dict) else headers
+    scope = {"type": "http", "method": "POST", "path": "/score",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in items]}
+    guard = RequestGuard(app, {"/score": RouteRule("application/json")}, max_body_bytes=100,
+                         count=lambda endpoint, reason: counted.append(reason), **options)
+    asyncio.run(guard(scope, receive, send))
+    start = sent[0]
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, counted, len(pending)
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_slow_body_is_answered_408_after_the_body_timeout() -> None:
+    """Connections that sent their headers and 5 body bytes were held as long as the client liked."""
+    t0 = time.monotonic()
+    status, headers, counted, _ = guarded({**JSON, "content-length": "50"}, [b"12345"], slow=True, body_timeout_s=0.3)
+    assert status == 408 and headers["connection"] == "close" and counted == ["timeout"]
+    assert 0.3 <= time.monotonic() - t0 < 5
+    assert guarded({**JSON, "content-length": "10"}, [b"12345", b"67890"], body_timeout_s=0.3)[0] == 200
+
+
+def test_an_early_answer_reads_the_body_first_so_that_a_plain_client_can_read_it() -> None:
+    """A 413 answered from the Content-Length with the body unread made the server close a socket
+    with data in it: a client without Expect: 100-continue got a reset instead of the 413."""
+    status, headers, counted, left = guarded({**JSON, "content-length": "300"}, [b" " * 100] * 3)
+    assert (status, left, counted) == (413, 0, ["too_large"]) and "connection" not in headers
+    status, headers, _, left = guarded({"content-type": "text/csv"}, [b"a" * 50] * 2)  # 415, chunked
+    assert (status, left) == (415, 0) and "connection" not in headers
+    # a client that waits for 100 Continue has sent nothing: answered at once, nothing read
+    status, headers, _, left = guarded({**JSON, "content-length": "300", "expect": "100-continue"}, [b" " * 100] * 3)
+    assert (status, left, headers["connection"]) == (413, 3, "close")
+    # past drain_bytes the body is not read: the answer, then the connection is closed
+    status, headers, _, left = guarded({**JSON, "content-length": "300"}, [b" " * 100] * 3, drain_bytes=200)
+    assert (status, left, headers["connection"]) == (413, 3, "close")
+    status, headers, _, left = guarded(JSON, [b" " * 100] * 5, drain_bytes=250)  # chunked, over both
+    assert status == 413 and left == 2 and headers["connection"] == "close"
+
+
+def test_a_request_with_two_content_types_is_refused() -> None:
+    """The guard read the last Content-Type header, Starlette and BentoML the first: a pickle
+    body with a JSON type after it passed the guard."""
+    for types in (["application/vnd.bentoml+pickle", "application/json"],
+                  ["application/json", "application/vnd.bentoml+pickle"], ["application/json"] * 2):
+        status, _, counted, _ = guarded([("content-type", t) for t in types], [b"{}"])
+        assert (status, counted) == (400, ["invalid_request"])
+
+
 # -- metrics ----------------------------------------------------------------------------------
 def test_score_buckets_have_the_threshold_exactly_and_quantiles_below() -> None:
     cal = np.random.RandomState(0).gamma(5.0, 4.0, 800)
@@ -184,6 +318,49 @@ def test_drift_window_keeps_the_most_recent_and_reads_every_worker(tmp_path: Pat
     time.sleep(0.2)
     b.add(np.array([200.0]))
     assert sorted(a.recent(0.1)) == [200.0]  # only the last 0.1 s
+
+
+def test_non_finite_scores_never_reach_the_histogram_or_the_drift_window() -> None:
+    """One infinite score made anomaly_vae_score_nats_sum +Inf until a restart, one NaN made the
+    drift KS NaN for the whole window."""
+    from prometheus_client import REGISTRY
+
+    cal = np.random.RandomState(0).normal(10, 2, 500)
+    m = service_metrics.ServiceMetrics(cal, float(np.quantile(cal, 0.99)), 0.01, info={"model_version": "t"})
+    try:
+        scores = np.array([9.0, np.inf, np.nan, -np.inf, 11.0])
+        m.observe("score", scores, scores > m.threshold_value)
+        assert REGISTRY.get_sample_value("anomaly_vae_score_nats_count") == 2
+        assert REGISTRY.get_sample_value("anomaly_vae_score_nats_sum") == 20.0
+        assert sorted(m.window.recent(60)) == [9.0, 11.0]
+        values = dict(line.split(" ") for line in m.drift_text().splitlines() if not line.startswith("#"))
+        expected = ks_2samp([9.0, 11.0], cal, method="asymp").statistic
+        assert float(values["anomaly_vae_score_drift_ks"]) == pytest.approx(expected, abs=1e-12)
+    finally:
+        m.unregister()
+        service_metrics._current = None
+
+
+def test_two_services_do_not_share_metrics_dir(tmp_path: Path) -> None:
+    """Each `bentoml serve` (the parent of its workers) gets its own directory beside BentoML's
+    shared one, which every server start empties; directories of servers that stopped go."""
+    import subprocess
+
+    shared = tmp_path / "prometheus_multiproc_dir"
+    shared.mkdir()
+    mine = service_metrics.own_multiproc_dir(shared, os.getpid())
+    assert mine == service_metrics.own_multiproc_dir(shared, os.getpid())  # every worker of one server
+    other = service_metrics.own_multiproc_dir(shared, os.getppid())
+    assert other != mine and other.parent == mine.parent != shared
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = mine.parent / f"server-{gone.pid}-{int(time.time() * 100)}"  # of a server that has stopped
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"x")
+    reused = mine.parent / f"server-{os.getpid()}-12345"  # this process id, of a server long gone
+    reused.mkdir()
+    service_metrics.own_multiproc_dir(shared, os.getpid())
+    assert not stale.exists() and not reused.exists() and mine.is_dir() and other.is_dir()
 
 
 def test_drift_statistic_is_the_ks_distance_of_all_recent_scores() -> None:

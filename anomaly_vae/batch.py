@@ -117,15 +117,9 @@ def iter_scored(det: Any, reader: Any, explain: int = 0, score: str | None = Non
     elif not getattr(reader, "is_images", False):
         raise InputError(f"{getattr(reader, 'path', '')}: this model scores images: give a folder of images or an "
                          ".npy / .npz array of images")
-    threads = det.n_threads
-    if threads is None and det.model_.kind == "dense":
-        # dense forwards are many small matmuls that a second thread does not speed up (measured:
-        # 70k rows/s with 1 or 2); one thread leaves the other core to the reader and writer
-        det.n_threads = 1
-    try:
-        yield from _score_chunks(det, reader, explain, score)
-    finally:
-        det.n_threads = threads
+    # the detector scores dense models on one thread (the other core is the reader's and writer's)
+    # and conv models on torch's threads, block by block: see VAEAnomalyDetector.n_threads
+    yield from _score_chunks(det, reader, explain, score)
 
 
 def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Iterator[ScoredChunk]:

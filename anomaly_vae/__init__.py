@@ -20,6 +20,7 @@ _WHERE = {
     "min_calibration_size": "calibration",
     "AnomalyVAEError": "exceptions",
     "ArtifactError": "exceptions",
+    "ModelCardError": "exceptions",
     "CalibrationError": "exceptions",
     "InputError": "exceptions",
     "NotFittedError": "exceptions",
@@ -45,5 +46,6 @@ if _typing.TYPE_CHECKING:
     from .artifact import load_detector, read_model_card
     from .calibration import conformal_p_values, conformal_threshold, min_calibration_size
     from .detector import VAEAnomalyDetector
-    from .exceptions import AnomalyVAEError, ArtifactError, CalibrationError, InputError, NotFittedError, TrainingDivergedError
+    from .exceptions import (AnomalyVAEError, ArtifactError, CalibrationError, InputError, ModelCardError, NotFittedError,
+                             TrainingDivergedError)
     from .models import ConvVAE, DenseVAE

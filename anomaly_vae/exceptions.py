@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sklearn.exceptions import NotFittedError
 
-__all__ = ["AnomalyVAEError", "InputError", "CalibrationError", "TrainingDivergedError", "ArtifactError", "NotFittedError"]
+__all__ = ["AnomalyVAEError", "InputError", "CalibrationError", "TrainingDivergedError", "ArtifactError", "ModelCardError",
+           "NotFittedError"]
 
 
 class AnomalyVAEError(Exception):
@@ -32,3 +33,14 @@ class TrainingDivergedError(AnomalyVAEError, RuntimeError):
 
 class ArtifactError(AnomalyVAEError, ValueError):
     """A model directory that cannot be loaded: missing file, bad hash, newer format, ..."""
+
+
+class ModelCardError(ArtifactError):
+    """A model directory refused by the checks made before loading it (see ``anomaly_vae.card``).
+
+    ``file`` is the file at fault; ``field`` where in it: a JSON path such as
+    ``architecture.hidden[0]``, a tensor name, or None for the file as a whole."""
+
+    def __init__(self, file: str, field: str | None, problem: str) -> None:
+        super().__init__(f"{file}: {field}: {problem}" if field else f"{file}: {problem}")
+        self.file, self.field, self.problem = file, field, problem

@@ -1,14 +1,27 @@
+import hashlib
 import json
+import logging
+import os
 import re
+import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 import anomaly_vae
-from anomaly_vae import ArtifactError, VAEAnomalyDetector, load_detector
+from anomaly_vae import ArtifactError, VAEAnomalyDetector, load_detector, read_model_card
+from anomaly_vae import artifact
+from anomaly_vae.card import PARAMS
+from anomaly_vae.exceptions import AnomalyVAEError, ModelCardError
 
 PACKAGE = Path(anomaly_vae.__file__).parent
+EXE = shutil.which("anomaly-vae", path=str(Path(sys.executable).parent)) or "anomaly-vae"
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +31,91 @@ def fitted(cardio):
     return VAEAnomalyDetector(epochs=3, random_state=0).fit(df), df
 
 
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory) -> Path:
+    """The table model's directory, written once; tests change copies of it (see ``copy_of``)."""
+    out = tmp_path_factory.mktemp("saved") / "m"
+    fitted[0].save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_saved(fashion_sample, tmp_path_factory) -> Path:
+    images, labels = fashion_sample
+    out = tmp_path_factory.mktemp("image") / "img"
+    VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(images[labels == 3]).save(out)
+    return out
+
+
+def copy_of(src: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    shutil.copytree(src, d)
+    return d
+
+
+def read_card(d: Path) -> dict:
+    return json.loads((d / "model.json").read_text())
+
+
+def write_card(d: Path, card: dict, rehash: bool = True) -> None:
+    """Write ``card``; with ``rehash`` its card_sha256 is recomputed, as an author who writes a bad
+    card on purpose (or a buggy writer) would: the hash cannot catch it, the checks must."""
+    if rehash:
+        body = {k: v for k, v in card.items() if k != "card_sha256"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        card["card_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    (d / "model.json").write_text(json.dumps(card, indent=2))
+
+
+def edit_card(d: Path, change, rehash: bool = True) -> None:
+    card = read_card(d)
+    change(card)
+    write_card(d, card, rehash)
+
+
+def write_weights(d: Path, data: bytes) -> None:
+    """Replace model.safetensors and record its sha256 (and the card's) as a consistent writer would."""
+    (d / "model.safetensors").write_bytes(data)
+    card = read_card(d)
+    card["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
+    write_card(d, card)
+
+
+def safetensors_parts(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def safetensors_bytes(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def set_at(path: str, value):
+    """A change that sets the card field at ``path`` (``a.b[0].c``) to ``value``."""
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+
+    def change(card):
+        obj = card
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return change
+
+
+def delete_at(path: str):
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+
+    def change(card):
+        obj = card
+        for k in keys[:-1]:
+            obj = obj[k]
+        del obj[keys[-1]]
+    return change
+
+
+# -- saving and loading a good model ------------------------------------------------------------
 def test_round_trip_gives_identical_scores(fitted, tmp_path):
     det, df = fitted
     det.save(tmp_path / "m")
@@ -32,44 +130,127 @@ def test_round_trip_gives_identical_scores(fitted, tmp_path):
     assert back.threshold_ < det.threshold_
 
 
-def test_image_model_round_trip(fashion_sample, tmp_path):
+def test_image_model_round_trip(fashion_sample, image_saved):
     images, labels = fashion_sample
     det = VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(images[labels == 3])
-    det.save(tmp_path / "img")
-    assert np.array_equal(load_detector(tmp_path / "img").anomaly_score(images[:70]), det.anomaly_score(images[:70]))
+    assert np.array_equal(load_detector(image_saved).anomaly_score(images[:70]), det.anomaly_score(images[:70]))
 
 
-def test_model_json_has_the_contract_fields(fitted, tmp_path):
+def test_model_json_has_the_contract_fields(fitted, saved):
     det, _ = fitted
-    det.save(tmp_path / "m")
-    card = json.loads((tmp_path / "m" / "model.json").read_text())
-    for key in ("format_version", "package_version", "architecture", "input", "score", "calibration", "training", "weights"):
+    card = read_card(saved)
+    for key in ("format_version", "package_version", "architecture", "input", "score", "calibration", "training",
+                "weights", "card_sha256"):
         assert key in card
     assert card["score"]["units"] == "nats" and card["calibration"]["n"] == len(det.calibration_scores_)
     assert re.fullmatch(r"[0-9a-f]{64}", card["weights"]["sha256"])
     assert card["input"]["preprocessing"]["columns"][-1]["categories"] == ["day", "night", "<other>"]
 
 
-def test_modified_weights_are_refused(fitted, tmp_path):
-    det, _ = fitted
-    det.save(tmp_path / "m")
-    w = tmp_path / "m" / "model.safetensors"
+def test_card_sha256_is_the_digest_of_the_canonical_card(saved):
+    """Documented so that other tools can check it: sha256 of the card without card_sha256, keys
+    sorted, no whitespace, ASCII."""
+    card = read_card(saved)
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert card["card_sha256"] == hashlib.sha256(text.encode()).hexdigest() == artifact.card_sha256(card)
+
+
+def test_read_model_card_checks_and_returns_the_card(saved):
+    assert read_model_card(saved) == read_card(saved)
+
+
+def test_every_detector_parameter_has_a_rule():
+    """A new constructor parameter needs its rule in card.PARAMS, or models that set it will not load."""
+    assert set(PARAMS.fields) == set(VAEAnomalyDetector().get_params())
+
+
+def test_models_of_every_kind_load(tmp_path):
+    """Contamination and best-F1 thresholds, an unusable threshold (Infinity, with its reason), a
+    Bernoulli dense model, a dense model of colour images, a conv model with a shared variance."""
+    rng = np.random.RandomState(0)
+    x = rng.rand(200, 5)
+    det = VAEAnomalyDetector(epochs=1, random_state=0, contamination=0.1, hidden_sizes=(16,), latent_dim=3,
+                             likelihood="gaussian-fixed", n_threads=2).fit(x)
+    det.save(tmp_path / "a")
+    assert load_detector(tmp_path / "a").threshold_method_ == "contamination"
+    det.set_threshold_best_f1(x, np.arange(200) % 10 == 0)
+    det.save(tmp_path / "a")
+    assert load_detector(tmp_path / "a").best_f1_ == det.best_f1_
+    det = VAEAnomalyDetector(epochs=1, random_state=0, likelihood="bernoulli").fit(x)
+    det.set_alpha(1e-4)  # too few calibration scores for it: no usable threshold, and the reason why
+    det.save(tmp_path / "b")
+    back = load_detector(tmp_path / "b")
+    assert back.threshold_ == np.inf and back._calibration_error == det._calibration_error
+    images = (rng.rand(30, 12, 10, 3) * 255).astype(np.uint8)
+    VAEAnomalyDetector(epochs=1, random_state=0, model="dense", alpha=0.3).fit(images).save(tmp_path / "c")
+    assert load_detector(tmp_path / "c").model_.kind == "dense"
+    VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.3, conv_channels=(4, 8, 8),
+                       likelihood="gaussian-shared").fit(images).save(tmp_path / "d")
+    assert load_detector(tmp_path / "d").model_.kind == "conv"
+
+
+# -- integrity: model.json is covered by a hash ----------------------------------------------------
+def test_modified_weights_are_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    w = d / "model.safetensors"
     data = bytearray(w.read_bytes())
     data[-1] ^= 0xFF
     w.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="does not match the sha256"):
-        load_detector(tmp_path / "m")
+        load_detector(d)
 
 
-def test_newer_format_is_refused(fitted, tmp_path):
-    det, _ = fitted
-    det.save(tmp_path / "m")
-    p = tmp_path / "m" / "model.json"
-    card = json.loads(p.read_text())
-    card["format_version"] = 99
-    p.write_text(json.dumps(card))
+def test_modified_model_json_is_refused(saved, tmp_path):
+    """A hand edit of the threshold (or a flipped bit) in model.json is caught by card_sha256."""
+    d = copy_of(saved, tmp_path)
+    edit_card(d, set_at("calibration.threshold", 1e9), rehash=False)
+    with pytest.raises(ModelCardError, match=r"model\.json: card_sha256: does not match the card.s content: .*modified"):
+        load_detector(d)
+    with pytest.raises(ModelCardError, match="card_sha256"):
+        read_model_card(d)
+
+
+def test_weights_of_another_model_are_refused(saved, image_saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    shutil.copyfile(image_saved / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        load_detector(d)
+
+
+def test_reformatted_model_json_still_loads(saved, tmp_path):
+    """The hash is over the card's content, not its formatting: re-indenting is not a change."""
+    d = copy_of(saved, tmp_path)
+    card = read_card(d)
+    (d / "model.json").write_text(json.dumps(card, sort_keys=True))
+    assert load_detector(d).threshold_ == card["calibration"]["threshold"]
+
+
+def test_old_model_directory_without_card_hash_still_loads(fitted, saved, tmp_path, caplog):
+    det, df = fitted
+    d = copy_of(saved, tmp_path)
+    edit_card(d, delete_at("card_sha256"), rehash=False)
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.artifact"):
+        back = load_detector(d)
+    assert "no card_sha256" in caplog.text
+    assert np.array_equal(back.anomaly_score(df.iloc[:50]), det.anomaly_score(df.iloc[:50]))
+
+
+def test_old_model_directory_is_still_checked_in_full(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    card = read_card(d)
+    del card["card_sha256"]
+    card["params"]["n_threads"] = 1_000_000
+    write_card(d, card, rehash=False)
+    with pytest.raises(ModelCardError, match="params.n_threads"):
+        load_detector(d)
+
+
+def test_newer_format_is_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    edit_card(d, set_at("format_version", 99))
     with pytest.raises(ArtifactError, match="format 99.*upgrade anomaly-vae"):
-        load_detector(tmp_path / "m")
+        load_detector(d)
 
 
 def test_not_a_model_directory(tmp_path):
@@ -80,6 +261,254 @@ def test_not_a_model_directory(tmp_path):
         load_detector(tmp_path / "empty")
 
 
+# -- the whole card is checked: one clear error naming the file and the field ----------------------
+CARD_VARIANTS = [
+    # (id, change to model.json, the field the error must name (regex), what it must say (regex))
+    ("missing_key", delete_at("calibration.threshold"), r"calibration\.threshold", "missing"),
+    ("missing_section", delete_at("input"), r"input", "missing"),
+    ("missing_column_field", delete_at("input.preprocessing.columns[0].std"), r"input\.preprocessing\.columns\[0\]\.std", "missing"),
+    ("wrong_type_string", set_at("architecture.latent_dim", "12"), r"architecture\.latent_dim", r'expected an integer .*got "12"'),
+    ("wrong_type_float", set_at("architecture.n_features", 24.5), r"architecture\.n_features", "expected an integer"),
+    ("wrong_type_list", set_at("architecture.hidden", 64), r"architecture\.hidden", "expected a list"),
+    ("wrong_type_bool", set_at("input.preprocessing.columns[0].indicator", 0), r"input\.preprocessing\.columns\[0\]\.indicator", "true, false"),
+    ("wrong_type_object", set_at("params", []), r"params", "expected an object"),
+    ("negative_size", set_at("architecture.latent_dim", -3), r"architecture\.latent_dim", "1..4096, got -3"),
+    ("negative_layer", set_at("architecture.hidden", [-64, 32]), r"architecture\.hidden\[0\]", "got -64"),
+    ("zero_features", set_at("architecture.n_features", 0), r"architecture\.n_features", "got 0"),
+    ("negative_count", set_at("calibration.n", -1), r"calibration\.n", "got -1"),
+    ("threshold_null", set_at("calibration.threshold", None), r"calibration\.threshold", "got null"),
+    ("threshold_nan", set_at("calibration.threshold", float("nan")), r"calibration\.threshold", "got NaN"),
+    ("alpha_out_of_range", set_at("calibration.alpha", 1.5), r"calibration\.alpha", r"in \(0, 1\)"),
+    ("huge_hidden", set_at("architecture.hidden", [15000, 15000]), r"architecture\.hidden\[0\]", "1..4096, got 15000"),
+    ("hidden_the_weights_contradict", set_at("architecture.hidden", [4096, 4096]), r"architecture\.hidden\[0\]",
+     r"expected 64 to match the weights \(model\.safetensors: model\.encoder\.0\.weight\), got 4096"),
+    ("extra_layer", set_at("architecture.hidden", [64, 32, 16]), r"architecture\.hidden", "expected 2 layer sizes"),
+    ("huge_n_threads", set_at("params.n_threads", 1_000_000), r"params\.n_threads", "1..1024, got 1000000"),
+    ("huge_n_score_samples", set_at("score.n_score_samples", 10**9), r"score\.n_score_samples", "got 1000000000"),
+    ("unknown_likelihood", set_at("architecture.likelihood", "poisson"), r"architecture\.likelihood", '"gaussian".*got "poisson"'),
+    ("unknown_activation", set_at("architecture.activation", "gelu"), r"architecture\.activation", 'got "gelu"'),
+    ("unknown_score", set_at("score.name", "magic"), r"score\.name", 'got "magic"'),
+    ("unknown_kind", set_at("architecture.kind", "transformer"), r"architecture\.kind", 'got "transformer"'),
+    ("unknown_param", set_at("params.foo", 1), r"params\.foo", "unknown parameter"),
+    ("unknown_field", set_at("architecture.dropout", 0.5), r"architecture\.dropout", "unknown field"),
+    ("weights_outside_the_directory", set_at("weights.file", "../../secret"), r"weights\.file", '"model.safetensors"'),
+    ("zero_std", set_at("input.preprocessing.columns[0].std", 0), r"input\.preprocessing\.columns\[0\]\.std", "> 0, got 0"),
+    ("infinite_mean", set_at("input.preprocessing.columns[0].mean", float("inf")), r"input\.preprocessing\.columns\[0\]\.mean", "Infinity"),
+    ("no_other_category", set_at("input.preprocessing.columns[21].categories", ["day", "night"]),
+     r"input\.preprocessing\.columns\[21\]\.categories", "<other>"),
+    ("duplicate_column", set_at("input.preprocessing.columns[1].name", "f00"), r"input\.preprocessing\.columns", "twice"),
+    ("width_mismatch", set_at("input.preprocessing.columns[0].indicator", True), r"architecture\.n_features", "expected 25"),
+    ("n_features_in_mismatch", set_at("input.n_features_in", 30), r"input\.n_features_in", "expected 22"),
+    ("score_kind_mismatch", set_at("params.score_kind", "iwae"), r"score\.name", "params.score_kind"),
+    ("history_row", set_at("training.history[0]", "loss"), r"training\.history\[0\]", "expected an object"),
+    ("summary_field", set_at("training.summary.n_train", "many"), r"training\.summary\.n_train", "expected an integer"),
+    ("key_with_a_newline", set_at("params.bad\nkey", 1), r'params\."bad\\nkey"', "unknown parameter"),
+]
+
+
+@pytest.mark.parametrize("change,field,says", [v[1:] for v in CARD_VARIANTS], ids=[v[0] for v in CARD_VARIANTS])
+def test_bad_card_is_refused_naming_file_and_field(saved, tmp_path, change, field, says):
+    d = copy_of(saved, tmp_path)
+    edit_card(d, change)
+    with pytest.raises(ModelCardError, match=rf"^{re.escape(str(d / 'model.json'))}: {field}: .*{says}") as err:
+        load_detector(d)
+    assert "\n" not in str(err.value) and isinstance(err.value, AnomalyVAEError)
+    assert err.value.file == str(d / "model.json")
+
+
+RAW_CARDS = [
+    ("deep_json_100k_levels", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("deep_object_100k_levels", '{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+    ("not_json", "{'format': 'anomaly-vae model'}", "not valid JSON"),
+    ("not_utf8", b"\xff\xfe{}", "not UTF-8"),
+    ("not_an_object", "[1, 2, 3]", "expected a JSON object"),
+    ("empty_object", "{}", "not an anomaly-vae model"),
+    ("duplicate_key", '{"format_version": 1, "format_version": 2}', "duplicate key"),
+    ("huge_integer", '{"format_version": ' + "9" * 5000 + "}", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("text,says", [v[1:] for v in RAW_CARDS], ids=[v[0] for v in RAW_CARDS])
+def test_card_that_is_not_a_card_is_refused(saved, tmp_path, text, says):
+    d = copy_of(saved, tmp_path)
+    path = d / "model.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ModelCardError, match=rf"^{re.escape(str(path))}: .*{says}"):
+        load_detector(d)
+
+
+def test_deep_nesting_in_a_free_form_field_is_refused(saved, tmp_path):
+    """The training summary may hold extra diagnostics, but not nesting that could exhaust the stack."""
+    d = copy_of(saved, tmp_path)
+    edit_card(d, set_at("training.summary.notes", json.loads("[" * 40 + "]" * 40)))
+    with pytest.raises(ModelCardError, match="nested more than 32 levels"):
+        load_detector(d)
+
+
+def test_image_card_must_match_its_network(image_saved, tmp_path):
+    d = copy_of(image_saved, tmp_path)
+    edit_card(d, set_at("input.preprocessing.height", 32))
+    with pytest.raises(ModelCardError, match=r"model\.json: architecture\.height: expected 32 like input\.preprocessing\.height"):
+        load_detector(d)
+    shutil.rmtree(d)
+    d = copy_of(image_saved, tmp_path)
+    edit_card(d, lambda c: (set_at("architecture.height", 32)(c), set_at("input.preprocessing.height", 32)(c),
+                            set_at("input.n_features_in", 32 * 28)(c)))
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: model\.encoder\.5\.weight: expected shape \[256, 3584\]"):
+        load_detector(d)
+    shutil.rmtree(d)
+    d = copy_of(image_saved, tmp_path)
+    edit_card(d, set_at("architecture.channels", [64, 64]))
+    with pytest.raises(ModelCardError, match=r"architecture\.channels\[0\]: expected 32 to match the weights"):
+        load_detector(d)
+
+
+def test_nothing_is_allocated_before_the_card_is_checked(saved, tmp_path, monkeypatch):
+    """hidden=[15000, 15000] once allocated 2.1 GB before failing: now neither the tensors are read
+    nor the network built until the whole directory has passed, for a card out of bounds or one
+    in bounds that the weights contradict."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("allocated before the checks")
+
+    monkeypatch.setattr(artifact, "load_file", forbidden)
+    monkeypatch.setattr(artifact, "build_model", forbidden)
+    for hidden in ([15000, 15000], [4096, 4096]):
+        d = copy_of(saved, tmp_path / str(hidden[0]))
+        edit_card(d, set_at("architecture.hidden", hidden))
+        with pytest.raises(ModelCardError, match=r"architecture\.hidden\[0\]"):
+            load_detector(d)
+
+
+# -- the weights file is checked against the card, from its header -----------------------------------
+def test_truncated_weights_are_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    for cut in (len(data) // 2, 100, 4, 0):
+        write_weights(d, data[:cut])  # even with the sha256 recorded for the truncated file
+        with pytest.raises(ModelCardError, match=rf"^{re.escape(str(d / 'model.safetensors'))}: truncated"):
+            load_detector(d)
+
+
+def test_header_length_beyond_the_file_is_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    write_weights(d, struct.pack("<Q", 2**63) + data[8:])
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: truncated or not a safetensors file"):
+        load_detector(d)
+
+
+def test_header_lying_about_a_shape_is_refused(saved, tmp_path):
+    """Same bytes, another shape: the card's layer size no longer matches what the weights say."""
+    d = copy_of(saved, tmp_path)
+    header, data = safetensors_parts(d / "model.safetensors")
+    assert header["model.encoder.0.weight"]["shape"] == [64, 24]
+    header["model.encoder.0.weight"]["shape"] = [32, 48]
+    write_weights(d, safetensors_bytes(header, data))
+    with pytest.raises(ModelCardError, match=r"model\.json: architecture\.hidden\[0\]: expected 32 to match the weights"):
+        load_detector(d)
+
+
+def test_header_lying_about_a_dtype_is_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    header, data = safetensors_parts(d / "model.safetensors")
+    header["calibration.scores"]["dtype"] = "I64"  # same size as F64
+    write_weights(d, safetensors_bytes(header, data))
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: calibration\.scores: expected dtype F64, got I64"):
+        load_detector(d)
+
+
+def test_header_lying_about_byte_ranges_is_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    header, data = safetensors_parts(d / "model.safetensors")
+    header["scoring.noise"]["shape"] = [16, 1000]  # the bytes it points at hold 16 x 12 floats
+    write_weights(d, safetensors_bytes(header, data))
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: scoring\.noise: its data_offsets span 768 bytes"):
+        load_detector(d)
+    header, data = safetensors_parts(saved / "model.safetensors")
+    header["scoring.noise"]["data_offsets"] = [0, 768]  # overlaps another tensor
+    write_weights(d, safetensors_bytes(header, data))
+    with pytest.raises(ModelCardError, match="must not overlap"):
+        load_detector(d)
+
+
+def test_extra_tensor_is_refused(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    tensors = load_file(saved / "model.safetensors")
+    tensors["model.backdoor.weight"] = torch.zeros(3)
+    save_file(tensors, d / "x")
+    write_weights(d, (d / "x").read_bytes())
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: model\.backdoor\.weight: unexpected tensor"):
+        load_detector(d)
+
+
+@pytest.mark.parametrize("name", ["scoring.noise", "calibration.scores", "model.likelihood.raw_scale", "model.decoder.1.bias"])
+def test_missing_tensor_is_refused(saved, tmp_path, name):
+    d = copy_of(saved, tmp_path)
+    tensors = load_file(saved / "model.safetensors")
+    del tensors[name]
+    save_file(tensors, d / "x")
+    write_weights(d, (d / "x").read_bytes())
+    with pytest.raises(ModelCardError, match=rf"model\.safetensors: {re.escape(name)}: missing"):
+        load_detector(d)
+
+
+def test_calibration_count_must_match_the_scores(saved, tmp_path):
+    d = copy_of(saved, tmp_path)
+    edit_card(d, set_at("calibration.n", 5))
+    with pytest.raises(ModelCardError, match=r"calibration\.scores: expected shape \[5\] from model\.json's calibration\.n"):
+        load_detector(d)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifo_in_place_of_a_model_file_does_not_hang(saved, tmp_path):
+    for name in ("model.json", "model.safetensors"):
+        d = copy_of(saved, tmp_path / name)
+        (d / name).unlink()
+        os.mkfifo(d / name)
+        with pytest.raises(ArtifactError, match=rf"{re.escape(name)} is not a regular file"):
+            load_detector(d)
+
+
+# -- the command line: one `anomaly-vae: error:` line, exit 1, no traceback ---------------------------
+def run_cli(*args) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
+CLI_VARIANTS = [
+    ("huge_n_threads", lambda d: edit_card(d, set_at("params.n_threads", 1_000_000)), "model.json", r"params\.n_threads"),
+    ("huge_hidden", lambda d: edit_card(d, set_at("architecture.hidden", [15000, 15000])), "model.json", r"architecture\.hidden\[0\]"),
+    ("deep_json", lambda d: (d / "model.json").write_text("[" * 100_000 + "]" * 100_000), "model.json", "nested too deeply"),
+    ("threshold_null", lambda d: edit_card(d, set_at("calibration.threshold", None)), "model.json", r"calibration\.threshold"),
+    ("modified_model_json", lambda d: edit_card(d, set_at("calibration.threshold", 1.0), rehash=False), "model.json", "card_sha256"),
+    ("truncated_weights", lambda d: write_weights(d, (d / "model.safetensors").read_bytes()[:5000]), "model.safetensors", "truncated"),
+]
+
+
+# every variant through `info`; through `score` the three that differ most (one is the segfault)
+CLI_CASES = [("info", *v) for v in CLI_VARIANTS] + [("score", *v) for v in CLI_VARIANTS
+                                                    if v[0] in ("huge_n_threads", "modified_model_json", "truncated_weights")]
+
+
+@pytest.mark.parametrize("command,change,file,field", [c[:1] + c[2:] for c in CLI_CASES],
+                         ids=[f"{c[0]}-{c[1]}" for c in CLI_CASES])
+def test_cli_refuses_a_bad_model_directory_in_one_line(saved, fitted, tmp_path, command, change, file, field):
+    """`params.n_threads=1000000` made `anomaly-vae score` segfault (exit 139) and `info` print it;
+    the others ended in tracebacks."""
+    d = copy_of(saved, tmp_path)
+    change(d)
+    data = tmp_path / "rows.csv"
+    fitted[1].iloc[:20].to_csv(data, index=False)
+    args = ["info", d] if command == "info" else ["score", d, data, "--out", tmp_path / "out.csv", "--quiet"]
+    r = run_cli(*args)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert re.match(rf"anomaly-vae: error: {re.escape(str(d / file))}: .*{field}", lines[0]), lines[0]
+    assert r.stdout == "" and not (tmp_path / "out.csv").exists()
+
+
+# -- no pickle ----------------------------------------------------------------------------------
 def test_save_before_fit_is_an_error(tmp_path):
     from anomaly_vae import NotFittedError
 

@@ -122,7 +122,7 @@ def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
             "method": det.threshold_method_, "alpha": det.alpha_, "threshold": det.threshold_,
             "n": int(cal_scores.size),
             "quantiles": {q: float(np.quantile(cal_scores, float(q))) for q in ("0.5", "0.9", "0.99")} if cal_scores.size else {},
-            "error": getattr(det, "_calibration_error", None),
+            "error": getattr(det, "calibration_error_", None),
             "best_f1": getattr(det, "best_f1_", None),
         },
         "training": {"summary": det.fit_info_, "history": det.history_},
@@ -369,7 +369,7 @@ def load_detector(path: str | os.PathLike[str]) -> Any:
     det.fit_info_ = card["training"]["summary"]
     c = card["calibration"]
     det._set_threshold(float(c["threshold"]), c["method"], c["alpha"])
-    det._calibration_error = c.get("error")
+    det.calibration_error_ = c.get("error")
     if c.get("best_f1") is not None:
         det.best_f1_ = c["best_f1"]
     det.model_card_ = card

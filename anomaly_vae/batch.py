@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import conformal_p_values
-from .exceptions import CalibrationError, InputError
+from .exceptions import InputError
 from .io import Chunk, ResultWriter
 
 __all__ = ["ScoredChunk", "BatchSummary", "iter_scored", "score_to_file", "RESULT_COLUMNS", "image_regions"]
@@ -164,9 +164,7 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
     the top-K features or image regions (``top1_feature``, ``top1_nats``, ...). The threshold is
     the detector's current one; it must be finite. ``observe(scores, flagged)`` is called per chunk
     with the scores of the rows that were scored (for metrics)."""
-    if not np.isfinite(det.threshold_):
-        raise CalibrationError(getattr(det, "_calibration_error", None)
-                               or "the model has no finite threshold: recalibrate it or choose a larger alpha")
+    det.check_threshold()  # no usable threshold: CalibrationError before anything is read
     start = time.perf_counter()
     summary = BatchSummary(alpha=det.alpha_, threshold=float(det.threshold_),
                            skipped_files=getattr(reader, "skipped", 0))

@@ -163,8 +163,8 @@ def _train(args: argparse.Namespace) -> int:
           f"for early stopping, {info['n_calibration']} for calibration")
     print(f"  epochs               {info['epochs_run']} ({info['seconds']:.1f} s)")
     print(f"  threshold            {_fmt(det.threshold_, '.4g')} nats of {det.score_kind} score, alpha {det.alpha_}")
-    if getattr(det, "_calibration_error", None):
-        print(f"  warning              no usable threshold: {det._calibration_error} "
+    if getattr(det, "calibration_error_", None):
+        print(f"  warning              no usable threshold: {det.calibration_error_} "
               "(`anomaly-vae calibrate` fixes this without retraining)")
     if result.holdout:
         h = result.holdout
@@ -194,7 +194,7 @@ def _score(args: argparse.Namespace) -> int:
     kind = data_kind(args.data)
     if args.id_column and kind not in ("csv", "parquet"):
         raise UsageError("--id-column is for CSV and Parquet tables")
-    det._check_threshold()  # before reading anything: no usable threshold is a fatal error
+    det.check_threshold()  # before reading anything: no usable threshold is a fatal error
     reader = model_reader(det, args.data, _data_options(args))
     id_name = args.id_column or ("path" if kind == "images" else "row")
     total = getattr(reader, "n_rows", None)

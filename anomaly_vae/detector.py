@@ -87,7 +87,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     Attributes
     ----------
     model_, preprocessor_, noise_, calibration_scores_, threshold_, offset_, alpha_, history_,
-    input_kind_ ("table" or "image"), n_features_in_, feature_names_in_ (DataFrames only).
+    input_kind_ ("table" or "image"), n_features_in_, feature_names_in_ (DataFrames only),
+    calibration_error_ (why the threshold is infinite, else None).
     """
 
     def __init__(
@@ -322,10 +323,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             threshold = cal.conformal_threshold(self.calibration_scores_, alpha)
         except CalibrationError as err:
             log.warning("%s", err)
-            self._calibration_error = str(err)
+            self.calibration_error_ = str(err)
             threshold = np.inf
         else:
-            self._calibration_error = None
+            self.calibration_error_ = None
         self._set_threshold(threshold, "conformal", alpha)
         return self
 
@@ -400,23 +401,52 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             scores[good] = self._scores(self._tensor(x if good.all() else x[good]), score)
         return scores, errors
 
+    def preprocess(self, X: Any) -> np.ndarray:
+        """``X`` validated and turned into what the network takes, the twin of ``decode``: tables
+        (n_samples, n_features_out) float32 (scaled, one-hot, missing indicators), images
+        (n_samples, C, H, W) float32 in [0, 1]. The first bad value raises ``InputError``."""
+        check_is_fitted(self, "model_")
+        return self._prepare(X, reset=False)
+
+    def score_prepared(self, x: np.ndarray, score: str | None = None) -> np.ndarray:
+        """Scores of an input already made by ``preprocess`` (or by the service's JSON reader), the
+        same numbers ``anomaly_score`` gives for the raw rows: (n_samples,) float64, in nats."""
+        check_is_fitted(self, "model_")
+        score = score or self.score_kind
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        x = np.asarray(x)
+        if self.input_kind_ == "image":
+            pre = self.preprocessor_
+            expected: tuple[int, ...] = (pre.channels, pre.height, pre.width)
+        else:
+            expected = (self.preprocessor_.n_features_out,)
+        if x.dtype != np.float32 or x.shape[1:] != expected:
+            raise InputError(f"a prepared input is float32 (n_samples, {', '.join(map(str, expected))}), got "
+                             f"{x.dtype} {x.shape}: make it with preprocess()", reason="shape")
+        return self._scores(self._tensor(np.ascontiguousarray(x)), score)
+
     def score_samples(self, X: Any) -> np.ndarray:
         """scikit-learn's convention: ``-anomaly_score(X)``, lower = more abnormal."""
         return -self.anomaly_score(X)
 
-    def _check_threshold(self) -> None:
+    def check_threshold(self) -> float:
+        """The threshold, after checking it is usable: ``CalibrationError`` (saying why and what to do)
+        when it is infinite, e.g. too few calibration scores for ``alpha``. Faces call this before
+        reading any input, so that a job without a usable threshold stops before it starts."""
         check_is_fitted(self, "threshold_")
         if not np.isfinite(self.threshold_):
-            raise CalibrationError(getattr(self, "_calibration_error", None) or "the threshold is not finite")
+            raise CalibrationError(getattr(self, "calibration_error_", None) or "the threshold is not finite")
+        return self.threshold_
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for anomalies."""
-        self._check_threshold()
+        self.check_threshold()
         return self.score_samples(X) - self.offset_
 
     def predict(self, X: Any) -> np.ndarray:
         """+1 for normal, -1 for anomalous (score strictly above ``threshold_``)."""
-        self._check_threshold()
+        self.check_threshold()
         return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
 
     def p_values(self, X: Any) -> np.ndarray:

@@ -47,10 +47,7 @@ def instances_to_input(det: Any, instances: Sequence[Any]) -> np.ndarray:
 
 def score_input(det: Any, x: np.ndarray) -> np.ndarray:
     """Scores (N,) float64 of a prepared input (``instances_to_input``) with the model's score."""
-    from .detector import _threads
-
-    with _threads(det.n_threads):
-        return det._scores(det._tensor(x), det.score_kind)
+    return det.score_prepared(x)
 
 
 # -- tables -----------------------------------------------------------------------------------

@@ -233,5 +233,5 @@ def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
     det.calibrate(X, alpha=alpha)
     save_detector(det, model_dir)
     after = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_,
-             "error": getattr(det, "_calibration_error", None)}
+             "error": getattr(det, "calibration_error_", None)}
     return before, after

@@ -150,7 +150,7 @@ def _class_order(labels: np.ndarray) -> list[str]:
 
 
 def _prepared(det: Any, X: Any) -> np.ndarray:
-    return det._prepare(X, reset=False)
+    return det.preprocess(X)
 
 
 def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points: int = 5000, seed: int = 0,

@@ -64,15 +64,10 @@ def timed(fn, *args) -> tuple[float, object]:  # type: ignore[no-untyped-def]
 
 
 def raw_forward_rate(det: VAEAnomalyDetector, X: object, n: int) -> float:
-    """The network alone on rows already preprocessed and in memory, one torch thread as the CLI uses
-    for dense models (the forward of the scores, nothing else)."""
-    x = det._tensor(det._prepare(X, reset=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if det.model_.kind == "dense" else threads)
-    try:
-        seconds, _ = timed(det._scores, x, det.score_kind)
-    finally:
-        torch.set_num_threads(threads)
+    """The network alone on rows already preprocessed and in memory, with the threads the CLI uses
+    (one for dense models, torch's for conv ones: the forward of the scores, nothing else)."""
+    x = det.preprocess(X)
+    seconds, _ = timed(det.score_prepared, x)
     return n / seconds
 
 
@@ -122,7 +117,7 @@ def images(args: argparse.Namespace, work: Path) -> list[list[str]]:
     from PIL import Image
 
     with np.load(ROOT / "data" / "fashion_mnist_sample.npz", allow_pickle=False) as f:
-        x, y = f["images"], f["labels"]
+        x = f["images"]
     det = VAEAnomalyDetector(epochs=2, random_state=0).fit(x)  # speed only: all 1000 images, 200 for calibration
     model = work / "image-model"
     det.save(model)

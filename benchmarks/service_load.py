@@ -128,7 +128,7 @@ def main() -> None:
     hundred_lists.write_text(json.dumps({"instances": [list(r.values()) for r in rows[:100]]}))
 
     # in-process rates of the same model, one torch thread as in the server
-    det.n_threads = 1
+    det.set_params(n_threads=1)
     big = pd.concat([cardio.drop(columns=["label"])] * 30, ignore_index=True)
     t = time.perf_counter()
     det.anomaly_score(big)

@@ -141,10 +141,10 @@ class AnomalyVAE:
         path, tag = resolve_model(ref)
         det = load_detector(path)
         if not np.isfinite(det.threshold_):
-            raise CalibrationError(f"no usable threshold ({det._calibration_error}); recalibrate it with "
+            raise CalibrationError(f"no usable threshold ({det.calibration_error_}); recalibrate it with "
                                    "`anomaly-vae calibrate` before serving")
         threads = int(os.environ.get("ANOMALY_VAE_TORCH_THREADS", "1"))
-        det.n_threads = threads
+        det.set_params(n_threads=threads)
         torch.set_num_threads(threads)
         self.det = det
         card = det.model_card_

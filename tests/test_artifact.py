@@ -181,7 +181,7 @@ def test_models_of_every_kind_load(tmp_path):
     det.set_alpha(1e-4)  # too few calibration scores for it: no usable threshold, and the reason why
     det.save(tmp_path / "b")
     back = load_detector(tmp_path / "b")
-    assert back.threshold_ == np.inf and back._calibration_error == det._calibration_error
+    assert back.threshold_ == np.inf and back.calibration_error_ == det.calibration_error_
     images = (rng.rand(30, 12, 10, 3) * 255).astype(np.uint8)
     VAEAnomalyDetector(epochs=1, random_state=0, model="dense", alpha=0.3).fit(images).save(tmp_path / "c")
     assert load_detector(tmp_path / "c").model_.kind == "dense"

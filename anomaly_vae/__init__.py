@@ -13,7 +13,7 @@ _WHERE = {
     "VAEAnomalyDetector": "detector",
     "DenseVAE": "models",
     "ConvVAE": "models",
-    "load_detector": "artifact",
+    "load_detector": "detector",
     "read_model_card": "artifact",
     "conformal_threshold": "calibration",
     "conformal_p_values": "calibration",
@@ -43,9 +43,9 @@ def __dir__() -> list[str]:
 
 
 if _typing.TYPE_CHECKING:
-    from .artifact import load_detector, read_model_card
+    from .artifact import read_model_card
     from .calibration import conformal_p_values, conformal_threshold, min_calibration_size
-    from .detector import VAEAnomalyDetector
+    from .detector import VAEAnomalyDetector, load_detector
     from .exceptions import (AnomalyVAEError, ArtifactError, CalibrationError, InputError, ModelCardError, NotFittedError,
                              TrainingDivergedError)
     from .models import ConvVAE, DenseVAE

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -43,12 +42,11 @@ from .card import (FORMAT_NAME, FORMAT_VERSION, MAX_CARD_BYTES, CardProblem, Cho
 from .exceptions import ArtifactError, ModelCardError
 from .io import atomic_output
 from .models import build_model
-from .preprocessing import ImagePreprocessor, TablePreprocessor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "save_detector", "load_detector", "read_model_card", "card_sha256", "export_to_bentoml",
-           "resolve_model"]
+__all__ = ["FORMAT_VERSION", "save_model", "save_detector", "read_model", "read_model_card", "card_sha256",
+           "export_to_bentoml", "resolve_model"]
 
 DEFAULT_BENTO_NAME = "anomaly_vae"
 
@@ -72,35 +70,19 @@ def card_sha256(card: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _json_params(det: Any) -> dict[str, Any]:
-    out = {}
-    for k, v in det.get_params().items():
-        if isinstance(v, tuple):
-            v = list(v)
-        if k == "random_state" and not isinstance(v, (int, type(None))):
-            v = None  # a RandomState instance is not a reproducible setting; the seed used is in training
-        out[k] = v
-    return out
-
-
-def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``det`` to the directory ``path`` (created; existing model files are replaced)."""
+def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a model directory at ``path`` (created; existing model files are replaced) from a fitted
+    estimator's state: ``sections`` of the card (``params``, ``architecture``, ``input``, ``score``,
+    ``calibration``, ``training``) and its named ``tensors`` (``VAEAnomalyDetector.fitted_state()``).
+    This module adds the envelope: format and versions, the weights' sha256 and ``card_sha256``."""
     from . import __version__
 
-    if not hasattr(det, "model_"):
-        from sklearn.exceptions import NotFittedError
-
-        raise NotFittedError("this VAEAnomalyDetector is not fitted yet: call fit(X) before save()")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in det.model_.state_dict().items()}
-    tensors["calibration.scores"] = torch.from_numpy(np.ascontiguousarray(det.calibration_scores_, dtype=np.float64))
-    tensors["scoring.noise"] = det.noise_.detach().cpu().contiguous()
     # write beside the target and rename, so a crash never leaves a half-written model
     with atomic_output(out / WEIGHTS_NAME) as tmp:  # removed if interrupted (SIGTERM in the CLI)
-        save_file(tensors, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         digest = _sha256(tmp)
-    cal_scores = np.asarray(det.calibration_scores_)
     card = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -108,24 +90,7 @@ def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": _json_params(det),
-        "architecture": det.model_.config(),
-        "input": {
-            "kind": det.input_kind_,
-            "n_features_in": int(det.n_features_in_),
-            "feature_names_in": [str(c) for c in det.feature_names_in_] if hasattr(det, "feature_names_in_") else None,
-            "preprocessing": det.preprocessor_.to_dict(),
-        },
-        "score": {"name": det.score_kind, "units": "nats", "higher_is_more_anomalous": True,
-                  "n_score_samples": int(det.noise_.shape[0])},
-        "calibration": {
-            "method": det.threshold_method_, "alpha": det.alpha_, "threshold": det.threshold_,
-            "n": int(cal_scores.size),
-            "quantiles": {q: float(np.quantile(cal_scores, float(q))) for q in ("0.5", "0.9", "0.99")} if cal_scores.size else {},
-            "error": getattr(det, "calibration_error_", None),
-            "best_f1": getattr(det, "best_f1_", None),
-        },
-        "training": {"summary": det.fit_info_, "history": det.history_},
+        **sections,
         "weights": {"file": WEIGHTS_NAME, "sha256": digest},
     }
     card = json.loads(json.dumps(card, allow_nan=True))  # the card as a reader sees it: lists, string keys
@@ -134,6 +99,11 @@ def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_output(out / JSON_NAME) as tmp:
         tmp.write_text(text)
     return out
+
+
+def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the fitted estimator ``det`` to the model directory ``path`` (``det.save(path)``)."""
+    return save_model(path, *det.fitted_state())
 
 
 # -- the weights file, from its header ------------------------------------------------------------
@@ -326,7 +296,7 @@ def _check_weights_file(p: Path, card: dict[str, Any]) -> Path:
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``model.json`` of a model directory, checked in full as ``load_detector`` checks
+    """The parsed ``model.json`` of a model directory, checked in full as ``read_model`` checks
     it (format version, integrity hashes, every field, the weights' header) without loading the
     weights. Raises ``ArtifactError`` (``ModelCardError`` naming the file and field)."""
     p = Path(path)
@@ -335,45 +305,18 @@ def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def load_detector(path: str | os.PathLike[str]) -> Any:
-    """Rebuild a fitted ``VAEAnomalyDetector`` from a model directory.
+def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked card and the tensors of a model directory, for
+    ``VAEAnomalyDetector.from_fitted_state`` (``anomaly_vae.load_detector`` does both).
 
-    Nothing is allocated before the whole directory passed its checks (see the module docstring):
+    Nothing is read before the whole directory passed its checks (see the module docstring):
     ``model.json`` against its ``card_sha256`` and the schema in ``anomaly_vae.card``, the weights
     file against the sha256 recorded in ``model.json`` and its tensors' shapes against the card.
     Raises ``ArtifactError`` (``ModelCardError`` naming the file and field) for a bad directory."""
-    from .detector import VAEAnomalyDetector
-
     p = Path(path)
     card = _checked_card(p)
     weights = _check_weights_file(p, card)
-    tensors = load_file(str(weights))
-    det = VAEAnomalyDetector(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in card["params"].items()})
-    try:
-        model = build_model(card["architecture"])
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    except (RuntimeError, ValueError) as err:  # not expected after the checks: the same message if it happens
-        raise ArtifactError(f"{weights} does not fit the architecture in {JSON_NAME}: {err}") from None
-    model.eval()
-    det.model_ = model
-    inp = card["input"]
-    det.input_kind_ = inp["kind"]
-    det.n_features_in_ = inp["n_features_in"]
-    if inp.get("feature_names_in") is not None:
-        det.feature_names_in_ = np.asarray(inp["feature_names_in"], dtype=object)
-    pre = inp["preprocessing"]
-    det.preprocessor_ = TablePreprocessor.from_dict(pre) if pre["kind"] == "table" else ImagePreprocessor.from_dict(pre)
-    det.noise_ = tensors["scoring.noise"]
-    det.calibration_scores_ = tensors["calibration.scores"].numpy().astype(np.float64)
-    det.history_ = card["training"]["history"]
-    det.fit_info_ = card["training"]["summary"]
-    c = card["calibration"]
-    det._set_threshold(float(c["threshold"]), c["method"], c["alpha"])
-    det.calibration_error_ = c.get("error")
-    if c.get("best_f1") is not None:
-        det.best_f1_ = c["best_f1"]
-    det.model_card_ = card
-    return det
+    return card, load_file(str(weights))
 
 
 # -- the BentoML model store ---------------------------------------------------------------------
@@ -392,14 +335,13 @@ def export_to_bentoml(path: str | os.PathLike[str], name: str = DEFAULT_BENTO_NA
     import shutil
 
     bentoml = _bentoml()
-    det = load_detector(path)  # refuses a corrupt or modified model before it reaches the store
-    card = det.model_card_
+    card, _ = read_model(path)  # refuses a corrupt or modified model before it reaches the store
     p = Path(path)
-    labels = {"package": "anomaly-vae", "input_kind": det.input_kind_, "score": det.score_kind,
+    labels = {"package": "anomaly-vae", "input_kind": card["input"]["kind"], "score": card["score"]["name"],
               "weights_sha256": card["weights"]["sha256"][:12]}
     metadata = {"format_version": card["format_version"], "package_version": card.get("package_version"),
-                "threshold": float(det.threshold_), "alpha": det.alpha_,
-                "calibration_n": int(len(det.calibration_scores_)), "source": str(p.resolve())}
+                "threshold": float(card["calibration"]["threshold"]), "alpha": card["calibration"]["alpha"],
+                "calibration_n": int(card["calibration"]["n"]), "source": str(p.resolve())}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
         for f in (JSON_NAME, WEIGHTS_NAME):
             shutil.copyfile(p / f, Path(bento_model.path) / f)

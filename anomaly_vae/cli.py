@@ -177,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load(model_dir: str, alpha: float | None) -> Any:
-    from .artifact import load_detector
+    from .detector import load_detector
 
     det = load_detector(model_dir)
     if alpha is not None:

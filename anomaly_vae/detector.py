@@ -16,8 +16,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration as cal
-from .exceptions import CalibrationError, InputError
-from .models import ACTIVATIONS, VAE, ConvVAE, DenseVAE
+from .artifact import read_model, save_model
+from .exceptions import ArtifactError, CalibrationError, InputError
+from .models import ACTIVATIONS, VAE, ConvVAE, DenseVAE, build_model
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
@@ -26,7 +27,7 @@ from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VAEAnomalyDetector"]
+__all__ = ["VAEAnomalyDetector", "load_detector"]
 
 
 @contextlib.contextmanager
@@ -504,9 +505,80 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write the model directory (``model.json`` + ``model.safetensors``); see ``artifact``."""
-        from .artifact import save_detector
+        save_model(path, *self.fitted_state())
 
-        save_detector(self, path)
+    def fitted_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The fitted state as the sections of ``model.json`` (JSON-safe: ``params``, ``architecture``,
+        ``input``, ``score``, ``calibration``, ``training``) and named tensors (the network's weights,
+        ``calibration.scores``, ``scoring.noise``). ``from_fitted_state`` is the inverse; ``artifact``
+        writes and checks the files and knows nothing of the estimator."""
+        check_is_fitted(self, "model_")
+        params = {}
+        for k, v in self.get_params().items():
+            if isinstance(v, tuple):
+                v = list(v)
+            if k == "random_state" and not isinstance(v, (int, type(None))):
+                v = None  # a RandomState instance is not a reproducible setting; the seed used is in training
+            params[k] = v
+        cal_scores = np.asarray(self.calibration_scores_)
+        names = getattr(self, "feature_names_in_", None)
+        sections = {
+            "params": params,
+            "architecture": self.model_.config(),
+            "input": {
+                "kind": self.input_kind_,
+                "n_features_in": int(self.n_features_in_),
+                "feature_names_in": [str(c) for c in names] if names is not None else None,
+                "preprocessing": self.preprocessor_.to_dict(),
+            },
+            "score": {"name": self.score_kind, "units": "nats", "higher_is_more_anomalous": True,
+                      "n_score_samples": int(self.noise_.shape[0])},
+            "calibration": {
+                "method": self.threshold_method_, "alpha": self.alpha_, "threshold": self.threshold_,
+                "n": int(cal_scores.size),
+                "quantiles": ({q: float(np.quantile(cal_scores, float(q))) for q in ("0.5", "0.9", "0.99")}
+                              if cal_scores.size else {}),
+                "error": getattr(self, "calibration_error_", None),
+                "best_f1": getattr(self, "best_f1_", None),
+            },
+            "training": {"summary": self.fit_info_, "history": self.history_},
+        }
+        tensors = {f"model.{k}": v for k, v in self.model_.state_dict().items()}
+        tensors["calibration.scores"] = torch.from_numpy(np.ascontiguousarray(cal_scores, dtype=np.float64))
+        tensors["scoring.noise"] = self.noise_
+        return sections, tensors
+
+    @classmethod
+    def from_fitted_state(cls, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "VAEAnomalyDetector":
+        """The fitted estimator of a checked card and its tensors (``artifact.read_model``)."""
+        det = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in card["params"].items()})
+        model = build_model(card["architecture"])
+        try:
+            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+                                  strict=True)
+        except (RuntimeError, ValueError) as err:  # not expected after the checks: the same message if it happens
+            raise ArtifactError(f"the weights do not fit the architecture in the card: {err}") from None
+        model.eval()
+        det.model_ = model
+        inp = card["input"]
+        det.input_kind_ = inp["kind"]
+        det.n_features_in_ = inp["n_features_in"]
+        if inp.get("feature_names_in") is not None:
+            det.feature_names_in_ = np.asarray(inp["feature_names_in"], dtype=object)
+        pre = inp["preprocessing"]
+        det.preprocessor_ = (TablePreprocessor.from_dict(pre) if pre["kind"] == "table"
+                             else ImagePreprocessor.from_dict(pre))
+        det.noise_ = tensors["scoring.noise"]
+        det.calibration_scores_ = tensors["calibration.scores"].numpy().astype(np.float64)
+        det.history_ = card["training"]["history"]
+        det.fit_info_ = card["training"]["summary"]
+        c = card["calibration"]
+        det._set_threshold(float(c["threshold"]), c["method"], c["alpha"])
+        det.calibration_error_ = c.get("error")
+        if c.get("best_f1") is not None:
+            det.best_f1_ = c["best_f1"]
+        det.model_card_ = card
+        return det
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()
@@ -515,3 +587,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.categorical = True
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def load_detector(path: str | os.PathLike[str]) -> VAEAnomalyDetector:
+    """Rebuild a fitted ``VAEAnomalyDetector`` from a model directory, checked in full before
+    anything is allocated (``artifact.read_model``). Raises ``ArtifactError`` (``ModelCardError``
+    naming the file and field) for a bad directory."""
+    return VAEAnomalyDetector.from_fitted_state(*read_model(path))

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .artifact import load_detector, save_detector
 from .batch import iter_scored
-from .detector import VAEAnomalyDetector
+from .detector import VAEAnomalyDetector, load_detector
 from .evaluation import anomaly_labels, default_normal_label, evaluate_scores
 from .exceptions import InputError
 from .io import ArrayReader, ImageFolderReader, TableReader, data_kind, image_mode_info, list_images, open_data, read_all
@@ -151,7 +150,7 @@ def train_job(data: str | Path, out: str | Path, opts: DataOptions, params: dict
         holdout = evaluate_scores(scores, y[holdout_idx], det.threshold_, det.alpha_)
         holdout["normal_label"] = normal_label
         det.fit_info_["holdout"] = holdout
-    save_detector(det, out)
+    det.save(out)
     return TrainResult(det, n, len(X_train), holdout, time.perf_counter() - start, normal_label)
 
 
@@ -231,7 +230,7 @@ def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
         X = _take(X, np.flatnonzero(~anomaly_labels(labels, normal_label)))
     before = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_}
     det.calibrate(X, alpha=alpha)
-    save_detector(det, model_dir)
+    det.save(model_dir)
     after = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_,
              "error": getattr(det, "calibration_error_", None)}
     return before, after

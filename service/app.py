@@ -134,7 +134,8 @@ class AnomalyVAE:
     def _load(self, ref: str) -> None:
         import torch
 
-        from anomaly_vae.artifact import load_detector, resolve_model
+        from anomaly_vae import load_detector
+        from anomaly_vae.artifact import resolve_model
         from anomaly_vae.exceptions import CalibrationError
         from anomaly_vae.instances import score_input
 

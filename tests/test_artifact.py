@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import anomaly_vae
 from anomaly_vae import ArtifactError, VAEAnomalyDetector, load_detector, read_model_card
-from anomaly_vae import artifact
+from anomaly_vae import artifact, detector
 from anomaly_vae.card import PARAMS
 from anomaly_vae.exceptions import AnomalyVAEError, ModelCardError
 
@@ -372,6 +372,7 @@ def test_nothing_is_allocated_before_the_card_is_checked(saved, tmp_path, monkey
 
     monkeypatch.setattr(artifact, "load_file", forbidden)
     monkeypatch.setattr(artifact, "build_model", forbidden)
+    monkeypatch.setattr(detector, "build_model", forbidden)  # the real network is built by the estimator
     for hidden in ([15000, 15000], [4096, 4096]):
         d = copy_of(saved, tmp_path / str(hidden[0]))
         edit_card(d, set_at("architecture.hidden", hidden))

@@ -150,6 +150,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"calibration_size must be in (0, 1), got {self.calibration_size}")
         if not 0.0 <= float(self.validation_size) < 1.0:
             raise ValueError(f"validation_size must be in [0, 1), got {self.validation_size}")
+        if self.n_threads is not None and not 1 <= int(self.n_threads) <= 1024:
+            raise ValueError(f"n_threads must be None or 1..1024, got {self.n_threads}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():

@@ -214,8 +214,9 @@ class TableReader:
         self._line = 1  # physical lines consumed so far
         try:
             header = next(csv.reader([header_line.decode("utf-8").rstrip("\r\n")], delimiter=self.sep))
-        except (UnicodeDecodeError, StopIteration) as err:
-            raise InputError(f"{self.path}, line 1: cannot read the header row ({err})") from None
+        except (UnicodeDecodeError, StopIteration, csv.Error) as err:
+            raise InputError(f"{self.path}, line 1: cannot read the header row ({err}; lines must end in LF "
+                             "or CRLF)") from None
         names = [h.strip() for h in header]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -475,6 +476,8 @@ def _decode_image(Image: Any, f: BinaryIO, path: Path, size: tuple[int, int] | N
                 img.load()  # decode now: a truncated or corrupt file fails here, not later
                 if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     a = np.asarray(img, dtype=np.float64)
+                    if not np.isfinite(a).all():
+                        raise InputError(f"{path}: pixel values must be finite, found NaN or infinity")
                     top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
                     img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
                 img = img.convert("L" if channels == 1 else "RGB")

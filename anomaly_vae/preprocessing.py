@@ -64,6 +64,16 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
 
 
+def _to_float(x: Any) -> float:
+    """float(x) for one value: NaN when it is not a number, infinity when beyond float64 (an error row)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return float("inf") if not str(x).strip().startswith("-") else float("-inf")
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 class TablePreprocessor:
     """Fitted schema of a table; ``transform`` gives the float32 matrix the network sees."""
 
@@ -264,8 +274,11 @@ class TablePreprocessor:
             raw = s.to_numpy(dtype=object)
             # "" is a missing value, as in a CSV; anything else that is not a number is an error
             blank = np.fromiter((isinstance(x, str) and not x.strip() for x in raw), dtype=bool, count=len(raw))
-            v = pd.to_numeric(pd.Series(np.where(blank, None, raw), dtype=object), errors="coerce").to_numpy(
-                dtype=np.float64, na_value=np.nan)
+            try:
+                v = pd.to_numeric(pd.Series(np.where(blank, None, raw), dtype=object), errors="coerce").to_numpy(
+                    dtype=np.float64, na_value=np.nan)
+            except OverflowError:  # an integer beyond float64 (310+ digits): value by value
+                v = np.array([np.nan if b else _to_float(x) for x, b in zip(raw, blank)], dtype=np.float64)
             bad_text = np.isnan(v) & s.notna().to_numpy() & ~blank
             for i in np.flatnonzero(bad_text):
                 if errors[i] is None:
@@ -273,7 +286,8 @@ class TablePreprocessor:
         inf = np.isinf(v)
         for i in np.flatnonzero(inf):
             if errors[i] is None:
-                errors[i] = (name, f"value {v[i]} is not finite (infinity is not allowed)")
+                errors[i] = (name, f"value {v[i]} is not finite (infinity, or a number beyond float64's "
+                                   "+-1.8e308, is not allowed)")
         bad = bad_text | inf
         if bad.any():
             v = np.where(bad, 0.0, v)

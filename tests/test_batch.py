@@ -30,3 +30,44 @@ def test_extreme_value_row_is_scored_and_flagged_not_left_empty(table_model, car
     assert out["is_anomaly"].iloc[[3, 7, 9]].astype(bool).all()
     assert summary.anomalies >= 3
     np.testing.assert_array_equal(out["score"].to_numpy(), table_model.anomaly_score(X))
+
+
+@pytest.mark.parametrize("batch_size", [1, 16384])
+def test_integer_beyond_float64_in_a_csv_is_an_error_row_not_a_crash(table_model, cardio, tmp_path, batch_size):
+    """Hostile review of issue 10: a 400-digit integer in a CSV cell raised OverflowError (a CLI
+    traceback and a 500 from /score_csv), depending on how the rows were chunked."""
+    lines = (tmp_path / "c.csv")
+    cardio.drop(columns="label").iloc[:3].to_csv(lines, index=False)
+    rows = lines.read_text().splitlines()
+    cells = rows[2].split(",")
+    cells[3] = "9" * 400
+    lines.write_text("\n".join([rows[0], rows[1], ",".join(cells), rows[3]]) + "\n")
+    with open_data(lines, batch_size=batch_size) as reader:
+        summary = score_to_file(table_model, reader, tmp_path / "out.csv")
+    out = pd.read_csv(summary.output)
+    assert len(out) == 3 and summary.errors == 1
+    assert "column 'f03'" in out["error"].iloc[1] and "beyond float64" in out["error"].iloc[1]
+    assert np.isfinite(out["score"].iloc[[0, 2]]).all()
+
+
+def test_csv_with_cr_only_line_ends_is_a_clear_error(tmp_path):
+    """Hostile review of issue 10: old-Mac line ends gave a csv.Error traceback (and a 500)."""
+    from anomaly_vae.exceptions import InputError
+
+    src = tmp_path / "cr.csv"
+    src.write_bytes(b"a,b\r1,2\r3,4\r")
+    with pytest.raises(InputError, match="line 1: cannot read the header row.*LF or CRLF"):
+        open_data(src).close()
+
+
+def test_float_tiff_with_nan_pixels_is_an_error_not_a_black_image(tmp_path):
+    """Hostile review of issue 10: a float TIFF of NaN pixels was decoded as black and scored."""
+    from PIL import Image
+
+    from anomaly_vae.exceptions import InputError
+    from anomaly_vae.io import load_image
+
+    path = tmp_path / "nan.tif"
+    Image.fromarray(np.full((28, 28), np.nan, dtype=np.float32), mode="F").save(path)
+    with pytest.raises(InputError, match="must be finite"):
+        load_image(path, (28, 28), 1)

@@ -19,13 +19,10 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -37,44 +34,21 @@ import httpx
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from service_load import Serve  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results" / "hostile_requests.md"
 BODY_TIMEOUT_S = 2
 Answer = tuple[int, str]  # status, reason
 
 
-class Serve:
-    """`bentoml serve` of one model directory, in its own process group."""
-
-    def __init__(self, model: Path, home: Path) -> None:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = home / f"serve-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", ANOMALY_VAE_MODEL=str(model),
-                   ANOMALY_VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        raise RuntimeError(f"the server did not start; see {self.log}")
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+def serve(model: Path, home: Path) -> Serve:
+    """`bentoml serve` of one model directory (service_load's ``Serve``), with the short body timeout."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", ANOMALY_VAE_MODEL=str(model),
+               ANOMALY_VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
+    return Serve("service.app:AnomalyVAE", ROOT, env, log=home / f"serve-{model.name}.log")
 
 
 # -- ways of sending ---------------------------------------------------------------------------
@@ -306,7 +280,7 @@ def run(repeat: int) -> tuple[list[tuple[str, str, Counter]], dict[str, object]]
     VAEAnomalyDetector(epochs=1, latent_dim=4, conv_channels=(8, 16), alpha=0.1, random_state=0).fit(
         images[labels == 0]).save(work / "image")
     row = normal.iloc[1300].tolist()
-    servers = [Serve(work / "table", work), Serve(work / "image", work)]
+    servers = [serve(work / "table", work), serve(work / "image", work)]
     try:
         table, image = (s.url for s in servers)
         results = []

@@ -56,22 +56,27 @@ def group_rss_mib(pgid: int, key: str = "VmRSS") -> dict[int, float]:
 
 
 class Serve:
-    def __init__(self, target: str, cwd: Path, env: dict[str, str]) -> None:
+    """`bentoml serve TARGET` on a free port of 127.0.0.1, in its own process group (so that ``stop``
+    ends its workers too), its output in ``log``; ready (``/readyz`` 200) once constructed."""
+
+    def __init__(self, target: str, cwd: Path, env: dict[str, str], log: Path | None = None) -> None:
         self.port = free_port()
-        self.log = open(tempfile.mktemp(suffix=".log"), "wb")
-        self.proc = subprocess.Popen([str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log or Path(tempfile.mktemp(suffix=".log"))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port",
+                                          str(self.port)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         import httpx
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.5)
-        raise RuntimeError(f"{target} did not start; see {self.log.name}")
+        raise RuntimeError(f"{target} did not start; see {self.log}")
 
     def worker_rss(self, key: str = "VmRSS") -> float:
         """The largest process of the server (the worker that holds the model)."""

@@ -1,5 +1,9 @@
 """Batch scoring of files and folders, streaming: read a chunk, score it, write it, and the next.
 
+``score_file`` is the one score job: the command line (``anomaly-vae score``), the service's
+``/score_csv`` and Python callers all run it. ``open_for_model`` opens a file or folder the way a
+model reads it; ``iter_scored`` scores a reader's chunks, for callers that write elsewhere.
+
 Every input row (or image file) gives exactly one output row, in input order. A row that cannot
 be scored keeps its place with empty scores and its ``error``; the rest of the job goes on.
 Problems of the whole input (a missing column, a model without a usable threshold) stop the job
@@ -20,9 +24,10 @@ import pandas as pd
 
 from .calibration import conformal_p_values
 from .exceptions import InputError
-from .io import Chunk, ResultWriter
+from .io import Chunk, ResultWriter, data_kind, open_data
 
-__all__ = ["ScoredChunk", "BatchSummary", "iter_scored", "score_to_file", "RESULT_COLUMNS", "image_regions"]
+__all__ = ["ScoredChunk", "BatchSummary", "open_for_model", "iter_scored", "score_to_file", "score_file",
+           "RESULT_COLUMNS", "image_regions"]
 
 RESULT_COLUMNS = ("score", "p_value", "is_anomaly", "threshold", "error")
 
@@ -104,6 +109,24 @@ def _prefetch(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
             yield chunk
 
 
+def open_for_model(det: Any, data: str | Path, *, sep: str | None = None, id_column: str | None = None,
+                   batch_size: int = 16384, labels: bool = False, label_column: str | None = None) -> Any:
+    """A chunk reader for ``data`` set up for ``det``: its categorical columns read as text (so that
+    "007" stays "007"), its image size and channels. ``labels`` reads an image folder's first-level
+    subfolders as labels; ``label_column`` names a table's (or an .npz's) label column."""
+    kind = data_kind(data)
+    if det.input_kind_ == "image":
+        pre = det.preprocessor_
+        return open_data(data, batch_size=batch_size, image_size=(pre.height, pre.width), channels=pre.channels,
+                         labels_from_folders=labels and kind == "images",
+                         label_column=label_column if kind in ("npy", "npz") else None)
+    if kind == "images":
+        raise InputError(f"{data} is a folder of images, but this model scores tables")
+    dtypes = {c["name"]: str for c in det.preprocessor_.columns if c["type"] == "categorical"}
+    return open_data(data, batch_size=batch_size, sep=sep, id_column=id_column, dtypes=dtypes,
+                     label_column=label_column)
+
+
 def iter_scored(det: Any, reader: Any, explain: int = 0, score: str | None = None) -> Iterator[ScoredChunk]:
     """Score ``reader``'s chunks with ``det``; see the module docstring for the rules."""
     columns = getattr(reader, "columns", None)
@@ -156,7 +179,7 @@ def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Ite
 
 
 def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row", explain: int = 0,
-                  progress: Callable[[int], None] | None = None,
+                  score: str | None = None, progress: Callable[[int], None] | None = None,
                   observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
     """Stream ``reader`` through ``det`` into ``out`` (.csv or .parquet), atomically.
 
@@ -178,7 +201,7 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
         explain_names = [f"top{j}_{kind}" for j in range(1, min(explain, width) + 1) for kind in ("feature", "nats")]
     with ResultWriter(Path(out)) as writer, ThreadPoolExecutor(1, thread_name_prefix="anomaly-vae-write") as pool:
         pending = None  # the previous chunk's write, overlapping this chunk's scoring
-        for sc in iter_scored(det, reader, explain=explain):
+        for sc in iter_scored(det, reader, explain=explain, score=score):
             scored = ~np.isnan(sc.scores)
             p = np.full(len(scored), np.nan)
             p[scored] = conformal_p_values(sc.scores[scored], cal_scores)
@@ -216,3 +239,41 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
         summary.output = writer.commit()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def score_file(det: Any, data: str | Path, out: str | Path, *, id_column: str | None = None, sep: str | None = None,
+               explain: int = 0, score: str | None = None, batch_size: int = 16384,
+               progress: Callable[[int, int | None], None] | None = None,
+               observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
+    """Score every row of ``data`` (CSV / TSV, Parquet, .npy / .npz, or a folder of images) with ``det``
+    into ``out`` (.csv or .parquet), streaming and atomically: the job of ``anomaly-vae score``.
+
+    Parameters
+    ----------
+    det : a fitted detector with a usable threshold (else ``CalibrationError`` before anything is read).
+    data, out : input path and output path.
+    id_column : table column copied to the output as the id (CSV and Parquet only); without it the id
+        column is ``row`` (0-based row number), or ``path`` for an image folder.
+    sep : CSV delimiter; None sniffs it.
+    explain : add the ``explain`` features or image regions that contribute most to each score.
+    score : score kind; None is the model's.
+    batch_size : rows read and scored at a time.
+    progress : called as ``progress(rows_done_in_this_chunk, total_rows_or_None)`` after each chunk.
+    observe : called as ``observe(scores, flagged)`` with the scored rows of each chunk (metrics).
+
+    Returns
+    -------
+    BatchSummary : rows, scored, anomalies, errors (and the first five), threshold, seconds, output.
+    """
+    kind = data_kind(data)
+    if id_column and kind not in ("csv", "parquet"):
+        raise InputError(f"{data}: an id column is for CSV and Parquet tables, not {kind} data")
+    det.check_threshold()  # before reading anything: no usable threshold is a fatal error
+    reader = open_for_model(det, data, sep=sep, id_column=id_column, batch_size=batch_size)
+    total = getattr(reader, "n_rows", None)
+    try:
+        return score_to_file(det, reader, out, id_name=id_column or ("path" if kind == "images" else "row"),
+                             explain=explain, score=score, observe=observe,
+                             progress=None if progress is None else (lambda n: progress(n, total)))
+    finally:
+        reader.close()

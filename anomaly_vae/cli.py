@@ -186,23 +186,22 @@ def _load(model_dir: str, alpha: float | None) -> Any:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .batch import score_to_file
+    from .batch import score_file
     from .io import data_kind
-    from .jobs import model_reader
 
     det = _load(args.model_dir, args.alpha)
     kind = data_kind(args.data)
     if args.id_column and kind not in ("csv", "parquet"):
         raise UsageError("--id-column is for CSV and Parquet tables")
-    det.check_threshold()  # before reading anything: no usable threshold is a fatal error
-    reader = model_reader(det, args.data, _data_options(args))
     id_name = args.id_column or ("path" if kind == "images" else "row")
-    total = getattr(reader, "n_rows", None)
-    try:
-        with _progress(total, args.quiet, "rows" if kind != "images" else "files") as bar:
-            summary = score_to_file(det, reader, args.out, id_name=id_name, explain=args.explain, progress=bar.update)
-    finally:
-        reader.close()
+    with _progress(None, args.quiet, "rows" if kind != "images" else "files") as bar:
+        def progress(n: int, total: int | None) -> None:
+            if bar.total is None and total is not None:
+                bar.total = total
+            bar.update(n)
+
+        summary = score_file(det, args.data, args.out, id_column=args.id_column, sep=_sep(args.sep),
+                             explain=args.explain, batch_size=args.batch_size or 16384, progress=progress)
     rate = summary.anomaly_rate
     print(f"scored {summary.scored} of {summary.rows} {'files' if kind == 'images' else 'rows'} from {args.data} "
           f"in {summary.seconds:.2f} s ({summary.rows / max(summary.seconds, 1e-9):,.0f}/s)")

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .batch import iter_scored
+from .batch import iter_scored, open_for_model
 from .detector import VAEAnomalyDetector, load_detector
 from .evaluation import anomaly_labels, default_normal_label, evaluate_scores
 from .exceptions import InputError
-from .io import ArrayReader, ImageFolderReader, TableReader, data_kind, image_mode_info, list_images, open_data, read_all
+from .io import ArrayReader, ImageFolderReader, TableReader, data_kind, image_mode_info, list_images, read_all
 
 __all__ = ["DataOptions", "TrainResult", "load_data", "train_job", "evaluate_job", "calibrate_job", "model_reader"]
 
@@ -155,19 +155,9 @@ def train_job(data: str | Path, out: str | Path, opts: DataOptions, params: dict
 
 
 def model_reader(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions, labels: bool = False) -> Any:
-    """A chunk reader for ``data`` set up for ``det``: its categorical columns read as text, its
-    image size and channels."""
-    kind = data_kind(data)
-    if det.input_kind_ == "image":
-        pre = det.preprocessor_
-        return open_data(data, batch_size=opts.batch_size, image_size=(pre.height, pre.width), channels=pre.channels,
-                         labels_from_folders=labels and kind == "images",
-                         label_column=opts.label_column if kind in ("npy", "npz") else None)
-    dtypes = {c["name"]: str for c in det.preprocessor_.columns if c["type"] == "categorical"}
-    if kind == "images":
-        raise InputError(f"{data} is a folder of images, but this model scores tables")
-    return open_data(data, batch_size=opts.batch_size, sep=opts.sep, id_column=opts.id_column, dtypes=dtypes,
-                     label_column=opts.label_column)
+    """``batch.open_for_model`` with the options of ``opts``."""
+    return open_for_model(det, data, sep=opts.sep, id_column=opts.id_column, batch_size=opts.batch_size,
+                          labels=labels, label_column=opts.label_column)
 
 
 def read_for_model(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions) -> tuple[Any, list[Any] | None]:

@@ -281,15 +281,10 @@ class AnomalyVAE:
 
     def _score_file(self, data: Path, out: Path, id_column: str | None, sep: str | None, explain: int,
                     observed: list[tuple[np.ndarray, np.ndarray]]) -> Any:
-        from anomaly_vae.batch import score_to_file
-        from anomaly_vae.jobs import DataOptions, model_reader
+        from anomaly_vae.batch import score_file
 
-        reader = model_reader(self.det, data, DataOptions(sep=sep, id_column=id_column))  # as `anomaly-vae score`
-        try:
-            return score_to_file(self.det, reader, out, id_name=id_column or "row", explain=explain,
-                                 observe=lambda s, f: observed.append((s, f)))
-        finally:
-            reader.close()
+        return score_file(self.det, data, out, id_column=id_column, sep=sep, explain=explain,  # as `anomaly-vae score`
+                          observe=lambda s, f: observed.append((s, f)))
 
     @bentoml.api(route="/score_images")
     async def score_images(

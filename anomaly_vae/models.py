@@ -4,21 +4,67 @@ Both share the same interface: ``encode(x) -> (mu, logvar)``, ``reparameterize(m
 ``decode(z) -> params`` (the decoder's output, same shape as ``x``: a Gaussian mean or Bernoulli
 logits), a ``likelihood`` sub-module that owns any learned variance, and ``config()`` returning the
 constructor arguments as JSON-safe values so a saved model can be rebuilt from its weights.
+
+``model(x, eps)`` is *the* VAE pass (``VAEPass``): encode, draw z, decode, per-element
+log-likelihood, and the latent densities. Training's loss terms (``training.loss_terms``) and
+every score (``scoring``) are computed from it, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .objectives import make_likelihood
+from .objectives import kl_standard_normal, log_normal, log_standard_normal, make_likelihood, mc_elbo
 
-__all__ = ["VAE", "DenseVAE", "ConvVAE", "build_model"]
+__all__ = ["VAE", "VAEPass", "DenseVAE", "ConvVAE", "build_model"]
 
 # log-variances outside this range mean a collapsed or exploding posterior; clamping keeps exp() finite
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+@dataclass(frozen=True)
+class VAEPass:
+    """One pass of a VAE over a batch ``x`` (B, *event), from ``VAE.forward``.
+
+    ``mu``, ``logvar``: q(z|x), (B, k). ``z``: the latent codes decoded, (*S, B, k), where S is the
+    sample shape of the noise (empty for one draw per row; (K,) for K draws); ``z`` is ``mu`` when
+    no noise was given. ``log_px_elements``: log p(x | z) per element, (*S, B, *event).
+    """
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z: torch.Tensor
+    log_px_elements: torch.Tensor
+
+    @property
+    def log_px(self) -> torch.Tensor:
+        """log p(x | z) summed over the event: (*S, B)."""
+        lead = self.log_px_elements.shape[: self.z.dim() - 1]
+        return self.log_px_elements.reshape(*lead, -1).sum(dim=-1)
+
+    @property
+    def log_pz(self) -> torch.Tensor:
+        """log p(z) under the standard normal prior: (*S, B)."""
+        return log_standard_normal(self.z)
+
+    @property
+    def log_qz(self) -> torch.Tensor:
+        """log q(z | x): (*S, B)."""
+        return log_normal(self.z, self.mu, 0.5 * self.logvar).sum(dim=-1)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x), the importance weights of IWAE: (*S, B)."""
+        return mc_elbo(self.log_px, self.z, self.mu, self.logvar)
+
+    @property
+    def kl(self) -> torch.Tensor:
+        """KL(q(z|x) || p(z)), analytic: (B,)."""
+        return kl_standard_normal(self.mu, self.logvar)
 
 
 class VAE(nn.Module):
@@ -47,6 +93,18 @@ class VAE(nn.Module):
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Per-element log p(x | z), same shape as ``x``."""
         return self.likelihood.log_prob(x, params)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEPass:
+        """The VAE pass over ``x`` (B, *event): encode, z = mu + sigma * eps (z = mu when ``eps`` is
+        None: the posterior mean), decode, and log p(x | z) per element.
+
+        ``eps`` is (B, k) for one draw per row (training) or (K, 1, k) for the same K draws for
+        every row (scoring with noise fixed at fit time); z is then (K, B, k)."""
+        mu, logvar = self.encode(x)  # (B, k)
+        z = mu if eps is None else self.reparameterize(mu, logvar, eps)  # (*S, B, k)
+        params = self.decode(z)  # (*S, B, *event)
+        target = x if params.shape == x.shape else x.unsqueeze(0).expand_as(params)  # one op for all K draws
+        return VAEPass(mu, logvar, z, self.log_likelihood(target, params))
 
     def config(self) -> dict[str, Any]:
         raise NotImplementedError

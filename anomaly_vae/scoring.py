@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from .models import VAE
-from .objectives import kl_standard_normal, mc_elbo, sum_event
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +103,13 @@ def _finite(scores: np.ndarray, what: str) -> np.ndarray:
 
 
 def _block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -> torch.Tensor:
-    mu, logvar = model.encode(x)  # (B, k)
     if score == "reconstruction":
-        return -sum_event(model.log_likelihood(x, model.decode(mu)))
-    z = model.reparameterize(mu.unsqueeze(0), logvar.unsqueeze(0), noise.unsqueeze(1))  # (K, B, k)
-    params = model.decode(z)  # (K, B, *event)
-    k, b = params.shape[:2]
-    per = model.log_likelihood(x.unsqueeze(0).expand_as(params), params)  # (K, B, *event), one op for all K
-    log_px = per.reshape(k, b, -1).sum(dim=2)  # (K, B)
+        return -model(x).log_px  # z = posterior mean
+    p = model(x, noise.unsqueeze(1))  # the same K draws for every row: z (K, B, k)
     if score == "elbo":
-        return -log_px.mean(dim=0) + kl_standard_normal(mu, logvar)
-    # iwae: -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)
-    log_w = mc_elbo(log_px, z, mu, logvar)  # (K, B): log importance weights
+        return -p.log_px.mean(dim=0) + p.kl
+    # iwae: -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x); log_w (K, B) the log importance weights
+    log_w = p.log_weights
     k = torch.tensor(float(noise.shape[0]))
     return -(torch.logsumexp(log_w, dim=0) - torch.log(k))
 
@@ -151,8 +145,7 @@ def feature_scores(model: VAE, x: torch.Tensor, workers: int = 1) -> np.ndarray:
     device = next(model.parameters()).device
 
     def per_element(blk: torch.Tensor) -> torch.Tensor:
-        mu, _ = model.encode(blk)
-        return -model.log_likelihood(blk, model.decode(mu))
+        return -model(blk).log_px_elements  # z = posterior mean
 
     was_training = model.training
     model.eval()

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .exceptions import TrainingDivergedError
 from .io import atomic_output
 from .models import VAE
-from .objectives import kl_standard_normal, log_normal, log_standard_normal, mmd, sum_event
+from .objectives import mmd
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,14 @@ class TrainConfig:
 def loss_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, beta: float,
                prior_eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Batch means of the loss and its terms; ``eps`` (B, k) is the reparameterisation noise."""
-    mu, logvar = model.encode(x)  # (B, k)
-    z = model.reparameterize(mu, logvar, eps)  # (B, k)
-    log_px = sum_event(model.log_likelihood(x, model.decode(z)))  # (B,)
-    log_pz = log_standard_normal(z)
-    log_qz = log_normal(z, mu, 0.5 * logvar).sum(dim=-1)
-    kl = kl_standard_normal(mu, logvar) if cfg.kl_estimator == "analytic" else log_qz - log_pz
+    p = model(x, eps)  # the VAE pass: z (B, k), log p(x|z) per element
+    log_px, log_pz, log_qz = p.log_px, p.log_pz, p.log_qz  # (B,) each
+    kl = p.kl if cfg.kl_estimator == "analytic" else log_qz - log_pz
     terms = {"recon": -log_px.mean(), "kl": kl.mean(), "log_px": log_px.mean(), "log_pz": log_pz.mean(),
              "log_qz": log_qz.mean()}
     if cfg.objective == "mmd":
-        prior = prior_eps if prior_eps is not None else torch.zeros_like(z)
-        terms["mmd"] = mmd(z, prior)
+        prior = prior_eps if prior_eps is not None else torch.zeros_like(p.z)
+        terms["mmd"] = mmd(p.z, prior)
         terms["loss"] = terms["recon"] + cfg.mmd_weight * terms["mmd"]
     else:
         terms["loss"] = terms["recon"] + beta * terms["kl"]

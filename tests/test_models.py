@@ -62,3 +62,45 @@ def test_conv_model_refuses_tables():
 
     with pytest.raises(InputError, match="model='conv' needs images"):
         VAEAnomalyDetector(model="conv").fit(np.zeros((20, 5)))
+
+
+def test_the_vae_pass_is_what_training_and_scoring_both_compute():
+    """One pass (``model(x, eps)``): training's loss terms and the scores are read off it, so that
+    -ELBO from training (beta=1) with the same noise equals the "elbo" score of one draw, and the
+    "reconstruction" score is the pass at the posterior mean."""
+    from anomaly_vae.objectives import kl_standard_normal, log_normal, log_standard_normal
+    from anomaly_vae.scoring import score_samples
+    from anomaly_vae.training import TrainConfig, loss_terms
+
+    torch.manual_seed(0)
+    m = DenseVAE(6, hidden=(8,), latent_dim=3).eval()
+    x = torch.randn(5, 6)
+    eps = torch.randn(1, 3)
+    with torch.no_grad():
+        p = m(x, eps.expand(5, 3))
+        mu, logvar = m.encode(x)
+        assert torch.equal(p.mu, mu) and torch.equal(p.logvar, logvar)
+        assert torch.equal(p.z, mu + torch.exp(0.5 * logvar) * eps)
+        by_hand = m.log_likelihood(x, m.decode(p.z))
+        assert torch.equal(p.log_px_elements, by_hand) and torch.equal(p.log_px, by_hand.sum(dim=1))
+        assert torch.equal(p.log_pz, log_standard_normal(p.z))
+        assert torch.equal(p.log_qz, log_normal(p.z, mu, 0.5 * logvar).sum(dim=-1))
+        assert torch.equal(p.kl, kl_standard_normal(mu, logvar))
+        assert torch.equal(p.log_weights, p.log_px + p.log_pz - p.log_qz)
+        terms = loss_terms(m, x, eps.expand(5, 3), TrainConfig(), beta=1.0)
+        elbo = score_samples(m, x, "elbo", eps)
+        assert np.allclose(elbo.mean(), float(terms["loss"]), rtol=1e-5)
+        recon = score_samples(m, x, "reconstruction", eps)
+        assert np.allclose(recon, -m(x).log_px.double().numpy(), rtol=1e-6)
+        assert torch.equal(m(x).z, mu)  # no noise: the posterior mean
+
+
+def test_the_vae_pass_with_k_draws_per_row_has_a_sample_dimension():
+    m = ConvVAE(1, 12, 10, latent_dim=4).eval()
+    x = torch.rand(3, 1, 12, 10)
+    with torch.no_grad():
+        p = m(x, torch.randn(7, 1, 4))
+    assert p.z.shape == (7, 3, 4)
+    assert p.log_px_elements.shape == (7, 3, 1, 12, 10)
+    assert p.log_px.shape == p.log_pz.shape == p.log_qz.shape == (7, 3)
+    assert p.kl.shape == (3,)

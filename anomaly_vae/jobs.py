@@ -17,7 +17,7 @@ from .batch import iter_scored, open_for_model
 from .detector import VAEAnomalyDetector, load_detector
 from .evaluation import anomaly_labels, default_normal_label, evaluate_scores
 from .exceptions import InputError
-from .io import ArrayReader, ImageFolderReader, TableReader, data_kind, image_mode_info, list_images, read_all
+from .io import data_kind, image_mode_info, list_images, open_data, read_all
 
 __all__ = ["DataOptions", "TrainResult", "load_data", "train_job", "evaluate_job", "calibrate_job", "model_reader"]
 
@@ -60,38 +60,39 @@ def _image_geometry(folder: Path, opts: DataOptions) -> tuple[tuple[int, int], i
     return size, channels
 
 
-def load_data(path: str | Path, opts: DataOptions) -> tuple[Any, list[Any] | None]:
+def load_data(path: str | Path, opts: DataOptions,
+              det: VAEAnomalyDetector | None = None) -> tuple[Any, list[Any] | None]:
     """The whole data set in memory (for training and calibration): (X, labels or None).
 
     Tables come back as a DataFrame without the label, id and dropped columns; images as a
-    (N, C, H, W) float32 array. Any unreadable row or file is an error here: a model must not be
-    trained or calibrated on data that silently lost rows."""
+    (N, C, H, W) float32 array. With ``det`` the data is read the way that model reads it (its
+    categorical columns as text, so that "007" stays "007"; its image size and channels);
+    without, the image size and channels are ``opts``' or the files' own. Any unreadable row or
+    file is an error here: a model must not be trained or calibrated on data that silently lost
+    rows."""
     path = Path(path)
     kind = data_kind(path)
-    if kind == "images":
-        if opts.label_column is not None:
-            raise InputError("--label-column is for tables and arrays; for an image folder the labels are the "
-                             "first-level subfolder names: give only --normal-label")
-        size, channels = _image_geometry(path, opts)
-        reader: Any = ImageFolderReader(path, size, channels, batch_size=1024, labels_from_folders=opts.normal_label is not None)
-        chunk = read_all(reader)
-        return chunk.data, chunk.labels
-    if kind in ("npy", "npz"):
-        if opts.label_column is not None and kind == "npy":
-            raise InputError(f"{path}: a .npy file holds one array; put the labels in a .npz (--label-column names its key)")
-        reader = ArrayReader(path, batch_size=sys.maxsize, labels_key=opts.label_column)
-        chunk = read_all(reader)
-        if opts.normal_label is not None and chunk.labels is None:
-            raise InputError("--normal-label needs --label-column (the key of the labels array in the .npz)")
-        return chunk.data, chunk.labels
-    if opts.normal_label is not None and opts.label_column is None:
+    if kind == "images" and opts.label_column is not None:
+        raise InputError("--label-column is for tables and arrays; for an image folder the labels are the "
+                         "first-level subfolder names: give only --normal-label")
+    if kind == "npy" and opts.label_column is not None:
+        raise InputError(f"{path}: a .npy file holds one array; put the labels in a .npz (--label-column names its key)")
+    if kind in ("csv", "parquet") and opts.normal_label is not None and opts.label_column is None:
         raise InputError("--normal-label needs --label-column for a table")
-    reader = TableReader(path, batch_size=sys.maxsize, sep=opts.sep, label_column=opts.label_column,
-                         id_column=opts.id_column)
-    try:
-        chunk = read_all(reader)
-    finally:
-        reader.close()
+    labels_from_folders = opts.normal_label is not None
+    if det is not None:
+        reader = open_for_model(det, path, sep=opts.sep, id_column=opts.id_column, batch_size=sys.maxsize,
+                                labels=labels_from_folders, label_column=opts.label_column)
+    else:
+        size, channels = _image_geometry(path, opts) if kind == "images" else (None, 1)
+        reader = open_data(path, batch_size=sys.maxsize, sep=opts.sep, id_column=opts.id_column,
+                           label_column=opts.label_column, image_size=size, channels=channels,
+                           labels_from_folders=labels_from_folders)
+    chunk = read_all(reader)
+    if kind in ("npy", "npz") and opts.normal_label is not None and chunk.labels is None:
+        raise InputError("--normal-label needs --label-column (the key of the labels array in the .npz)")
+    if kind not in ("csv", "parquet"):
+        return chunk.data, chunk.labels
     drop = [c for c in (opts.label_column, opts.id_column) if c] + list(opts.drop_columns)
     unknown = [c for c in opts.drop_columns if c not in chunk.data.columns]
     if unknown:
@@ -212,9 +213,7 @@ def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
     normal rows only) and re-choose the threshold; the model directory is rewritten in place.
     Returns (before, after) summaries."""
     det = load_detector(model_dir)
-    if det.input_kind_ == "image" and data_kind(data) == "images" and opts.image_size is None:
-        opts.image_size, opts.channels = (det.preprocessor_.height, det.preprocessor_.width), det.preprocessor_.channels
-    X, labels = load_data(data, opts)
+    X, labels = load_data(data, opts, det)  # as the model reads it: its categories, its image size
     if labels is not None:
         normal_label = opts.normal_label if opts.normal_label is not None else default_normal_label(labels)
         X = _take(X, np.flatnonzero(~anomaly_labels(labels, normal_label)))

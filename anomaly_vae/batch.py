@@ -17,16 +17,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .calibration import conformal_p_values
 from .exceptions import InputError
-from .io import Chunk, ResultWriter, data_kind, open_data
+from .io import ARRAY_FORMATS, TABLE_FORMATS, Chunk, ChunkData, ChunkReader, ResultWriter, data_kind, open_data
 
-__all__ = ["ScoredChunk", "BatchSummary", "open_for_model", "iter_scored", "score_to_file", "score_file",
+if TYPE_CHECKING:
+    from .detector import VAEAnomalyDetector
+
+__all__ = ["ScoredChunk", "BatchSummary", "open_for_model", "check_reader", "iter_scored", "score_to_file", "score_file",
            "RESULT_COLUMNS", "image_regions"]
 
 RESULT_COLUMNS = ("score", "p_value", "is_anomaly", "threshold", "error")
@@ -51,6 +54,7 @@ class BatchSummary:
     seconds: float = 0.0
     output: Path | None = None
     skipped_files: int = 0
+    id_name: str = "row"  # the output's id column: "row", "path" (image folders) or the input's id column
     first_errors: list[tuple[Any, str]] = field(default_factory=list)
 
     @property
@@ -78,7 +82,7 @@ def _top_k(contrib: np.ndarray, names: list[str], k: int) -> pd.DataFrame:
     """Columns top1_feature, top1_nats, ..., topK_*: the largest contributions, largest first."""
     k = min(k, contrib.shape[1])
     order = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
-    out: dict[str, Any] = {}
+    out: dict[str, np.ndarray] = {}
     names_arr = np.asarray(names, dtype=object)
     for j in range(k):
         out[f"top{j + 1}_feature"] = names_arr[order[:, j]]
@@ -86,7 +90,7 @@ def _top_k(contrib: np.ndarray, names: list[str], k: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _explain(det: Any, data: Any, k: int) -> pd.DataFrame:
+def _explain(det: VAEAnomalyDetector, data: ChunkData, k: int) -> pd.DataFrame:
     per = det.feature_scores(data)
     if det.input_kind_ == "image":
         per = np.asarray(per).sum(axis=1)  # (n, H, W): channels summed
@@ -109,56 +113,60 @@ def _prefetch(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
             yield chunk
 
 
-def open_for_model(det: Any, data: str | Path, *, sep: str | None = None, id_column: str | None = None,
-                   batch_size: int = 16384, labels: bool = False, label_column: str | None = None) -> Any:
+def open_for_model(det: VAEAnomalyDetector, data: str | Path, *, sep: str | None = None, id_column: str | None = None,
+                   batch_size: int = 16384, labels: bool = False, label_column: str | None = None) -> ChunkReader:
     """A chunk reader for ``data`` set up for ``det``: its categorical columns read as text (so that
     "007" stays "007"), its image size and channels. ``labels`` reads an image folder's first-level
     subfolders as labels; ``label_column`` names a table's (or an .npz's) label column."""
-    kind = data_kind(data)
+    fmt = data_kind(data)
     if det.input_kind_ == "image":
         pre = det.preprocessor_
         return open_data(data, batch_size=batch_size, image_size=(pre.height, pre.width), channels=pre.channels,
-                         labels_from_folders=labels and kind == "images",
-                         label_column=label_column if kind in ("npy", "npz") else None)
-    if kind == "images":
+                         labels_from_folders=labels and fmt == "images",
+                         label_column=label_column if fmt in ARRAY_FORMATS else None)
+    if fmt == "images":
         raise InputError(f"{data} is a folder of images, but this model scores tables")
-    dtypes = {c["name"]: str for c in det.preprocessor_.columns if c["type"] == "categorical"}
+    dtypes: dict[str, type | str] = {c["name"]: str for c in det.preprocessor_.columns if c["type"] == "categorical"}
     return open_data(data, batch_size=batch_size, sep=sep, id_column=id_column, dtypes=dtypes,
                      label_column=label_column)
 
 
-def iter_scored(det: Any, reader: Any, explain: int = 0, score: str | None = None) -> Iterator[ScoredChunk]:
-    """Score ``reader``'s chunks with ``det``; see the module docstring for the rules."""
-    columns = getattr(reader, "columns", None)
+def check_reader(det: VAEAnomalyDetector, reader: ChunkReader) -> None:
+    """Raise ``InputError`` when ``det`` cannot score what ``reader`` reads: images for a table model
+    or the reverse, a table without one of the model's columns, an array of the wrong width."""
     if det.input_kind_ == "table":
-        if getattr(reader, "is_images", False):
-            raise InputError(f"{getattr(reader, 'root', getattr(reader, 'path', ''))}: this model scores tables, not images")
-        if columns is not None and getattr(det, "feature_names_in_", None) is not None:
-            det.preprocessor_.select(pd.DataFrame(columns=columns))  # a missing column stops the job here
-        elif columns is not None and len(columns) != det.n_features_in_ and hasattr(reader, "array"):
-            raise InputError(f"{reader.path}: the array has {len(columns)} columns, the model expects {det.n_features_in_}")
-    elif not getattr(reader, "is_images", False):
-        raise InputError(f"{getattr(reader, 'path', '')}: this model scores images: give a folder of images or an "
+        if reader.kind == "image":
+            raise InputError(f"{reader.path}: this model scores tables, not images")
+        if reader.columns is not None and getattr(det, "feature_names_in_", None) is not None:
+            det.preprocessor_.select(pd.DataFrame(columns=reader.columns))  # a missing column stops the job here
+        elif (reader.columns is not None and len(reader.columns) != det.n_features_in_
+              and reader.format in ARRAY_FORMATS):
+            raise InputError(f"{reader.path}: the array has {len(reader.columns)} columns, the model expects "
+                             f"{det.n_features_in_}")
+    elif reader.kind != "image":
+        raise InputError(f"{reader.path}: this model scores images: give a folder of images or an "
                          ".npy / .npz array of images")
+
+
+def iter_scored(det: VAEAnomalyDetector, reader: ChunkReader, explain: int = 0,
+                score: str | None = None) -> Iterator[ScoredChunk]:
+    """Score ``reader``'s chunks with ``det``; see the module docstring for the rules."""
+    check_reader(det, reader)
     # the detector scores dense models on one thread (the other core is the reader's and writer's)
     # and conv models on torch's threads, block by block: see VAEAnomalyDetector.n_threads
     yield from _score_chunks(det, reader, explain, score)
 
 
-def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Iterator[ScoredChunk]:
+def _score_chunks(det: VAEAnomalyDetector, reader: ChunkReader, explain: int,
+                  score: str | None) -> Iterator[ScoredChunk]:
     for chunk in _prefetch(iter(reader)):
         n = len(chunk)
         scores = np.full(n, np.nan)
         errors = list(chunk.errors)
         good = np.array([e is None for e in errors], dtype=bool)
         explained = None
-        if good.any():
-            if isinstance(chunk.data, pd.DataFrame):
-                data = chunk.data if good.all() else chunk.data[good]
-            elif getattr(reader, "root", None) is not None:
-                data = chunk.data  # image folders: only the files that decoded are in data
-            else:
-                data = chunk.data if good.all() else chunk.data[good]
+        data = chunk.readable()
+        if data is not None:
             s, errs = det.anomaly_score_rows(data, score=score)
             scores[good] = s
             idx = np.flatnonzero(good)
@@ -169,7 +177,7 @@ def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Ite
                 ok = np.array([e is None for e in errs], dtype=bool)
                 explained = pd.DataFrame(index=range(n))
                 if ok.any():
-                    sub = data if ok.all() else (data[ok] if not isinstance(data, pd.DataFrame) else data[ok])
+                    sub = data if ok.all() else data[ok]
                     top = _explain(det, sub, explain)
                     top.index = idx[ok]
                     explained = explained.join(top)
@@ -178,7 +186,7 @@ def _score_chunks(det: Any, reader: Any, explain: int, score: str | None) -> Ite
         yield ScoredChunk(chunk, scores, errors, explained)
 
 
-def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row", explain: int = 0,
+def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path, *, id_name: str = "row", explain: int = 0,
                   score: str | None = None, progress: Callable[[int], None] | None = None,
                   observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
     """Stream ``reader`` through ``det`` into ``out`` (.csv or .parquet), atomically.
@@ -189,8 +197,8 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
     with the scores of the rows that were scored (for metrics)."""
     det.check_threshold()  # no usable threshold: CalibrationError before anything is read
     start = time.perf_counter()
-    summary = BatchSummary(alpha=det.alpha_, threshold=float(det.threshold_),
-                           skipped_files=getattr(reader, "skipped", 0))
+    summary = BatchSummary(alpha=det.alpha_, threshold=float(det.threshold_), skipped_files=reader.skipped,
+                           id_name=id_name)
     cal_scores = np.sort(det.calibration_scores_)
     explain_names: list[str] = []
     if explain:
@@ -241,7 +249,7 @@ def score_to_file(det: Any, reader: Any, out: str | Path, *, id_name: str = "row
     return summary
 
 
-def score_file(det: Any, data: str | Path, out: str | Path, *, id_column: str | None = None, sep: str | None = None,
+def score_file(det: VAEAnomalyDetector, data: str | Path, out: str | Path, *, id_column: str | None = None, sep: str | None = None,
                explain: int = 0, score: str | None = None, batch_size: int = 16384,
                progress: Callable[[int, int | None], None] | None = None,
                observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
@@ -265,14 +273,14 @@ def score_file(det: Any, data: str | Path, out: str | Path, *, id_column: str | 
     -------
     BatchSummary : rows, scored, anomalies, errors (and the first five), threshold, seconds, output.
     """
-    kind = data_kind(data)
-    if id_column and kind not in ("csv", "parquet"):
-        raise InputError(f"{data}: an id column is for CSV and Parquet tables, not {kind} data")
+    fmt = data_kind(data)
+    if id_column and fmt not in TABLE_FORMATS:
+        raise InputError(f"{data}: an id column is for CSV and Parquet tables, not {fmt} data")
     det.check_threshold()  # before reading anything: no usable threshold is a fatal error
     reader = open_for_model(det, data, sep=sep, id_column=id_column, batch_size=batch_size)
-    total = getattr(reader, "n_rows", None)
+    total = reader.n_rows
     try:
-        return score_to_file(det, reader, out, id_name=id_column or ("path" if kind == "images" else "row"),
+        return score_to_file(det, reader, out, id_name=id_column or ("path" if fmt == "images" else "row"),
                              explain=explain, score=score, observe=observe,
                              progress=None if progress is None else (lambda n: progress(n, total)))
     finally:

@@ -95,8 +95,21 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"28x28"`` -> (28, 28): height x width."""
+    from .exceptions import InputError
+
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise InputError(f"image size must look like HxW (for example 28x28), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise InputError(f"image size must be at least 8x8, got {text!r}")
+    return h, w
+
+
 def _data_options(args: argparse.Namespace) -> Any:
-    from .io import parse_size
     from .jobs import DataOptions
 
     return DataOptions(

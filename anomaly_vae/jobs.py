@@ -17,7 +17,8 @@ from .batch import iter_scored, open_for_model
 from .detector import VAEAnomalyDetector, load_detector
 from .evaluation import anomaly_labels, default_normal_label, evaluate_scores
 from .exceptions import InputError
-from .io import data_kind, image_mode_info, list_images, open_data, read_all
+from .io import (ARRAY_FORMATS, TABLE_FORMATS, ChunkData, ChunkReader, data_kind, image_mode_info, list_images, open_data,
+                 read_all)
 
 __all__ = ["DataOptions", "TrainResult", "load_data", "train_job", "evaluate_job", "calibrate_job", "model_reader"]
 
@@ -61,7 +62,7 @@ def _image_geometry(folder: Path, opts: DataOptions) -> tuple[tuple[int, int], i
 
 
 def load_data(path: str | Path, opts: DataOptions,
-              det: VAEAnomalyDetector | None = None) -> tuple[Any, list[Any] | None]:
+              det: VAEAnomalyDetector | None = None) -> tuple[ChunkData, list[Any] | None]:
     """The whole data set in memory (for training and calibration): (X, labels or None).
 
     Tables come back as a DataFrame without the label, id and dropped columns; images as a
@@ -77,7 +78,7 @@ def load_data(path: str | Path, opts: DataOptions,
                          "first-level subfolder names: give only --normal-label")
     if kind == "npy" and opts.label_column is not None:
         raise InputError(f"{path}: a .npy file holds one array; put the labels in a .npz (--label-column names its key)")
-    if kind in ("csv", "parquet") and opts.normal_label is not None and opts.label_column is None:
+    if kind in TABLE_FORMATS and opts.normal_label is not None and opts.label_column is None:
         raise InputError("--normal-label needs --label-column for a table")
     labels_from_folders = opts.normal_label is not None
     if det is not None:
@@ -89,9 +90,9 @@ def load_data(path: str | Path, opts: DataOptions,
                            label_column=opts.label_column, image_size=size, channels=channels,
                            labels_from_folders=labels_from_folders)
     chunk = read_all(reader)
-    if kind in ("npy", "npz") and opts.normal_label is not None and chunk.labels is None:
+    if kind in ARRAY_FORMATS and opts.normal_label is not None and chunk.labels is None:
         raise InputError("--normal-label needs --label-column (the key of the labels array in the .npz)")
-    if kind not in ("csv", "parquet"):
+    if not isinstance(chunk.data, pd.DataFrame):  # images, or an array's table
         return chunk.data, chunk.labels
     drop = [c for c in (opts.label_column, opts.id_column) if c] + list(opts.drop_columns)
     unknown = [c for c in opts.drop_columns if c not in chunk.data.columns]
@@ -113,7 +114,7 @@ class TrainResult:
     normal_label: str | None = None
 
 
-def _take(X: Any, idx: np.ndarray) -> Any:
+def _take(X: ChunkData, idx: np.ndarray) -> ChunkData:
     return X.iloc[idx] if isinstance(X, pd.DataFrame) else X[idx]
 
 
@@ -155,20 +156,21 @@ def train_job(data: str | Path, out: str | Path, opts: DataOptions, params: dict
     return TrainResult(det, n, len(X_train), holdout, time.perf_counter() - start, normal_label)
 
 
-def model_reader(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions, labels: bool = False) -> Any:
+def model_reader(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions, labels: bool = False) -> ChunkReader:
     """``batch.open_for_model`` with the options of ``opts``."""
     return open_for_model(det, data, sep=opts.sep, id_column=opts.id_column, batch_size=opts.batch_size,
                           labels=labels, label_column=opts.label_column)
 
 
-def read_for_model(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions) -> tuple[Any, list[Any] | None]:
+def read_for_model(det: VAEAnomalyDetector, data: str | Path, opts: DataOptions) -> tuple[ChunkData, list[Any] | None]:
     """All of ``data`` in memory, read as the model reads it (its categorical columns as text, its
     image size and channels), with labels when there are any (``opts.label_column`` for a table,
     the first-level subfolders of an image folder). Returns (X, labels or None); images as
     (N, C, H, W) float32. Any unreadable row is an error."""
-    chunk = read_all(model_reader(det, data, opts, labels=True))
+    reader = model_reader(det, data, opts, labels=True)
+    chunk = read_all(reader)
     labels = chunk.labels
-    if labels is not None and len({str(v) for v in labels}) < 2 and data_kind(data) == "images":
+    if labels is not None and len({str(v) for v in labels}) < 2 and reader.format == "images":
         labels = None  # a flat folder: no classes to tell apart
     return chunk.data, labels
 
@@ -180,9 +182,8 @@ def evaluate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
     det = load_detector(model_dir)
     if alpha is not None:
         det.set_alpha(alpha)
-    reader = model_reader(det, data, opts, labels=True)
     scores, labels, errors = [], [], []
-    try:
+    with model_reader(det, data, opts, labels=True) as reader:
         for sc in iter_scored(det, reader):
             if sc.chunk.labels is None:
                 raise InputError(f"{data}: no labels: give --label-column (tables, .npz) or an image folder "
@@ -193,10 +194,6 @@ def evaluate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
                     labels.append(sc.chunk.labels[i])
                 else:
                     errors.append((sc.chunk.ids[i], e))
-    finally:
-        close = getattr(reader, "close", None)
-        if close:
-            close()
     if not scores:
         raise InputError(f"{data}: no row could be scored" + (f"; first error: {errors[0][1]}" if errors else ""))
     normal_label = opts.normal_label if opts.normal_label is not None else default_normal_label(labels)

@@ -73,6 +73,15 @@ def image_model(png_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+def test_parse_size() -> None:
+    from anomaly_vae.cli import parse_size
+    from anomaly_vae.exceptions import InputError
+
+    assert parse_size("28x32") == (28, 32)
+    with pytest.raises(InputError, match="HxW"):
+        parse_size("28")
+
+
 def test_help_teaches_commands_and_exit_codes() -> None:
     r = run("--help")
     assert r.returncode == 0

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.exceptions import InputError
-from anomaly_vae.io import (ArrayReader, ImageFolderReader, ResultWriter, TableReader, atomic_output, data_kind,
-                            image_mode_info, list_images, load_image, open_data, parse_size, read_all,
+from anomaly_vae.io import (ArrayReader, ChunkReader, ImageFolderReader, ResultWriter, TableReader, atomic_output,
+                            data_kind, image_mode_info, list_images, load_image, open_data, read_all,
                             remove_partial_outputs)
 
 PIL = pytest.importorskip("PIL.Image")
@@ -111,17 +111,39 @@ def test_images_are_listed_sorted_and_converted(tmp_path: Path, fashion_sample: 
     assert colour.shape == (3, 14, 20) and colour.dtype == np.float32
 
 
+def test_every_reader_says_what_it_reads(tmp_path: Path, fashion_sample: tuple[np.ndarray, np.ndarray]) -> None:
+    """The ``ChunkReader`` protocol: format, kind (table or image), columns, rows and skipped files
+    are typed attributes of every reader, not guessed from which attributes it happens to have."""
+    images, _ = fashion_sample
+    pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}).to_parquet(tmp_path / "t.parquet")
+    np.save(tmp_path / "t.npy", np.zeros((3, 2)))
+    np.savez(tmp_path / "i.npz", X=images[:3])
+    (tmp_path / "folder").mkdir()
+    for i in range(3):
+        PIL.fromarray(images[i]).save(tmp_path / "folder" / f"{i}.png")
+    (tmp_path / "folder" / "notes.txt").write_text("")
+    expected = {
+        "t.csv": ("csv", "table", ["a", "b"], None, 0),
+        "t.parquet": ("parquet", "table", ["a", "b"], 3, 0),
+        "t.npy": ("npy", "table", ["x0", "x1"], 3, 0),
+        "i.npz": ("npz", "image", None, 3, 0),
+        "folder": ("images", "image", None, 3, 1),
+    }
+    for name, (fmt, kind, columns, n_rows, skipped) in expected.items():
+        with open_data(tmp_path / name, image_size=(28, 28)) as reader:
+            assert isinstance(reader, ChunkReader)
+            assert (reader.format, reader.kind, reader.columns, reader.n_rows, reader.skipped) == (
+                fmt, kind, columns, n_rows, skipped), name
+            assert reader.path == tmp_path / name
+            assert sum(len(c) for c in reader) == 3
+
+
 def test_decompression_bomb_guard_stays_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     PIL.new("L", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(PIL, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 1000: Pillow's warning, an error here
     with pytest.raises(InputError, match="too many pixels"):
         load_image(tmp_path / "big.png", None, 1)
-
-
-def test_parse_size() -> None:
-    assert parse_size("28x32") == (28, 32)
-    with pytest.raises(InputError, match="HxW"):
-        parse_size("28")
 
 
 def test_writer_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:

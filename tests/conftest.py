@@ -18,6 +18,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(epochs=30, random_state=0)
 DATA = ROOT / "data"
 SHARED = Path(os.environ.get("ANOMALY_VAE_DATASETS", ROOT.parent / "shared" / "datasets"))
 
@@ -40,3 +41,22 @@ def shared_or_skip(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not found: the shared datasets are not beside this checkout (set ANOMALY_VAE_DATASETS)")
     return p
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    """scikit-learn's breast-cancer table: 250 benign rows to fit, the other benign rows, the malignant."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    normal, anomalous = X[y == 1], X[y == 0]  # benign is the normal class
+    return normal.iloc[:250], normal.iloc[250:], anomalous
+
+
+@pytest.fixture(scope="module")
+def cancer_model(cancer):
+    """A detector fitted on ``cancer``'s 250 benign rows (one per test module: tests may re-set alpha)."""
+    from anomaly_vae import VAEAnomalyDetector
+
+    train, _, _ = cancer
+    return VAEAnomalyDetector(alpha=0.05, **FAST).fit(train)

@@ -1,24 +1,6 @@
-"""The input schema: tables (numeric scaling, categorical one-hot, missing values) and images.
+"""Tables: the fitted schema of a table (numeric scaling, categorical one-hot, missing values).
 
-Rules, applied the same way in every face (Python, CLI, HTTP):
-
-* Numeric columns are standardised with the training mean and standard deviation; a constant
-  column (standard deviation below 1e-9 of its largest absolute value: float rounding) gets a
-  standard deviation of 1 (no division by zero, nor by rounding noise).
-* Missing numeric values (NaN / None) are replaced by the training median, after scaling. A column
-  that had missing values in training also gets a 0/1 "missing" indicator feature, so the model
-  learns how often values are absent. Missing values at scoring time in a column that never had any
-  in training are imputed the same way and logged as a warning. Infinity is always an error.
-* String / categorical columns are one-hot encoded over the categories seen in training (the
-  ``max_categories`` most frequent) plus an ``<other>`` slot shared by rarer categories and by any
-  category never seen in training. A missing value is its own category. An unseen category is
-  scored, not an error, and scores high: ``<other>`` was (almost) always 0 in training.
-* A finite value too far out for float32 arithmetic (more than ``Z_MAX`` = 1e6 training standard
-  deviations from the training mean; no training set of fewer than 1e12 rows has one) is scored as
-  ``Z_MAX``, with a warning naming the column: it is far beyond anything the model saw, and its score
-  is huge and flagged, never NaN (1e300 used to overflow to infinity and give a NaN score).
-* Columns are matched by name (DataFrames); extra columns are ignored, a missing one is an error.
-* Images are float in [0, 1], layout (N, C, H, W); uint8 input is divided by 255.
+The rules are listed in the package docstring (``anomaly_vae.preprocessing``).
 """
 
 from __future__ import annotations
@@ -29,15 +11,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import InputError
+from ..exceptions import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TablePreprocessor", "ImagePreprocessor", "as_table", "is_image_input"]
+__all__ = ["TablePreprocessor", "as_table", "is_image_input", "OTHER", "MISSING", "Z_MAX"]
 
 OTHER = "<other>"
 MISSING = "<missing>"
-Z_MAX = 1e6  # largest |standardised value| the network is given; see the module docstring
+Z_MAX = 1e6  # largest |standardised value| the network is given; see the package docstring
 
 
 def as_table(X: Any, columns: list[str] | None = None) -> pd.DataFrame:
@@ -325,85 +307,4 @@ class TablePreprocessor:
         self = cls(max_categories=int(d["max_categories"]))
         self.columns = [dict(c) for c in d["columns"]]
         self.n_features_out = sum(self._width(c) for c in self.columns)
-        return self
-
-
-class ImagePreprocessor:
-    """Images as arrays: (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 (0-255) or float in [0, 1].
-
-    Converted to float32 (N, C, H, W). A grey model given colour images converts them to grey
-    (ITU-R BT.601 luma) and a colour model given grey images repeats the channel; a different
-    height or width is an error here (the command line resizes image files).
-    """
-
-    def fit(self, X: np.ndarray) -> "ImagePreprocessor":
-        x = self._layout(np.asarray(X))
-        self.channels, self.height, self.width = (int(v) for v in x.shape[1:])
-        if self.channels not in (1, 3):
-            raise InputError(f"images must have 1 or 3 channels, got {self.channels}")
-        if self.height < 8 or self.width < 8:
-            raise InputError(f"images must be at least 8x8 pixels, got {self.height}x{self.width}")
-        return self
-
-    @staticmethod
-    def _layout(x: np.ndarray) -> np.ndarray:
-        if x.ndim == 3:
-            return x[:, None, :, :]
-        if x.ndim != 4:
-            raise InputError(f"images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
-        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-            return np.moveaxis(x, -1, 1)
-        if x.shape[1] in (1, 3):
-            return x
-        raise InputError(f"cannot tell the channel axis of images of shape {x.shape}: expected 1 or 3 channels first or last")
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 in [0, 1]; the first bad image raises ``InputError``."""
-        x, errors = self.transform_rows(X)
-        for i, err in enumerate(errors):
-            if err is not None:
-                raise InputError(f"image {i}: {err}")
-        return x
-
-    def transform_rows(self, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Like ``transform``, but an image with bad pixels (NaN, infinity, float outside [0, 1])
-        comes back as zeros with its message instead of failing the others. A wrong shape or
-        dtype is still an ``InputError`` for the whole input."""
-        raw = np.asarray(X)
-        if raw.dtype == object or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == bool):
-            raise InputError(f"images must be numeric arrays, got dtype {raw.dtype}")
-        x = self._layout(raw)
-        if x.shape[2:] != (self.height, self.width):
-            raise InputError(f"images must be {self.height}x{self.width} pixels, got {x.shape[2]}x{x.shape[3]}", reason="shape")
-        errors: list[str | None] = [None] * x.shape[0]
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255.0
-        else:
-            flat = x.reshape(x.shape[0], -1)  # checked before the float32 cast: 1e308 is finite, not inf
-            finite = np.isfinite(flat).all(axis=1)
-            in_range = ((flat >= 0) & (flat <= 1)).all(axis=1)
-            with np.errstate(over="ignore", invalid="ignore"):
-                x = x.astype(np.float32)  # the rows this overflows are the bad ones, zeroed below
-            for i in np.flatnonzero(~(finite & in_range)):
-                if not finite[i]:
-                    errors[i] = "pixel values must be finite, found NaN or infinity"
-                else:
-                    errors[i] = (f"float pixel values must lie in [0, 1] (or pass uint8 0-255), "
-                                 f"found {float(flat[i].min()):g}..{float(flat[i].max()):g}")
-                x[i] = 0.0
-        c = x.shape[1]
-        if c != self.channels:
-            if c == 3 and self.channels == 1:
-                x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).astype(np.float32)
-            elif c == 1 and self.channels == 3:
-                x = np.repeat(x, 3, axis=1)
-        return np.ascontiguousarray(x), errors
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "image", "channels": self.channels, "height": self.height, "width": self.width}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImagePreprocessor":
-        self = cls()
-        self.channels, self.height, self.width = int(d["channels"]), int(d["height"]), int(d["width"])
         return self

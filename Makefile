@@ -15,11 +15,16 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(BIN)/python
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,images,plots,service]"
+# the demo needs the core only; the tests need every extra
+$(VENV)/.installed-core: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[dev,images,plots,service]"
+	touch $@ $(VENV)/.installed-core
+
+demo: $(VENV)/.installed-core
 	$(BIN)/anomaly-vae demo
 
 test: $(VENV)/.installed

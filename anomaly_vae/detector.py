@@ -1,4 +1,13 @@
-"""``VAEAnomalyDetector``: the scikit-learn-style estimator that composes the core modules."""
+"""``VAEAnomalyDetector``: the scikit-learn-style estimator that composes the core modules.
+
+Why this module is longer than the others (about 700 lines): it is one class, the package's public
+estimator, and most of its length is the documentation of its public methods. Everything with a
+purpose of its own lives elsewhere and is called from here: the input rules in ``preprocessing``,
+the networks and their default sizes in ``models``, the fit loop in ``training``, the scores in
+``scoring``, the thresholds in ``calibration`` and the model directory in ``artifact``. What stays
+is what only the estimator can do: validate its parameters, split the data, and own the mapping of
+its fitted state (``fitted_state`` / ``from_fitted_state``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import calibration as cal
 from .artifact import read_model, save_model
 from .exceptions import ArtifactError, CalibrationError, InputError
-from .models import ACTIVATIONS, VAE, ConvVAE, DenseVAE, build_model
+from .models import ACTIVATIONS, VAE, build_model, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
@@ -87,9 +96,38 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    model_, preprocessor_, noise_, calibration_scores_, threshold_, offset_, alpha_, history_,
-    input_kind_ ("table" or "image"), n_features_in_, feature_names_in_ (DataFrames only),
-    calibration_error_ (why the threshold is infinite, else None).
+    model_ : models.VAE
+        The fitted network (``DenseVAE`` or ``ConvVAE``), in eval mode.
+    preprocessor_ : preprocessing.TablePreprocessor or preprocessing.ImagePreprocessor
+        The fitted input schema (scaling, categories, image size and channels).
+    input_kind_ : str
+        "table" or "image".
+    n_features_in_ : int
+        Columns of the fitted table, or values per image (C x H x W).
+    feature_names_in_ : numpy.ndarray of str
+        The fitted DataFrame's column names (only when fitted on a DataFrame).
+    noise_ : torch.Tensor
+        The fixed standard-normal draws (n_score_samples, latent_dim) of the Monte-Carlo scores.
+    calibration_scores_ : numpy.ndarray
+        Scores of the held-out calibration samples (float64), the basis of the threshold and p-values.
+    threshold_ : float
+        Scores strictly above it are anomalies; infinite when unusable (see ``calibration_error_``).
+    offset_ : float
+        ``-threshold_`` (scikit-learn's ``decision_function = score_samples - offset_``).
+    alpha_ : float or None
+        The false-alarm rate the threshold was chosen for (None for contamination / best-F1 thresholds).
+    threshold_method_ : str
+        "conformal", "contamination" or "best_f1".
+    calibration_error_ : str or None
+        Why the threshold is infinite (too few calibration scores for ``alpha``), else None.
+    best_f1_ : float
+        The F1 reached by ``set_threshold_best_f1`` (only after it).
+    history_ : list of dict
+        Mean loss terms per epoch (``loss``, ``recon``, ``kl``, ``val_loss``, ...).
+    fit_info_ : dict
+        Row counts of the splits, seed, seconds, epochs run, device.
+    model_card_ : dict
+        The checked ``model.json`` of a loaded model (only after ``load_detector``).
     """
 
     def __init__(
@@ -233,16 +271,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _default_model(self, x: np.ndarray) -> VAE:
         kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
-        lik = self.likelihood
-        floor = float(self.min_scale) if self.min_scale is not None else (0.05 if self.input_kind_ == "image" else 0.01)
-        if kind == "conv":
-            c, h, w = x.shape[1:]
-            return ConvVAE(c, h, w, latent_dim=int(self.latent_dim or 16), min_scale=floor,
-                           channels=tuple(self.conv_channels) if self.conv_channels else None, likelihood=lik)
-        d = int(np.prod(x.shape[1:]))
-        hidden = tuple(self.hidden_sizes) if self.hidden_sizes else ((256, 128) if d > 100 else (64, 32))
-        latent = int(self.latent_dim or min(16, max(2, d // 2)))
-        return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=lik, min_scale=floor, activation=self.activation)
+        return default_network(kind, x.shape[1:], input_kind=self.input_kind_, likelihood=self.likelihood,
+                               latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
+                               conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -252,7 +283,25 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> "VAEAnomalyDetector":
-        """Fit on normal data ``X`` (y is ignored) and calibrate the threshold; returns ``self``."""
+        """Fit on normal data and calibrate the threshold.
+
+        Parameters
+        ----------
+        X : DataFrame or array (n_samples, n_columns) for a table; array (N, H, W), (N, H, W, C) or
+            (N, C, H, W) for images (integers 0-255 or floats in [0, 1]). Normal samples only: the
+            threshold's false-alarm guarantee holds for data like these.
+        y : ignored (scikit-learn's convention).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError : data that cannot be used (fewer than 10 samples, infinity, all-missing column, ...).
+        CalibrationError : too few samples for ``alpha`` (see ``calibration_size``).
+        TrainingDivergedError : the loss became NaN or infinite.
+        """
         self._check_params()
         x = self._prepare(X, reset=True)
         n = x.shape[0]
@@ -374,10 +423,24 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return _score_samples(self.model_, t, score, self.noise_, workers=self._workers())
 
     def anomaly_score(self, X: Any, score: str | None = None) -> np.ndarray:
-        """Anomaly score of each sample, (n_samples,) float64, in nats: higher = more anomalous.
+        """Anomaly score of each sample, in nats: higher = more anomalous.
 
-        ``score`` overrides the default (``self.score_kind``): "elbo", "reconstruction" or "iwae". A
-        sample's score does not depend on the other samples, their order or the batch size."""
+        A sample's score does not depend on the other samples, their order, the batch size or the
+        thread count; it is always finite (see ``scoring``).
+
+        Parameters
+        ----------
+        X : the same kind of data as ``fit`` (tables: columns matched by name, extra columns ignored).
+        score : "elbo", "reconstruction" or "iwae"; None is ``score_kind``.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (n_samples,)
+
+        Raises
+        ------
+        InputError : naming the first bad value's row and column (see ``anomaly_score_rows`` to keep going).
+        """
         check_is_fitted(self, "model_")
         score = score or self.score_kind
         if score not in SCORES:
@@ -405,15 +468,33 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return scores, errors
 
     def preprocess(self, X: Any) -> np.ndarray:
-        """``X`` validated and turned into what the network takes, the twin of ``decode``: tables
-        (n_samples, n_features_out) float32 (scaled, one-hot, missing indicators), images
-        (n_samples, C, H, W) float32 in [0, 1]. The first bad value raises ``InputError``."""
+        """``X`` validated and turned into what the network takes, the twin of ``decode``.
+
+        Parameters
+        ----------
+        X : the same kind of data as ``fit``.
+
+        Returns
+        -------
+        numpy.ndarray of float32 : tables (n_samples, n_features_out) (scaled, one-hot, missing
+        indicators); images (n_samples, C, H, W) in [0, 1]. The first bad value raises ``InputError``.
+        """
         check_is_fitted(self, "model_")
         return self._prepare(X, reset=False)
 
     def score_prepared(self, x: np.ndarray, score: str | None = None) -> np.ndarray:
         """Scores of an input already made by ``preprocess`` (or by the service's JSON reader), the
-        same numbers ``anomaly_score`` gives for the raw rows: (n_samples,) float64, in nats."""
+        same numbers ``anomaly_score`` gives for the raw rows.
+
+        Parameters
+        ----------
+        x : float32 array (n_samples, n_features_out) for a table model, (n_samples, C, H, W) for images.
+        score : "elbo", "reconstruction" or "iwae"; None is ``score_kind``.
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape (n_samples,), in nats.
+        """
         check_is_fitted(self, "model_")
         score = score or self.score_kind
         if score not in SCORES:
@@ -448,7 +529,20 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return self.score_samples(X) - self.offset_
 
     def predict(self, X: Any) -> np.ndarray:
-        """+1 for normal, -1 for anomalous (score strictly above ``threshold_``)."""
+        """+1 for normal, -1 for anomalous (score strictly above ``threshold_``).
+
+        Parameters
+        ----------
+        X : the same kind of data as ``fit``.
+
+        Returns
+        -------
+        numpy.ndarray of int, shape (n_samples,)
+
+        Raises
+        ------
+        CalibrationError : no usable threshold (see ``check_threshold``).
+        """
         self.check_threshold()
         return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
 
@@ -457,6 +551,16 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return self.p_values_from_scores(self.anomaly_score(X))
 
     def p_values_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Conformal p-values of scores already computed (``anomaly_score``, ``score_prepared``).
+
+        Parameters
+        ----------
+        scores : array of scores in nats, any shape.
+
+        Returns
+        -------
+        numpy.ndarray of float64, same shape: (1 + #{calibration scores >= s}) / (n + 1).
+        """
         check_is_fitted(self, "calibration_scores_")
         return cal.conformal_p_values(scores, self.calibration_scores_)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .objectives import kl_standard_normal, log_normal, log_standard_normal, make_likelihood, mc_elbo
 
-__all__ = ["VAE", "VAEPass", "DenseVAE", "ConvVAE", "build_model"]
+__all__ = ["VAE", "VAEPass", "DenseVAE", "ConvVAE", "build_model", "default_network"]
 
 # log-variances outside this range mean a collapsed or exploding posterior; clamping keeps exp() finite
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
@@ -253,6 +254,37 @@ class ConvVAE(VAE):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "in_channels": self.in_channels, "height": self.height, "width": self.width,
                 "latent_dim": self.latent_dim, "channels": list(self.channels), "hidden": self.hidden, **self._lik_args}
+
+
+def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str, likelihood: str = "gaussian",
+                    latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
+                    conv_channels: tuple[int, ...] | None = None, min_scale: float | None = None,
+                    activation: str = "relu") -> VAE:
+    """The network the estimator fits for inputs of ``event_shape``, its unset sizes by rule.
+
+    Parameters
+    ----------
+    kind : "dense" or "conv".
+    event_shape : one sample's shape after preprocessing: (d,) for a table, (C, H, W) for images.
+    input_kind : "table" or "image" (the default ``min_scale``: 0.01 for tables, 0.05 for images).
+    latent_dim : None picks 16 for a conv network and clip(d // 2, 2, 16) for a dense one.
+    hidden_sizes : dense hidden layers; None picks (64, 32), or (256, 128) above 100 features.
+    conv_channels : None picks ``default_conv_channels``.
+    likelihood, min_scale, activation : as ``DenseVAE`` / ``ConvVAE``.
+
+    Returns
+    -------
+    VAE : a freshly initialised ``DenseVAE`` or ``ConvVAE`` (the torch seed decides its weights).
+    """
+    floor = float(min_scale) if min_scale is not None else (0.05 if input_kind == "image" else 0.01)
+    if kind == "conv":
+        c, h, w = event_shape
+        return ConvVAE(c, h, w, latent_dim=int(latent_dim or 16), min_scale=floor,
+                       channels=tuple(conv_channels) if conv_channels else None, likelihood=likelihood)
+    d = int(np.prod(event_shape))
+    hidden = tuple(hidden_sizes) if hidden_sizes else ((256, 128) if d > 100 else (64, 32))
+    latent = int(latent_dim or min(16, max(2, d // 2)))
+    return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=likelihood, min_scale=floor, activation=activation)
 
 
 def build_model(config: dict[str, Any]) -> VAE:

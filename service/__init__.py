@@ -1,2 +1,3 @@
-"""The BentoML scoring service (``service.app:AnomalyVAE``), its metrics, batching and request
-guard, and the monitoring files in ``service/monitoring/``."""
+"""The BentoML scoring service (``service.app:AnomalyVAE``, a thin adapter over ``service.scorer.Scorer``),
+its settings (``service.settings``), answers (``service.schemas``), metrics, batching, request guard and
+OpenAPI document, and the monitoring files in ``service/monitoring/``."""

@@ -40,15 +40,7 @@ ENDPOINTS = ("score", "score_csv", "score_images")
 # and the ones of the request as a whole
 REJECT_REASONS = (*REASONS, "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type",
                   "timeout")
-
-_current: "ServiceMetrics | None" = None
-_lock = threading.Lock()
-
-
-def current() -> "ServiceMetrics | None":
-    """The metrics of this process's service instance (None before it is created)."""
-    return _current
-
+_registering = threading.Lock()  # releasing names and registering new collectors is one step
 
 def use_own_multiproc_dir() -> Path | None:
     """In a ``bentoml serve`` worker, point ``PROMETHEUS_MULTIPROC_DIR`` at a directory of this
@@ -159,22 +151,43 @@ class DriftWindow:
         return both[both[:, 0] >= since, 1]
 
 
+# the names this module registers in prometheus-client's registry (counters add _total, histograms _bucket ...)
+METRIC_NAMES = ("anomaly_vae_samples_scored", "anomaly_vae_anomalies", "anomaly_vae_requests_rejected",
+                "anomaly_vae_score_nats", "anomaly_vae_batch_rows", "anomaly_vae_threshold_nats", "anomaly_vae_alpha",
+                "anomaly_vae_calibration_samples", "anomaly_vae_model_info")
+
+
+def _release_names(registry: Any) -> None:
+    """Unregister whatever collectors hold ``METRIC_NAMES`` in ``registry``: those of an earlier
+    ``ServiceMetrics`` of this process that was not unregistered (two test clients' lifespans over
+    one ASGI app). prometheus-client has no public lookup of a collector by name; without its
+    ``_names_to_collectors`` nothing is released, and a clash is prometheus-client's own ValueError."""
+    held = getattr(registry, "_names_to_collectors", None)
+    if not isinstance(held, dict):
+        return
+    names = {n + suffix for n in METRIC_NAMES for suffix in ("", "_total", "_created", "_bucket", "_count", "_sum")}
+    for collector in {id(c): c for name, c in list(held.items()) if name in names}.values():
+        try:
+            registry.unregister(collector)
+        except KeyError:
+            pass
+
+
 class ServiceMetrics:
-    """The service's metrics. One per process: creating a new one (a new model in tests) replaces
-    the previous one in prometheus-client's registry."""
+    """The service's metrics, registered in prometheus-client's registry. One at a time per process:
+    a new one (a new model in tests) takes the names over from the one before, unless that one
+    was unregistered already (``unregister``, ``Scorer.close``)."""
 
     def __init__(self, calibration_scores: np.ndarray, threshold: float, alpha: float | None, info: dict[str, str],
                  window_seconds: float = 600.0, window_size: int = 10000) -> None:
-        global _current
         import prometheus_client as pc  # here, not at import: BentoML sets the multiprocess dir first
 
         self.calibration = np.sort(np.asarray(calibration_scores, dtype=np.float64))
         self.threshold_value = float(threshold)
         self.window_seconds = float(window_seconds)
-        with _lock:
-            if _current is not None:
-                _current.unregister()
-            reg = pc.REGISTRY
+        reg = pc.REGISTRY
+        with _registering:
+            _release_names(reg)
             self.scored = pc.Counter("anomaly_vae_samples_scored", "Samples (rows or images) scored",
                                      ["endpoint"], registry=reg)
             self.anomalies = pc.Counter("anomaly_vae_anomalies", "Samples flagged as anomalous (score above the "
@@ -198,7 +211,6 @@ class ServiceMetrics:
                                  multiprocess_mode="livemostrecent", registry=reg)
             self._collectors = [self.scored, self.anomalies, self.rejected, self.score, self.batch_rows,
                                 self.threshold, self.alpha, self.calibration_samples, self.info]
-            _current = self
         self.threshold.set(self.threshold_value)
         self.alpha.set(float("nan") if alpha is None else float(alpha))
         self.calibration_samples.set(len(self.calibration))

@@ -210,18 +210,18 @@ def test_a_finite_extreme_value_is_a_flagged_finite_score_and_infinity_a_422(cli
 def test_a_failed_request_records_nothing_in_the_metrics(client: TestClient, table: pd.DataFrame) -> None:
     """Samples and anomalies were counted, and the scores put in the histogram and the drift
     window, before the answer failed (a 500)."""
-    from service.app import _Instance
+    import bentoml
 
-    svc = _Instance.current
+    scorer = bentoml.get_current_service().scorer
     names = ("anomaly_vae_samples_scored_total", "anomaly_vae_anomalies_total")
     before = [metric(client, n, endpoint="score") for n in names] + [metric(client, "anomaly_vae_score_nats_count"),
                                                                     metric(client, "anomaly_vae_score_drift_window_samples")]
-    score = svc.batcher._fn
-    svc.batcher._fn = lambda x: np.full(len(x), np.inf)  # a core that breaks its promise of finite scores
+    score = scorer.batcher._fn
+    scorer.batcher._fn = lambda x: np.full(len(x), np.inf)  # a core that breaks its promise of finite scores
     try:
         r = client.post("/score", json={"instances": features(table).iloc[:3].to_dict("records")})
     finally:
-        svc.batcher._fn = score
+        scorer.batcher._fn = score
     assert r.status_code == 500
     after = [metric(client, n, endpoint="score") for n in names] + [metric(client, "anomaly_vae_score_nats_count"),
                                                                    metric(client, "anomaly_vae_score_drift_window_samples")]
@@ -277,6 +277,20 @@ def test_openapi_document_agrees_with_the_service(client: TestClient, det: VAEAn
     assert as_object["properties"]["site"]["anyOf"][0] == {"type": "string"}
     alpha = doc["paths"]["/score"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["alpha"]
     assert alpha["nullable"] is True and "anyOf" not in json.dumps(alpha)
+
+
+def test_the_score_body_is_the_documented_score_response(client: TestClient, table: pd.DataFrame) -> None:
+    """/score writes its body with json.dumps, not through pydantic: the body must still be the
+    ScoreResponse that /docs.json documents for its 200."""
+    from service.schemas import ScoreResponse
+
+    r = client.post("/score", json={"instances": features(table).iloc[:5].to_dict("records")})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    answer = ScoreResponse.model_validate_json(r.text)
+    assert answer.model_dump() == r.json() and len(answer.scores) == 5
+    schema = client.get("/docs.json").json()["paths"]["/score"]["post"]["responses"]["200"]["content"]
+    properties = schema["application/json"]["schema"]["properties"]
+    assert set(properties) == set(ScoreResponse.model_fields) == set(r.json())
 
 
 def test_score_csv_answers_the_csv_the_command_line_writes(client: TestClient, table_model: Path, table: pd.DataFrame,

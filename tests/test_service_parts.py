@@ -342,7 +342,6 @@ def test_non_finite_scores_never_reach_the_histogram_or_the_drift_window() -> No
         assert float(values["anomaly_vae_score_drift_ks"]) == pytest.approx(expected, abs=1e-12)
     finally:
         m.unregister()
-        service_metrics._current = None
 
 
 def test_two_services_do_not_share_metrics_dir(tmp_path: Path) -> None:
@@ -382,7 +381,6 @@ def test_drift_statistic_is_the_ks_distance_of_all_recent_scores() -> None:
         assert float(values["anomaly_vae_score_drift_window_samples"]) == 300
     finally:
         m.unregister()
-        service_metrics._current = None
 
 
 def test_model_references_that_cannot_be_found_say_what_to_do(tmp_path: Path, monkeypatch) -> None:
@@ -396,3 +394,108 @@ def test_model_references_that_cannot_be_found_say_what_to_do(tmp_path: Path, mo
         resolve_model("./no/such/model")
     with pytest.raises(ArtifactError, match="neither a model directory nor a BentoML model tag"):
         resolve_model("bad tag!")
+
+
+# -- settings ---------------------------------------------------------------------------------
+def test_settings_defaults_and_every_variable() -> None:
+    from service.settings import Settings
+
+    assert Settings.from_env({}) == Settings()
+    assert Settings().max_body_bytes == 32 * 1024 * 1024
+    env = {"ANOMALY_VAE_MODEL": " models/cardio ", "ANOMALY_VAE_WORKERS": "3", "ANOMALY_VAE_TORCH_THREADS": "2",
+           "ANOMALY_VAE_MAX_BODY_MB": "0.5", "ANOMALY_VAE_BODY_TIMEOUT_S": "2.5", "ANOMALY_VAE_MAX_BATCH_ROWS": "64",
+           "ANOMALY_VAE_DRIFT_WINDOW_SECONDS": "60", "ANOMALY_VAE_DRIFT_WINDOW_SIZE": "500", "OTHER": "x"}
+    s = Settings.from_env(env)
+    assert (s.model, s.workers, s.torch_threads, s.max_body_mb, s.body_timeout_s, s.max_batch_rows,
+            s.drift_window_seconds, s.drift_window_size) == ("models/cardio", 3, 2, 0.5, 2.5, 64, 60.0, 500)
+    assert s.max_body_bytes == 512 * 1024
+    with pytest.raises(AttributeError):
+        s.workers = 4  # frozen: read once, then passed around
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("WORKERS", "two", "ANOMALY_VAE_WORKERS must be a positive integer, got 'two'"),
+    ("WORKERS", "0", "ANOMALY_VAE_WORKERS must be a positive integer, got '0'"),
+    ("TORCH_THREADS", "1.5", "ANOMALY_VAE_TORCH_THREADS must be a positive integer, got '1.5'"),
+    ("MAX_BATCH_ROWS", "-8", "ANOMALY_VAE_MAX_BATCH_ROWS must be a positive integer, got '-8'"),
+    ("DRIFT_WINDOW_SIZE", "", "ANOMALY_VAE_DRIFT_WINDOW_SIZE must be a positive integer, got ''"),
+    ("MAX_BODY_MB", "x", "ANOMALY_VAE_MAX_BODY_MB must be a positive number, got 'x'"),
+    ("MAX_BODY_MB", "0", "ANOMALY_VAE_MAX_BODY_MB must be a positive number, got '0'"),
+    ("BODY_TIMEOUT_S", "inf", "ANOMALY_VAE_BODY_TIMEOUT_S must be a positive number, got 'inf'"),
+    ("DRIFT_WINDOW_SECONDS", "nan", "ANOMALY_VAE_DRIFT_WINDOW_SECONDS must be a positive number, got 'nan'"),
+    ("MODEL", "  ", "ANOMALY_VAE_MODEL must not be empty"),
+])
+def test_a_bad_setting_is_an_error_naming_the_variable_and_the_value(name, value, words) -> None:
+    from service.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"ANOMALY_VAE_" + name: value})
+    assert words in str(err.value)
+
+
+def test_settings_are_read_in_one_place() -> None:
+    """Every ANOMALY_VAE_* variable the service reads is a field of Settings, read by
+    Settings.from_env; no other module of the service reads the environment for them."""
+    import re
+
+    from service.settings import Settings
+
+    root = Path(__file__).resolve().parents[1] / "service"
+    for path in root.glob("*.py"):
+        if path.name != "settings.py":  # metrics.py reads and sets PROMETHEUS_MULTIPROC_DIR, BentoML's
+            for line in path.read_text().splitlines():
+                assert not re.search(r"environ\b|getenv", line) or "PROMETHEUS_MULTIPROC_DIR" in line, (path, line)
+    documented = set(re.findall(r"ANOMALY_VAE_([A-Z_]+)", (root / "settings.py").read_text()))
+    assert {f.upper() for f in Settings.__dataclass_fields__} == documented
+
+
+# -- the scorer -------------------------------------------------------------------------------
+def test_scorer_judges_with_the_core_and_records_apart(numeric, tmp_path: Path) -> None:
+    """judge computes p-values and flags and records nothing; record counts; scores through the
+    batcher are the Python API's."""
+    from prometheus_client import REGISTRY
+
+    from anomaly_vae import load_detector
+    from service.scorer import Scorer
+    from service.settings import Settings
+
+    det, rows = numeric
+    det.save(tmp_path / "model")
+    scorer = Scorer(load_detector(tmp_path / "model"), Settings(max_batch_rows=16))
+    try:
+        def scored() -> float:
+            return REGISTRY.get_sample_value("anomaly_vae_samples_scored_total", {"endpoint": "score"}) or 0.0
+
+        async def run() -> np.ndarray:
+            return await scorer.score(await scorer.prepare(rows.iloc[:40].values.tolist()))
+
+        scores = asyncio.run(run())
+        assert np.array_equal(scores, det.anomaly_score(rows.iloc[:40]))
+        before = scored()
+        p, flagged = scorer.judge(scores)
+        assert np.array_equal(p, det.p_values(rows.iloc[:40])) and np.array_equal(flagged, scores > det.threshold_)
+        assert scored() == before
+        scorer.record("score", scores, flagged)
+        assert scored() == before + 40
+        with pytest.raises(RuntimeError, match="1 non-finite score"):
+            scorer.judge(np.array([1.0, np.nan]))
+        assert scorer.card["model_version"] == scorer.model_version and scorer.input_kind == "table"
+    finally:
+        scorer.close()
+
+
+def test_a_new_metrics_object_takes_over_from_one_still_registered() -> None:
+    """Two test clients' lifespans over one ASGI app: the second service's metrics must not clash
+    with the first's (there is no module global that remembers the first any more)."""
+    from prometheus_client import REGISTRY
+
+    cal = np.random.RandomState(0).normal(10, 2, 500)
+    first = service_metrics.ServiceMetrics(cal, 13.0, 0.01, info={"model_version": "a"})
+    second = service_metrics.ServiceMetrics(cal, 14.0, 0.05, info={"model_version": "b"})
+    try:
+        assert REGISTRY.get_sample_value("anomaly_vae_threshold_nats") == 14.0
+        first.unregister()  # the first one's owner letting go late leaves the second registered
+        assert REGISTRY.get_sample_value("anomaly_vae_alpha") == 0.05
+    finally:
+        second.unregister()
+    assert REGISTRY.get_sample_value("anomaly_vae_alpha") is None

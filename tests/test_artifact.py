@@ -527,3 +527,17 @@ def test_no_pickle_in_any_load_path():
     offenders = [f"{p.name}:{i}" for p in files
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_the_card_schema_names_exactly_the_estimators_parameters_and_accepts_their_defaults():
+    """card.PARAMS is declared apart from the estimator (importing it would be a cycle); this keeps
+    the two in step: a new parameter needs a rule, a changed default must pass its rule."""
+    import inspect
+
+    from anomaly_vae.card import PARAMS
+
+    defaults = {k: p.default for k, p in inspect.signature(VAEAnomalyDetector.__init__).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    assert set(PARAMS.fields) == set(defaults)
+    for k, v in defaults.items():
+        PARAMS.fields[k].check(list(v) if isinstance(v, tuple) else v, f"params.{k}")  # raises if refused

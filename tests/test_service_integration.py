@@ -303,6 +303,9 @@ def test_bentoml_build_packs_a_bento_that_serves_on_its_own(stored_model, rows, 
     assert {f"models/anomaly_vae/{version}/model.json", f"models/anomaly_vae/{version}/model.safetensors",
             "src/service/app.py", "src/anomaly_vae/detector.py", "src/service/monitoring/alerts.yml"} <= names
     assert not any(n.endswith((".pkl", ".pickle")) for n in names)
+    # every module of the core and the service, subpackages included (anomaly_vae/*.py packed only the top level)
+    sources = {f"src/{p.relative_to(ROOT).as_posix()}" for d in ("anomaly_vae", "service") for p in (ROOT / d).rglob("*.py")}
+    assert sources <= names, sorted(sources - names)
 
     # a fresh BentoML home with nothing but the imported Bento, served from another directory
     other = tmp_path / "elsewhere"

@@ -143,8 +143,9 @@ class AnomalyVAE:
             return _reject(ctx, 422, "bad_csv", "this model scores images: use /score_images")
         try:
             result = await anyio.to_thread.run_sync(scorer.score_csv, file, id_column, sep, explain)
-        except InputError as err:
-            return _reject(ctx, 422, err.reason if err.reason in service_metrics.REJECT_REASONS else "bad_csv", str(err))
+        except InputError as err:  # a specific reason, or bad_csv (an InputError's default says nothing more)
+            specific = err.reason in service_metrics.REJECT_REASONS and err.reason != "invalid_input"
+            return _reject(ctx, 422, err.reason if specific else "bad_csv", str(err))
         except (ValueError, UnicodeError) as err:
             return _reject(ctx, 422, "bad_csv", f"cannot read the uploaded file as CSV: {err}")
         summary = result.summary

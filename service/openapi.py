@@ -109,8 +109,9 @@ def instances_schema(det: Any | None) -> dict[str, Any]:
     values = {col["name"]: ({**number, "nullable": True} if col["type"] == "numeric" else
                             {"anyOf": [{"type": "string"}, number], "nullable": True})
               for col in pre.columns}
-    as_object = {"type": "object", "required": list(values), "properties": values, "additionalProperties": False,
-                 "description": "a row keyed by column name (null = missing value)"}
+    # other keys are ignored, as extra columns are on every face (anomaly_vae.instances)
+    as_object = {"type": "object", "required": list(values), "properties": values,
+                 "description": "a row keyed by column name (null = missing value; other keys are ignored)"}
     if all(col["type"] == "numeric" for col in pre.columns):
         item = {**number, "nullable": True}
     else:  # OpenAPI 3.0 has no per-position types: numeric columns take numbers or null only

@@ -1,5 +1,5 @@
 """The service's parts without HTTP: JSON instances into model input, the adaptive batcher, the
-histogram buckets and the cross-worker drift window."""
+request guard, the histogram buckets and the cross-worker drift window, the settings and the scorer."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,6 @@ import pandas as pd
 from ..exceptions import InputError
 from .chunks import Chunk, ChunkReader, InputKind
 from .files import data_kind, open_regular
-
-if TYPE_CHECKING:
-    import pyarrow.parquet as pq
 
 __all__ = ["TableReader", "sniff_sep", "SNIFF_DELIMITERS", "NA_VALUES"]
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .exceptions import AnomalyVAEError
-from .io import atomic_output
+from .io import ChunkData, atomic_output
 
-__all__ = ["score_histogram", "roc_figure", "save_evaluation_plots", "KINDS", "latent_figure", "grid_figure",
-           "morph_figure", "reconstructions_figure", "scores_figure", "history_figure", "features_figure",
-           "tile_images"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .detector import VAEAnomalyDetector
+
+__all__ = ["score_histogram", "roc_figure", "save_evaluation_plots", "KINDS", "MODEL_ONLY_KINDS", "needs_data",
+           "draw", "PlotOptionError", "latent_figure", "grid_figure", "morph_figure", "reconstructions_figure",
+           "scores_figure", "history_figure", "features_figure", "tile_images"]
 
 KINDS = ("latent", "grid", "morph", "reconstructions", "scores", "roc", "history", "features")
+MODEL_ONLY_KINDS = ("grid", "history")  # drawn from the model alone; the other kinds draw data too
 
 
 def _pyplot() -> Any:
@@ -352,3 +358,62 @@ def features_figure(det: Any, row: Any, top: int = 20) -> Any:
                  f"{score:.1f}, threshold {det.threshold_:.1f})", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# -- one figure by its name ----------------------------------------------------------------
+class PlotOptionError(AnomalyVAEError, ValueError):
+    """Options that do not fit the figure asked for: data missing, a sample index out of range,
+    labels missing (the command line's usage errors)."""
+
+
+def needs_data(kind: str) -> bool:
+    """Whether the figure ``kind`` draws data (all but ``MODEL_ONLY_KINDS``)."""
+    return kind not in MODEL_ONLY_KINDS
+
+
+def draw(kind: str, det: VAEAnomalyDetector, X: ChunkData | None = None, labels: list[Any] | None = None, *,
+         n: int | None = None, pair: tuple[int, int] = (0, 1), row: int | None = None, normal_label: Any = None,
+         seed: int = 0) -> Figure:
+    """The figure ``kind`` (one of ``KINDS``) of ``det`` and data ``X``, as ``anomaly-vae plot`` draws it.
+
+    Parameters
+    ----------
+    X, labels : the data (a DataFrame, or (N, C, H, W) images) and its labels, for every kind but
+        ``MODEL_ONLY_KINDS``; "roc" needs the labels, "latent" and "scores" use them when given.
+    n : grid side (default 15), morph steps (10), reconstructions per side (6).
+    pair, row, normal_label : the two samples "morph" goes between; the row "features" explains
+        (default: the most anomalous); "roc"'s normal label (default "normal" if present, else 0).
+
+    Raises ``PlotOptionError`` when the options do not fit (no data, an index out of range, no labels).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if X is None and needs_data(kind):
+        raise PlotOptionError(f"plot {kind} needs DATA (a table or an image folder)")
+    if kind == "latent":
+        return latent_figure(det, X, labels, seed=seed)
+    if kind == "grid":
+        return grid_figure(det, n=n or 15, seed=seed)
+    if kind == "morph":
+        i, j = pair
+        for v in (i, j):
+            if not 0 <= v < len(X):
+                raise PlotOptionError(f"--pair {i} {j}: DATA has {len(X)} samples (0..{len(X) - 1})")
+        return morph_figure(det, X[i], X[j], steps=n or 10)
+    if kind == "reconstructions":
+        return reconstructions_figure(det, X, n=n or 6)
+    if kind == "scores":
+        return scores_figure(det, X, labels)
+    if kind == "roc":
+        from .evaluation import anomaly_labels, default_normal_label
+
+        if labels is None:
+            raise PlotOptionError("plot roc needs labels: --label-column for a table, subfolders for an image folder")
+        y = anomaly_labels(labels, normal_label if normal_label is not None else default_normal_label(labels))
+        return roc_figure(det.anomaly_score(X), y, det.threshold_)
+    if kind == "history":
+        return history_figure(det)
+    row = row if row is not None else int(det.anomaly_score(X).argmax())  # features
+    if not 0 <= row < len(X):
+        raise PlotOptionError(f"--row {row}: DATA has {len(X)} rows (0..{len(X) - 1})")
+    return features_figure(det, X.iloc[[row]] if hasattr(X, "iloc") else X[row : row + 1])

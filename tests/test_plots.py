@@ -89,6 +89,25 @@ def test_kinds_that_need_images_refuse_a_table_model(table_det) -> None:
             call()
 
 
+def test_draw_dispatches_by_kind_and_refuses_options_that_do_not_fit(image_det, table_det, tmp_path: Path) -> None:
+    det, images, labels = image_det
+    assert png(plots.draw("grid", det, n=5), tmp_path / "grid.png") == png(plots.grid_figure(det, n=5), tmp_path / "g.png")
+    assert png(plots.draw("morph", det, images[:4], pair=(1, 3), n=6), tmp_path / "morph.png") == (880, 180)
+    assert [k for k in plots.KINDS if not plots.needs_data(k)] == list(plots.MODEL_ONLY_KINDS) == ["grid", "history"]
+    refused = [
+        (lambda: plots.draw("latent", det), "plot latent needs DATA"),
+        (lambda: plots.draw("morph", det, images[:3], pair=(0, 3)), r"--pair 0 3: DATA has 3 samples \(0..2\)"),
+        (lambda: plots.draw("roc", det, images[:3]), "plot roc needs labels"),
+        (lambda: plots.draw("features", table_det[0], table_det[1].drop(columns=["label"]), row=400),
+         r"--row 400: DATA has 400 rows"),
+    ]
+    for call, message in refused:
+        with pytest.raises(plots.PlotOptionError, match=message):
+            call()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        plots.draw("pie", det, images)
+
+
 def test_plot_command_draws_every_kind(image_det, table_det, tmp_path: Path) -> None:
     det, images, labels = image_det
     root = tmp_path / "images"

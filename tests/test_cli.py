@@ -74,12 +74,36 @@ def image_model(png_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_parse_size() -> None:
-    from anomaly_vae.cli import parse_size
+    from anomaly_vae.cli.commands import parse_size
     from anomaly_vae.exceptions import InputError
 
     assert parse_size("28x32") == (28, 32)
     with pytest.raises(InputError, match="HxW"):
         parse_size("28")
+
+
+def test_flag_choices_are_the_core_modules_own_and_help_does_not_import_torch() -> None:
+    """The allowed values of --likelihood, --score, --activation and plot's KIND come from the
+    modules that own them, read only when that command's flags are needed."""
+    code = textwrap.dedent("""
+        import sys
+        from anomaly_vae.cli import build_parser
+        parser = build_parser()
+        parser.format_help()
+        parser.parse_args(["score", "m", "d", "--out", "o"])
+        print("torch" in sys.modules)
+        parser.parse_args(["train", "d", "--out", "m"])
+        from anomaly_vae import models, objectives, plots, scoring
+        train = parser._subparsers._group_actions[0].choices["train"]
+        plot = parser._subparsers._group_actions[0].choices["plot"]
+        plot.format_usage()
+        choices = {a.dest: tuple(a.choices) for p in (train, plot) for a in p._actions if a.choices}
+        print(choices["likelihood"] == objectives.LIKELIHOODS, choices["score"] == scoring.SCORES,
+              choices["activation"] == tuple(models.ACTIVATIONS), choices["kind"] == plots.KINDS)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True", "True", "True", "True"]
 
 
 def test_help_teaches_commands_and_exit_codes() -> None:

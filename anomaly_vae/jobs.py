@@ -218,5 +218,5 @@ def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
     det.calibrate(X, alpha=alpha)
     det.save(model_dir)
     after = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_,
-             "error": getattr(det, "calibration_error_", None)}
+             "error": det.calibration_error_}
     return before, after

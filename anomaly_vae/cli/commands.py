@@ -92,7 +92,7 @@ def train(args: argparse.Namespace) -> int:
           f"for early stopping, {info['n_calibration']} for calibration")
     print(f"  epochs               {info['epochs_run']} ({info['seconds']:.1f} s)")
     print(f"  threshold            {_fmt(det.threshold_, '.4g')} nats of {det.score_kind} score, alpha {det.alpha_}")
-    if getattr(det, "calibration_error_", None):
+    if det.calibration_error_:
         print(f"  warning              no usable threshold: {det.calibration_error_} "
               "(`anomaly-vae calibrate` fixes this without retraining)")
     if result.holdout:

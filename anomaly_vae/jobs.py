@@ -20,7 +20,8 @@ from .exceptions import InputError
 from .io import (ARRAY_FORMATS, TABLE_FORMATS, ChunkData, ChunkReader, data_kind, image_mode_info, list_images, open_data,
                  read_all)
 
-__all__ = ["DataOptions", "TrainResult", "load_data", "train_job", "evaluate_job", "calibrate_job", "model_reader"]
+__all__ = ["DataOptions", "TrainResult", "load_data", "train_job", "evaluate_job", "calibrate_job", "model_reader",
+           "read_for_model"]
 
 
 @dataclass

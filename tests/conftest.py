@@ -60,3 +60,28 @@ def cancer_model(cancer):
 
     train, _, _ = cancer
     return VAEAnomalyDetector(alpha=0.05, **FAST).fit(train)
+
+
+@pytest.fixture(scope="module")
+def mixed(cardio: pd.DataFrame):
+    """A model of cardio's features plus a categorical column, with missing values in training."""
+    from anomaly_vae import VAEAnomalyDetector
+
+    df = cardio.drop(columns=["label"]).iloc[:, :6].copy()
+    rng = np.random.RandomState(0)
+    df["site"] = rng.choice(["north", "south", "east"], len(df))
+    df.loc[rng.rand(len(df)) < 0.05, "f01"] = np.nan  # f01 gets a missing indicator
+    det = VAEAnomalyDetector(epochs=3, random_state=0).fit(df.iloc[:1200])
+    return det, df.iloc[1200:1300].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def numeric(cardio: pd.DataFrame):
+    """A model of cardio's 21 numeric columns (f03 with missing values in training) and 200 rows to score."""
+    from anomaly_vae import VAEAnomalyDetector
+
+    df = cardio.drop(columns=["label"])
+    train = df.iloc[:1200].copy()
+    train.loc[np.random.RandomState(1).rand(1200) < 0.05, "f03"] = np.nan
+    det = VAEAnomalyDetector(epochs=3, random_state=0).fit(train)
+    return det, df.iloc[1200:1400].reset_index(drop=True)

@@ -1,4 +1,9 @@
-"""Figures with matplotlib, headless (Agg). Needs the ``plots`` extra: pip install 'anomaly-vae[plots]'."""
+"""Figures with matplotlib, headless (Agg). Needs the ``plots`` extra: pip install 'anomaly-vae[plots]'.
+
+``draw(kind, ...)`` draws any of ``KINDS``; ``pyplot`` and ``show_image`` are for the examples' own
+figures. It is a little longer than the package's few-hundred-line rule: one short function per
+figure kind (eight) and their dispatch, which read best side by side.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = ["score_histogram", "roc_figure", "save_evaluation_plots", "KINDS", "MODEL_ONLY_KINDS", "needs_data",
            "draw", "PlotOptionError", "latent_figure", "grid_figure", "morph_figure", "reconstructions_figure",
-           "scores_figure", "history_figure", "features_figure", "tile_images"]
+           "scores_figure", "history_figure", "features_figure", "tile_images", "pyplot", "show_image"]
 
 KINDS = ("latent", "grid", "morph", "reconstructions", "scores", "roc", "history", "features")
 MODEL_ONLY_KINDS = ("grid", "history")  # drawn from the model alone; the other kinds draw data too
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (an error saying how to install matplotlib
+    when it is missing): what every figure here draws with, and the examples too."""
     try:
         import matplotlib
     except ImportError:
@@ -47,7 +54,7 @@ def _bins(finite: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]
 def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray | None, threshold: float, alpha: float | None) -> Any:
     """Histogram of anomaly scores (normal and anomalous apart when labels are given) with the
     threshold marked. Returns the matplotlib Figure."""
-    plt = _pyplot()
+    plt = pyplot()
     scores = np.asarray(scores, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     finite = scores[np.isfinite(scores)]
@@ -75,7 +82,7 @@ def roc_figure(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float | No
     """ROC curve with its AUROC, and the operating point of ``threshold``."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     y = np.asarray(is_anomaly, dtype=bool)
     fpr, tpr, _ = roc_curve(y, scores)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -95,7 +102,7 @@ def roc_figure(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float | No
 def save_evaluation_plots(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float, alpha: float | None,
                           folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``roc.png`` (when both classes are present) and ``scores.png`` to ``folder``."""
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -138,7 +145,8 @@ def tile_images(x: np.ndarray, rows: int, cols: int, gap: int = 1) -> np.ndarray
     return out
 
 
-def _show(ax: Any, img: np.ndarray, title: str | None = None) -> None:
+def show_image(ax: Any, img: np.ndarray, title: str | None = None) -> None:
+    """Draw one image (H, W) or (H, W, 3) in [0, 1] on ``ax``, without ticks, with an optional title."""
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -165,7 +173,7 @@ def latent_figure(det: Any, X: Any, labels: list[Any] | None = None, max_points:
     latent space with more than two dimensions is shown on its first two principal components
     (the axes say so, with the share of variance each holds). Draws into ``ax`` when given (to put
     maps side by side); returns the Figure."""
-    plt = _pyplot()
+    plt = pyplot()
     z = det.encode(X)
     lab = None if labels is None else np.asarray([str(v) for v in labels], dtype=object)
     if len(z) > max_points:
@@ -205,7 +213,7 @@ def grid_figure(det: Any, n: int = 15, seed: int = 0, ax: Any = None, title: str
     normal's quantiles 5%..95% (so the grid covers where the prior puts its mass); otherwise n x n
     samples from the prior."""
     _image_model(det, "grid")
-    plt = _pyplot()
+    plt = pyplot()
     k = det.model_.latent_dim
     if k == 2:
         from scipy.stats import norm
@@ -219,7 +227,7 @@ def grid_figure(det: Any, n: int = 15, seed: int = 0, ax: Any = None, title: str
     mosaic = tile_images(det.decode(zz), n, n)
     size = min(9.0, max(4.0, n * 0.5))
     fig, ax = plt.subplots(figsize=(size, size), dpi=100) if ax is None else (ax.figure, ax)
-    _show(ax, mosaic)
+    show_image(ax, mosaic)
     ax.set_title(title or what, fontsize=9)
     if k == 2:
         ax.set_xlabel(f"z1 from {q[0]:.2f} to {q[-1]:.2f}")
@@ -232,7 +240,7 @@ def morph_figure(det: Any, a: Any, b: Any, steps: int = 10) -> Any:
     """Decoded images along the straight line between the latent codes (posterior means) of two
     inputs ``a`` and ``b`` (one image each), with the inputs themselves at both ends."""
     _image_model(det, "morph")
-    plt = _pyplot()
+    plt = pyplot()
     pair = np.concatenate([np.asarray(a)[None], np.asarray(b)[None]])
     za, zb = det.encode(pair)
     t = np.linspace(0.0, 1.0, steps)
@@ -240,10 +248,10 @@ def morph_figure(det: Any, a: Any, b: Any, steps: int = 10) -> Any:
     inputs = _prepared(det, pair)
     fig, axes = plt.subplots(1, steps + 2, figsize=(1.1 * (steps + 2), 1.8), dpi=100)
     px, dec = _as_pixels(inputs), _as_pixels(decoded)
-    _show(axes[0], px[0], "input A")
+    show_image(axes[0], px[0], "input A")
     for i in range(steps):
-        _show(axes[i + 1], dec[i], f"t={t[i]:.2f}")
-    _show(axes[-1], px[1], "input B")
+        show_image(axes[i + 1], dec[i], f"t={t[i]:.2f}")
+    show_image(axes[-1], px[1], "input B")
     fig.suptitle("Interpolation in latent space: decode((1 - t) z_A + t z_B)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -253,7 +261,7 @@ def reconstructions_figure(det: Any, X: Any, n: int = 6) -> Any:
     """The ``n`` most anomalous and the ``n`` most normal samples of ``X``: each input above its
     reconstruction (decoded posterior mean) and its per-pixel error map (-log p(x | z), nats)."""
     _image_model(det, "reconstructions")
-    plt = _pyplot()
+    plt = pyplot()
     scores = det.anomaly_score(X)
     order = np.argsort(scores, kind="stable")
     n = min(n, len(order) // 2) or 1
@@ -266,8 +274,8 @@ def reconstructions_figure(det: Any, X: Any, n: int = 6) -> Any:
     px, rc = _as_pixels(x), _as_pixels(recon)
     vmax = float(np.percentile(err, 99)) or 1.0
     for j, i in enumerate(pick):
-        _show(axes[0, j], px[j], f"{'anomalous' if j < n else 'normal'}\n{scores[i]:.1f} nats")
-        _show(axes[1, j], rc[j])
+        show_image(axes[0, j], px[j], f"{'anomalous' if j < n else 'normal'}\n{scores[i]:.1f} nats")
+        show_image(axes[1, j], rc[j])
         axes[2, j].imshow(err[j], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
         axes[2, j].set_xticks([])
         axes[2, j].set_yticks([])
@@ -281,7 +289,7 @@ def reconstructions_figure(det: Any, X: Any, n: int = 6) -> Any:
 def scores_figure(det: Any, X: Any, labels: list[Any] | None = None) -> Any:
     """Histogram of the anomaly scores of ``X``, one per class when ``labels`` are given, with
     the threshold and its alpha marked."""
-    plt = _pyplot()
+    plt = pyplot()
     scores = det.anomaly_score(X)
     threshold, alpha = float(det.threshold_), det.alpha_
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
@@ -312,7 +320,7 @@ def scores_figure(det: Any, X: Any, labels: list[Any] | None = None) -> Any:
 def history_figure(det: Any) -> Any:
     """The loss terms per epoch: the objective (and its validation value), then the three
     log-terms of the ELBO, log p(x|z), log p(z) and log q(z|x), averaged over the training data."""
-    plt = _pyplot()
+    plt = pyplot()
     hist = det.history_
     if not hist:
         raise AnomalyVAEError("the model has no training history")
@@ -342,7 +350,7 @@ def features_figure(det: Any, row: Any, top: int = 20) -> Any:
     (-log p(x | z = posterior mean), nats), largest first."""
     if det.input_kind_ != "table":
         raise AnomalyVAEError("'features' explains a table row; for images use 'reconstructions'")
-    plt = _pyplot()
+    plt = pyplot()
     import pandas as pd
 
     frame = row if isinstance(row, pd.DataFrame) else pd.DataFrame([row])

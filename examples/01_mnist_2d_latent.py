@@ -27,9 +27,9 @@ def main() -> None:
     save(plots.latent_figure(det, xte, yte.tolist()), args.out, "01_mnist_latent.png")
     # one chosen coordinate: where the test 1s sit on average
     z_one = det.encode(xte[yte == 1]).mean(axis=0)
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(3, 3.3), dpi=100)
-    plots._show(ax, det.decode(z_one[None])[0, 0], f"decoded at z = ({z_one[0]:.2f}, {z_one[1]:.2f})")
+    plots.show_image(ax, det.decode(z_one[None])[0, 0], f"decoded at z = ({z_one[0]:.2f}, {z_one[1]:.2f})")
     fig.tight_layout()
     save(fig, args.out, "01_mnist_decoded_point.png")
     save(plots.grid_figure(det, n=30), args.out, "01_mnist_grid.png")

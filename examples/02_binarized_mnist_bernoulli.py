@@ -28,9 +28,9 @@ def main() -> None:
                              batch_size=100, learning_rate=1e-3, random_state=args.seed, verbose=1).fit(xtr)
     print(f"binarized MNIST, Bernoulli VAE 784-500(tanh)-5: {len(xtr)} images, {s['epochs']} epochs")
     samples = det.decode(np.random.default_rng(args.seed).standard_normal((10, 5)))  # Bernoulli means
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(10, 1.4), dpi=100)
-    plots._show(ax, plots.tile_images(samples, 1, 10, gap=2),
+    plots.show_image(ax, plots.tile_images(samples, 1, 10, gap=2),
                 "10 samples from the prior N(0, I), decoded (Bernoulli means)")
     fig.tight_layout()
     save(fig, args.out, "02_bernoulli_prior_samples.png")

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     s = settings(args, full={"limit": 60000, "epochs": 20}, quick={"limit": 6000, "epochs": 4})
     started = time.perf_counter()
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     numbers: dict[str, object] = {"training_images": s["limit"], "epochs": s["epochs"]}
     work = Path(tempfile.mkdtemp(prefix="anomaly-vae-ckpt-"))
     try:

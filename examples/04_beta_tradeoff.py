@@ -31,7 +31,7 @@ def main() -> None:
     rows, numbers = [], {"normal_class": FMNIST_CLASSES[NORMAL], "training_images": len(xtr), "epochs": s["epochs"],
                          "test_images": len(xte)}
     a, b = xte[yte == NORMAL][0], xte[yte == 3][0]  # a T-shirt and a dress
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(len(BETAS), 1, figsize=(12, 1.9 * len(BETAS)), dpi=100)
     for beta, ax in zip(BETAS, axes):
         det = VAEAnomalyDetector(model="conv", latent_dim=16, beta=beta, epochs=s["epochs"], patience=s["epochs"],

@@ -65,12 +65,12 @@ def load_one_class(normal: int, limit: int, quick: bool, seed: int) -> tuple[np.
 
 
 def save(fig: Any, out: Path, name: str) -> Path:
-    from anomaly_vae.plots import _pyplot
+    from anomaly_vae.plots import pyplot
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     fig.savefig(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     shrink(path)
     print(f"  figure               {path}")
     return path

@@ -37,7 +37,7 @@ def table_det(cardio: pd.DataFrame) -> tuple[VAEAnomalyDetector, pd.DataFrame]:
 
 def png(fig, path: Path) -> tuple[int, int]:
     fig.savefig(path)
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
     with PIL.open(path) as im:
         return im.size
 

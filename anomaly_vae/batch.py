@@ -12,6 +12,8 @@ before anything is written.
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -276,6 +278,9 @@ def score_file(det: VAEAnomalyDetector, data: str | Path, out: str | Path, *, id
     fmt = data_kind(data)
     if id_column and fmt not in TABLE_FORMATS:
         raise InputError(f"{data}: an id column is for CSV and Parquet tables, not {fmt} data")
+    if Path(out).exists() and Path(data).exists() and os.path.samefile(out, data):
+        raise InputError(f"{out}: the output is the input file ({data}): it would replace the data it is "
+                         "reading; give another --out")
     det.check_threshold()  # before reading anything: no usable threshold is a fatal error
     reader = open_for_model(det, data, sep=sep, id_column=id_column, batch_size=batch_size)
     total = reader.n_rows

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_vae import VAEAnomalyDetector
+from anomaly_vae import InputError, VAEAnomalyDetector
 from anomaly_vae.batch import score_to_file
 from anomaly_vae.io import open_data
 
@@ -71,3 +71,17 @@ def test_float_tiff_with_nan_pixels_is_an_error_not_a_black_image(tmp_path):
     Image.fromarray(np.full((28, 28), np.nan, dtype=np.float32), mode="F").save(path)
     with pytest.raises(InputError, match="must be finite"):
         load_image(path, (28, 28), 1)
+
+
+def test_an_output_that_is_the_input_is_refused_before_anything_is_written(table_model, cardio, tmp_path):
+    """Found by the hostile review: --out equal to the input (or a link to it) replaced the data."""
+    from anomaly_vae.batch import score_file
+
+    data = tmp_path / "in.csv"
+    cardio.drop(columns="label").iloc[:20].to_csv(data, index=False)
+    before = data.read_bytes()
+    (tmp_path / "link.csv").symlink_to(data)
+    for out in (data, tmp_path / "link.csv", tmp_path / "." / "in.csv"):
+        with pytest.raises(InputError, match="the output is the input file"):
+            score_file(table_model, data, out)
+    assert data.read_bytes() == before

@@ -419,6 +419,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             return max(1, min(int(self.n_threads), os.cpu_count() or 1))  # each worker holds a block's tensors
         return torch.get_num_threads() if self.model_.kind == "conv" else 1
 
+    def _score_name(self, score: str | None) -> str:
+        """``score``, or the model's ``score_kind`` when None; a name not in ``SCORES`` is a ValueError."""
+        score = score or self.score_kind
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        return score
+
     def _scores(self, t: torch.Tensor, score: str) -> np.ndarray:
         return _score_samples(self.model_, t, score, self.noise_, workers=self._workers())
 
@@ -442,9 +449,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         InputError : naming the first bad value's row and column (see ``anomaly_score_rows`` to keep going).
         """
         check_is_fitted(self, "model_")
-        score = score or self.score_kind
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        score = self._score_name(score)
         x = self._prepare(X, reset=False)
         return self._scores(self._tensor(x), score)
 
@@ -456,9 +461,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         Returns ``(scores (n_samples,), errors)`` where ``errors[i]`` is None for a scored row.
         Problems of the whole input (a missing column, a wrong image size) still raise ``InputError``."""
         check_is_fitted(self, "model_")
-        score = score or self.score_kind
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        score = self._score_name(score)
         x, errors = self._prepare_rows(X, reset=False, collect=True)
         assert errors is not None
         good = np.array([e is None for e in errors], dtype=bool)
@@ -496,9 +499,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         numpy.ndarray of float64, shape (n_samples,), in nats.
         """
         check_is_fitted(self, "model_")
-        score = score or self.score_kind
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        score = self._score_name(score)
         x = np.asarray(x)
         if self.input_kind_ == "image":
             pre = self.preprocessor_

@@ -37,7 +37,9 @@ __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", 
            "Tagged", "Anything"]
 
 FORMAT_NAME = "anomaly-vae model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# format 2: a table model's categorical columns have a categorical likelihood,
+# declared in architecture.categorical; format 1 cards (no such field) load and score as before
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
 
@@ -327,7 +329,8 @@ PARAMS = Params({
 ARCHITECTURE = Tagged("kind", {
     "dense": Obj({"kind": Choice("dense"), "n_features": Int(1, MAX_FEATURES),
                   "hidden": ListOf(SIZE, 0, MAX_LAYERS), "latent_dim": SIZE, "activation": Choice(*ACTIVATIONS),
-                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE}),
+                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE},
+                 optional={"categorical": ListOf(ListOf(Int(0, MAX_FEATURES), 2, 2), 1, MAX_COLUMNS)}),
     "conv": Obj({"kind": Choice("conv"), "in_channels": Choice(1, 3), "height": SIDE, "width": SIDE,
                  "latent_dim": SIZE, "channels": ListOf(SIZE, 1, MAX_LAYERS), "hidden": SIZE,
                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE}),
@@ -474,6 +477,11 @@ def _check_consistency(card: dict[str, Any]) -> None:
             raise CardProblem("input.preprocessing.columns", f"expected distinct column names, got {describe(dup)} twice")
         n_in, width = len(cols), sum(_width(c) for c in cols)
         expect(arch["kind"] == "dense", "architecture.kind", '"dense" for a table model', arch["kind"])
+        groups, j = [], 0
+        for c in cols:
+            if c["type"] == "categorical":
+                groups.append([j, _width(c)])
+            j += _width(c)
     else:
         n_in = width = pre["channels"] * pre["height"] * pre["width"]
         if arch["kind"] == "conv":
@@ -482,6 +490,11 @@ def _check_consistency(card: dict[str, Any]) -> None:
     if arch["kind"] == "dense":
         expect(arch["n_features"] == width, "architecture.n_features",
                f"{width}, the width of input.preprocessing's output", arch["n_features"])
+    if pre["kind"] == "table" and card["format_version"] >= 2:  # format 1: one-hot features were Gaussian
+        expect(arch.get("categorical", []) == groups, "architecture.categorical",
+               f"{json.dumps(groups)}, the one-hot groups of input.preprocessing", arch.get("categorical", []))
+    elif arch.get("categorical"):
+        raise CardProblem("architecture.categorical", "expected no one-hot groups (an image model, or format 1)")
     expect(inp["n_features_in"] == n_in, "input.n_features_in", f"{n_in} to match input.preprocessing",
            inp["n_features_in"])
     if inp["feature_names_in"] is not None:

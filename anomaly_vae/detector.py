@@ -273,7 +273,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
         return default_network(kind, x.shape[1:], input_kind=self.input_kind_, likelihood=self.likelihood,
                                latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
-                               conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation)
+                               conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation,
+                               categorical=(self.preprocessor_.categorical_groups() if self.input_kind_ == "table"
+                                            else ()))
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -602,7 +604,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         device = self._model_device()
         self.model_.eval()
         with torch.no_grad(), _threads(self.n_threads):
-            out = torch.cat([self.model_.likelihood.mean(self.model_.decode(z[i : i + 1024].to(device))).cpu()
+            out = torch.cat([self.model_.mean(self.model_.decode(z[i : i + 1024].to(device))).cpu()
                              for i in range(0, len(z), 1024)]).numpy()
         if self.input_kind_ == "image":
             pre = self.preprocessor_

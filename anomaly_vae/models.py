@@ -12,6 +12,7 @@ every score (``scoring``) are computed from it, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,10 @@ class VAE(nn.Module):
         """Per-element log p(x | z), same shape as ``x``."""
         return self.likelihood.log_prob(x, params)
 
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x | z) from the decoder's output (what ``decode`` reconstructs)."""
+        return self.likelihood.mean(params)
+
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEPass:
         """The VAE pass over ``x`` (B, *event): encode, z = mu + sigma * eps (z = mu when ``eps`` is
         None: the posterior mean), decode, and log p(x | z) per element.
@@ -132,6 +137,11 @@ class DenseVAE(VAE):
     likelihood : one of ``objectives.LIKELIHOODS``.
     activation : the hidden layers' nonlinearity, one of ``ACTIVATIONS`` (relu; tanh as in Kingma &
         Welling's original MNIST experiments).
+    categorical : (start, width) of each one-hot group of features (a categorical column): each
+        group gets a categorical likelihood, log p(category | z) from a softmax over its outputs
+        mixed with a uniform floor (``CATEGORY_FLOOR``), instead of ``likelihood``. The per-element
+        log-likelihood carries the group's log p on the observed category's position (0 on the
+        others), so a column's sum is its log p. Empty: every feature uses ``likelihood``.
     """
 
     kind = "dense"
@@ -145,6 +155,7 @@ class DenseVAE(VAE):
         scale: float = 1.0,
         min_scale: float = 1e-2,
         activation: str = "relu",
+        categorical: tuple[tuple[int, int], ...] | list[list[int]] = (),
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -163,13 +174,55 @@ class DenseVAE(VAE):
         rev = list(reversed(self.hidden))
         self.decoder = nn.Sequential(_mlp([self.latent_dim, *rev], activation), nn.Linear(rev[-1] if rev else self.latent_dim, self.n_features))
         self._init_likelihood(likelihood, scale, min_scale)
+        self.categorical = tuple((int(a), int(w)) for a, w in categorical)
+        end = 0
+        for a, w in self.categorical:
+            if a < end or w < 2 or a + w > self.n_features:
+                raise ValueError(f"categorical groups must be ordered, disjoint, at least 2 wide and inside the "
+                                 f"{self.n_features} features; got {list(self.categorical)}")
+            end = a + w
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # (..., d)
 
+    def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        out = self.likelihood.log_prob(x, params)
+        if not self.categorical:
+            return out
+        parts, end = [], 0
+        for a, w in self.categorical:
+            parts += [out[..., end:a], x[..., a : a + w] * _log_categorical(params[..., a : a + w])]
+            end = a + w
+        parts.append(out[..., end:])
+        return torch.cat(parts, dim=-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        out = self.likelihood.mean(params)
+        if not self.categorical:
+            return out
+        out = out.clone()
+        for a, w in self.categorical:
+            out[..., a : a + w] = torch.exp(_log_categorical(params[..., a : a + w]))
+        return out
+
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "n_features": self.n_features, "hidden": list(self.hidden),
-                "latent_dim": self.latent_dim, "activation": self.activation, **self._lik_args}
+        cfg = {"kind": self.kind, "n_features": self.n_features, "hidden": list(self.hidden),
+               "latent_dim": self.latent_dim, "activation": self.activation, **self._lik_args}
+        if self.categorical:  # absent when empty: configs of all-numeric models are as before
+            cfg["categorical"] = [list(g) for g in self.categorical]
+        return cfg
+
+
+# a category's probability is at least CATEGORY_FLOOR / width: a category never seen in training
+# (or one the decoder gave up on) costs at most log(width / CATEGORY_FLOOR) nats, about 7 + log(width)
+CATEGORY_FLOOR = 1e-3
+
+
+def _log_categorical(logits: torch.Tensor) -> torch.Tensor:
+    """log of (1 - floor) * softmax(logits) + floor / width, over the last dimension."""
+    w = logits.shape[-1]
+    return torch.logaddexp(torch.log_softmax(logits, dim=-1) + math.log1p(-CATEGORY_FLOOR),
+                           torch.full_like(logits, math.log(CATEGORY_FLOOR / w)))
 
 
 def default_conv_channels(height: int, width: int) -> tuple[int, ...]:
@@ -259,7 +312,7 @@ class ConvVAE(VAE):
 def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str, likelihood: str = "gaussian",
                     latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
                     conv_channels: tuple[int, ...] | None = None, min_scale: float | None = None,
-                    activation: str = "relu") -> VAE:
+                    activation: str = "relu", categorical: tuple[tuple[int, int], ...] = ()) -> VAE:
     """The network the estimator fits for inputs of ``event_shape``, its unset sizes by rule.
 
     Parameters
@@ -271,6 +324,8 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     hidden_sizes : dense hidden layers; None picks (64, 32), or (256, 128) above 100 features.
     conv_channels : None picks ``default_conv_channels``.
     likelihood, min_scale, activation : as ``DenseVAE`` / ``ConvVAE``.
+    categorical : the one-hot groups of a table (``TablePreprocessor.categorical_groups``), each
+        given a categorical likelihood (dense only).
 
     Returns
     -------
@@ -284,7 +339,8 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     d = int(np.prod(event_shape))
     hidden = tuple(hidden_sizes) if hidden_sizes else ((256, 128) if d > 100 else (64, 32))
     latent = int(latent_dim or min(16, max(2, d // 2)))
-    return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=likelihood, min_scale=floor, activation=activation)
+    return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=likelihood, min_scale=floor, activation=activation,
+                    categorical=categorical)
 
 
 def build_model(config: dict[str, Any]) -> VAE:

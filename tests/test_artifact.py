@@ -541,3 +541,31 @@ def test_the_card_schema_names_exactly_the_estimators_parameters_and_accepts_the
     assert set(PARAMS.fields) == set(defaults)
     for k, v in defaults.items():
         PARAMS.fields[k].check(list(v) if isinstance(v, tuple) else v, f"params.{k}")  # raises if refused
+
+
+def test_format_1_model_without_categorical_likelihood_still_loads_and_scores_as_it_did(fitted, saved, tmp_path):
+    """Format 2 gave categorical columns a categorical likelihood (architecture.categorical); a
+    format 1 card has no such field and its one-hot features keep the Gaussian of format 1."""
+    det, df = fitted
+    assert read_card(saved)["format_version"] == 2 and read_card(saved)["architecture"]["categorical"] == [[21, 3]]
+    d = copy_of(saved, tmp_path)
+
+    def as_format_1(card):
+        card["format_version"] = 1
+        del card["architecture"]["categorical"]
+
+    edit_card(d, as_format_1)
+    old = load_detector(d)
+    assert old.model_.categorical == ()
+    # the same weights read as the old model: the numeric features' terms are the same, the one-hot ones differ
+    new_fs, old_fs = det.feature_scores(df.iloc[:20]), old.feature_scores(df.iloc[:20])
+    assert np.allclose(new_fs.drop(columns="shift"), old_fs.drop(columns="shift"), rtol=1e-6)
+    assert not np.allclose(new_fs["shift"], old_fs["shift"])
+
+
+@pytest.mark.parametrize("groups", [None, [], [[21, 2]], [[20, 3]], [[21, 3], [24, 2]]])
+def test_format_2_card_must_declare_exactly_the_one_hot_groups(saved, tmp_path, groups):
+    d = copy_of(saved, tmp_path)
+    edit_card(d, delete_at("architecture.categorical") if groups is None else set_at("architecture.categorical", groups))
+    with pytest.raises(ModelCardError, match=r"architecture.categorical: expected"):
+        load_detector(d)

@@ -133,7 +133,7 @@ def test_info_shows_the_model_card(table_model: tuple[Path, subprocess.Completed
     for word in ("site (cat)", "threshold", "calibration scores", "dense VAE", "held-out check", "torch"):
         assert word in r.stdout
     r = run("info", table_model[0], "--json")
-    assert json.loads(r.stdout)["format_version"] == 1
+    assert json.loads(r.stdout)["format_version"] == 2
 
 
 def test_score_round_trip_matches_python_api_exactly(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],

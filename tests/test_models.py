@@ -104,3 +104,47 @@ def test_the_vae_pass_with_k_draws_per_row_has_a_sample_dimension():
     assert p.log_px_elements.shape == (7, 3, 1, 12, 10)
     assert p.log_px.shape == p.log_pz.shape == p.log_qz.shape == (7, 3)
     assert p.kl.shape == (3,)
+
+
+def test_a_categorical_column_has_a_proper_categorical_likelihood(mixed):
+    """Each one-hot group is one categorical variable: over its categories p(category | z) sums to
+    1, a column's per-element terms sum to its log p, and even a category never seen in training
+    costs at most log(width / CATEGORY_FLOOR) nats (a Gaussian on one-hot features charged it
+    thousands: a rare value of a column unrelated to anomalies drowned the others)."""
+    import math
+
+    from anomaly_vae.models import CATEGORY_FLOOR
+
+    det, rows = mixed
+    groups = det.preprocessor_.categorical_groups()
+    assert groups == det.model_.categorical and len(groups) == 1
+    a, w = groups[0]
+    x = torch.from_numpy(det.preprocess(rows.iloc[:5]))
+    with torch.no_grad():
+        params = det.model_.decode(det.model_.encode(x)[0])
+        log_p = []
+        for c in range(w):  # the same rows with each category in turn
+            xc = x.clone()
+            xc[:, a : a + w] = 0.0
+            xc[:, a + c] = 1.0
+            el = det.model_.log_likelihood(xc, params)
+            assert torch.all(el[:, a : a + w][xc[:, a : a + w] == 0] == 0)  # only the observed position
+            log_p.append(el[:, a : a + w].sum(dim=1))
+    log_p = torch.stack(log_p)  # (w, 5)
+    assert torch.allclose(torch.logsumexp(log_p, dim=0), torch.zeros(5), atol=1e-5)
+    assert (-log_p).max() <= math.log(w / CATEGORY_FLOOR) + 1e-4
+    unseen = rows.iloc[:5].copy()
+    unseen["site"] = "a place never seen"
+    cost = det.feature_scores(unseen)["site"].to_numpy()
+    assert np.all(cost > 0) and np.all(cost <= math.log(w / CATEGORY_FLOOR) + 1e-4)
+    # the decoder's mean of a group is its category probabilities
+    means = det.decode(np.zeros((3, det.model_.latent_dim)))[:, a : a + w]
+    assert np.allclose(means.sum(axis=1), 1.0, atol=1e-5) and (means > 0).all()
+
+
+def test_categorical_groups_must_fit_the_features():
+    from anomaly_vae.models import DenseVAE
+
+    for bad in ([(0, 1)], [(3, 3)], [(0, 3), (2, 2)]):
+        with pytest.raises(ValueError, match="categorical groups"):
+            DenseVAE(5, categorical=bad)

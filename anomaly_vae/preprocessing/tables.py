@@ -289,6 +289,16 @@ class TablePreprocessor:
                     errors[i] = (name, f"expected a string or a number, got {type(v).__name__}")
         return out
 
+    def categorical_groups(self) -> tuple[tuple[int, int], ...]:
+        """(start, width) of each categorical column's one-hot features, in order."""
+        groups, j = [], 0
+        for col in self.columns:
+            w = self._width(col)
+            if col["type"] == "categorical":
+                groups.append((j, w))
+            j += w
+        return tuple(groups)
+
     def feature_groups(self) -> list[tuple[str, slice]]:
         """(column name, slice of transformed features) for summing feature scores per column."""
         groups, j = [], 0

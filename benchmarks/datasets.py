@@ -46,3 +46,55 @@ def load_images(name: str = "fashion-mnist") -> tuple[np.ndarray, np.ndarray, np
     d = ROOT / name
     return (_idx(d / "train-images-idx3-ubyte.gz"), _idx(d / "train-labels-idx1-ubyte.gz"),
             _idx(d / "t10k-images-idx3-ubyte.gz"), _idx(d / "t10k-labels-idx1-ubyte.gz"))
+
+
+MIXED = "mixed_cardio"  # the mixed-type, heavy-tailed table built from 6_cardio (see make_mixed)
+
+
+def make_mixed() -> tuple["pd.DataFrame", np.ndarray]:
+    """A mixed-type table with heavy-tailed numeric columns and string columns, built from the real
+    rows of ADBench 6_cardio by monotone transforms only (so each row keeps its label and its
+    information; only the scales change), the shape of network or payment logs:
+
+    - ``bytes_*`` (6 columns): exp(1.5 z) * 1000, rounded, lognormal-like counts over 4+ decades;
+    - ``duration_*`` (3 columns): 10 ** z seconds, another heavy tail;
+    - ``band_*`` (3 columns): the column cut at its quintiles into strings (``"b0"`` ... ``"b4"``);
+    - ``host``: a string column unrelated to the label (Zipf-distributed over 20 names, seed 0);
+    - the other 9 columns unchanged.
+    z is the column standardised over all rows (a fixed transform of the data, not a model fit).
+    """
+    import pandas as pd
+
+    X, y = load_adbench("6_cardio")
+    z = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    cols: dict[str, object] = {}
+    for j in range(6):
+        cols[f"bytes_{j}"] = np.round(np.exp(1.5 * z[:, j]) * 1000.0)
+    for j in range(6, 9):
+        cols[f"duration_{j}"] = 10.0 ** z[:, j]
+    for j in range(9, 12):
+        edges = np.quantile(X[:, j], [0.2, 0.4, 0.6, 0.8])
+        cols[f"band_{j}"] = np.array([f"b{int(b)}" for b in np.searchsorted(edges, X[:, j], side="right")], dtype=object)
+    for j in range(12, X.shape[1]):
+        cols[f"x_{j}"] = X[:, j]
+    rng = np.random.RandomState(0)
+    weights = 1.0 / np.arange(1, 21)
+    cols["host"] = np.array([f"host-{i:02d}" for i in rng.choice(20, size=len(X), p=weights / weights.sum())],
+                            dtype=object)
+    return pd.DataFrame(cols), y
+
+
+def baseline_features(df: "pd.DataFrame", train: np.ndarray) -> np.ndarray:
+    """What the baselines see of a mixed table: string columns one-hot (categories of the training
+    rows), numeric columns standardised on the training rows: the usual hand-rolled pipeline."""
+    parts = []
+    for name in df.columns:
+        col = df[name].to_numpy()
+        if col.dtype == object:
+            cats = sorted(set(col[train]))
+            parts.append(np.stack([(col == c).astype(float) for c in cats], axis=1))
+        else:
+            v = col.astype(float)
+            std = v[train].std()
+            parts.append(((v - v[train].mean()) / (std if std > 0 else 1.0))[:, None])
+    return np.concatenate(parts, axis=1)

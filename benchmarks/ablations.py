@@ -1,0 +1,132 @@
+"""Named configurations of VAEAnomalyDetector for ``quality.py --ablation`` (constructor
+arguments on top of the defaults). The study in results/quality-study.md says which won.
+
+Keys starting with ``_`` are rules prototyped here, in the benchmark, before any went into the
+package: ``_steps`` (epochs for about that many gradient updates), ``_members`` (an ensemble of
+seeds), ``_tails`` (asinh of heavy-tailed columns), ``_agg`` (the aggregate-posterior prior at
+scoring). None of them won across the board; see the study."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # training length (issue 12: "early stopping on 9 validation rows stops after a few epochs")
+    "long": {"epochs": 1000, "patience": 50},
+    "steps1k": {"_steps": 1000, "patience": 20},
+    "steps3k": {"_steps": 3000, "patience": 30},
+    "steps3k_noval": {"_steps": 3000, "validation_size": 0},
+    "steps3k_wd": {"_steps": 3000, "patience": 30, "weight_decay": 0.001},
+    # the Gaussian's floor
+    "min_scale_0.1": {"min_scale": 0.1},
+    "steps3k_ms0.1": {"_steps": 3000, "patience": 30, "min_scale": 0.1},
+    "steps3k_ms0.3": {"_steps": 3000, "patience": 30, "min_scale": 0.3},
+    # heavy tails: asinh of the columns whose 1-99% range is more than 3x a normal's for their IQR, or all
+    "tails3": {"_tails": 3},
+    "tails_all": {"_tails": "all"},
+    # ensembles of seeds, combined as a mixture: -log mean exp(-score)
+    "ens5": {"_members": 5},
+    "steps3k_ms0.1_ens3": {"_steps": 3000, "patience": 30, "min_scale": 0.1, "_members": 3},
+    # the prior replaced at scoring by the aggregate posterior of (up to 1000) training rows
+    "agg": {"_agg": {}},
+    "agg_mix0.1": {"_agg": {"mix": 0.1}},
+    "agg_inflate0.1": {"_agg": {"inflate": 0.1}},
+    "agg_steps3k": {"_steps": 3000, "patience": 30, "_agg": {}},
+    # images: a fit under 60 s a class
+    "img_e10": {"epochs": 10},
+    "img_e20": {"epochs": 20},
+    "img_e20_lr3e-3": {"epochs": 20, "learning_rate": 0.003},
+    "img_e20_agg": {"epochs": 20, "_agg": {}},
+}
+
+
+def parse(spec: str) -> dict[str, dict[str, Any]]:
+    """``"a,b,name={...}"`` -> {name: params}; names from CONFIGS, or inline JSON after ``=``."""
+    out: dict[str, dict[str, Any]] = {}
+    depth, cur, items = 0, "", []
+    for ch in spec:  # split on commas outside braces
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    for item in filter(None, (i.strip() for i in items)):
+        if "=" in item:
+            name, js = item.split("=", 1)
+            out[name] = json.loads(js)
+        elif item in CONFIGS:
+            out[item] = CONFIGS[item]
+        else:
+            raise SystemExit(f"unknown configuration {item!r}; known: {', '.join(CONFIGS)} (or name={{json}})")
+    return out
+
+
+# -- prototypes: rules tried in the benchmark before any of them went into the package ----------------------
+def epochs_for_steps(steps: int, n: int, kw: dict[str, Any]) -> int:
+    """Epochs giving about ``steps`` gradient updates on ``n`` rows (70% of them train by default)."""
+    n_train = max(1, int(n * (1 - kw.get("calibration_size", 0.2)) * (1 - kw.get("validation_size", 0.1))))
+    per_epoch = -(-n_train // int(kw.get("batch_size", 128)))
+    return max(1, -(-int(steps) // per_epoch))
+
+
+def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, Any]:
+    """``_tails``: numeric columns whose tails are heavy (rule ``_tails``) go through
+    asinh((x - median) / scale), the scale from the interquartile range, fitted on ``train``."""
+    rule = proto.get("_tails")
+    if not rule:
+        return train, test
+    import numpy as np
+    import pandas as pd
+
+    tr = pd.DataFrame(train).copy()
+    te = pd.DataFrame(test).copy()
+    for c in tr.columns:
+        if not pd.api.types.is_numeric_dtype(tr[c]):
+            continue
+        v = tr[c].to_numpy(float)
+        q = np.quantile(v, [0.01, 0.25, 0.5, 0.75, 0.99])
+        iqr = q[3] - q[1]
+        scale = iqr / 1.349 if iqr > 0 else (v.std() or 1.0)
+        heavy = (q[4] - q[0]) / (2 * 2.326 * scale)  # 1 for a normal column
+        if rule == "all" or heavy > float(rule):
+            tr[c] = np.arcsinh((v - q[2]) / scale)
+            te[c] = np.arcsinh((te[c].to_numpy(float) - q[2]) / scale)
+    return (tr if isinstance(train, pd.DataFrame) else tr.to_numpy()), (te if isinstance(test, pd.DataFrame) else te.to_numpy())
+
+
+def aggregate_prior_scores(det: Any, train: Any, test: Any, n_exemplars: int = 1000, inflate: float = 0.0,
+                           mix: float = 0.0) -> Any:
+    """-ELBO of ``test`` under the fitted decoder and encoder with the prior replaced by the
+    aggregate posterior of the training rows: p(z) = 1/M sum_m N(z; mu_m, sigma_m^2 + inflate^2)
+    (``mix`` > 0: that much weight on N(0, I)). Monte-Carlo over the detector's fixed noise."""
+    import math
+
+    import numpy as np
+    import torch
+
+    model = det.model_
+    with torch.no_grad():
+        xtr = torch.from_numpy(np.asarray(det.preprocess(train)))
+        if model.kind == "dense":
+            xtr = xtr.reshape(len(xtr), -1)
+        idx = np.random.RandomState(0).permutation(len(xtr))[:n_exemplars]
+        mu_e, lv_e = model.encode(xtr[idx])
+        var_e = torch.exp(lv_e) + inflate ** 2  # (M, k)
+        xte = torch.from_numpy(np.asarray(det.preprocess(test)))
+        if model.kind == "dense":
+            xte = xte.reshape(len(xte), -1)
+        out = []
+        for start in range(0, len(xte), 512):
+            p = model(xte[start:start + 512], det.noise_.unsqueeze(1))  # z (K, B, k)
+            z = p.z.unsqueeze(-2)  # (K, B, 1, k)
+            comp = (-0.5 * (math.log(2 * math.pi) + torch.log(var_e) + (z - mu_e) ** 2 / var_e)).sum(-1)  # (K,B,M)
+            log_pz = torch.logsumexp(comp, dim=-1) - math.log(len(idx))
+            if mix > 0:
+                log_pz = torch.logaddexp(log_pz + math.log(1 - mix), p.log_pz + math.log(mix))
+            out.append(-(p.log_px + log_pz - p.log_qz).mean(0))
+        return torch.cat(out).double().numpy()

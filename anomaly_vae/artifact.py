@@ -70,6 +70,17 @@ def card_sha256(card: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _format_version(sections: dict[str, Any]) -> int:
+    """The newest format, except for a model loaded from format 1 whose one-hot features are
+    Gaussian (no ``architecture.categorical`` while the table has categorical columns): it stays
+    format 1, so that saving it again (``calibrate``) keeps a model that loads and scores as before."""
+    pre = sections.get("input", {}).get("preprocessing", {})
+    has_categorical = any(c.get("type") == "categorical" for c in pre.get("columns", []))
+    if pre.get("kind") == "table" and has_categorical and not sections.get("architecture", {}).get("categorical"):
+        return 1
+    return FORMAT_VERSION
+
+
 def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     """Write a model directory at ``path`` (created; existing model files are replaced) from a fitted
     estimator's state: ``sections`` of the card (``params``, ``architecture``, ``input``, ``score``,
@@ -85,7 +96,7 @@ def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: 
         digest = _sha256(tmp)
     card = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": _format_version(sections),
         "package_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

@@ -177,8 +177,8 @@ class DenseVAE(VAE):
         self.categorical = tuple((int(a), int(w)) for a, w in categorical)
         end = 0
         for a, w in self.categorical:
-            if a < end or w < 2 or a + w > self.n_features:
-                raise ValueError(f"categorical groups must be ordered, disjoint, at least 2 wide and inside the "
+            if a < end or w < 1 or a + w > self.n_features:
+                raise ValueError(f"categorical groups must be ordered, disjoint, at least 1 wide and inside the "
                                  f"{self.n_features} features; got {list(self.categorical)}")
             end = a + w
 

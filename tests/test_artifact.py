@@ -561,6 +561,11 @@ def test_format_1_model_without_categorical_likelihood_still_loads_and_scores_as
     new_fs, old_fs = det.feature_scores(df.iloc[:20]), old.feature_scores(df.iloc[:20])
     assert np.allclose(new_fs.drop(columns="shift"), old_fs.drop(columns="shift"), rtol=1e-6)
     assert not np.allclose(new_fs["shift"], old_fs["shift"])
+    # saved again (as `anomaly-vae calibrate` does, in place), it stays format 1 and scores the same
+    again = tmp_path / "again"
+    old.save(again)
+    assert read_card(again)["format_version"] == 1 and "categorical" not in read_card(again)["architecture"]
+    assert np.array_equal(load_detector(again).anomaly_score(df.iloc[:20]), old.anomaly_score(df.iloc[:20]))
 
 
 @pytest.mark.parametrize("groups", [None, [], [[21, 2]], [[20, 3]], [[21, 3], [24, 2]]])

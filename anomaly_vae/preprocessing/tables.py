@@ -112,18 +112,15 @@ class TablePreprocessor:
             row = int(np.flatnonzero(bad)[0])
             raise InputError(f"column {name!r}, row {row}: value {v[row]} is not finite (infinity is not allowed)")
 
-    @staticmethod
-    def _as_strings(s: pd.Series, name: Any) -> np.ndarray:
-        out = np.empty(len(s), dtype=object)
-        for i, v in enumerate(s.to_numpy(dtype=object)):
-            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-                out[i] = MISSING
-            elif isinstance(v, (str, bool, int, float, np.integer, np.floating, np.bool_)):
-                out[i] = str(v)
-            else:
-                raise TypeError(
-                    f"column {name!r}, row {i}: argument must be a string or a number, got {type(v).__name__}"
-                )
+    @classmethod
+    def _as_strings(cls, s: pd.Series, name: Any) -> np.ndarray:
+        """``_strings_rows`` for fitting: a value that is neither a string nor a number is a TypeError."""
+        errors: list[tuple[str, str] | None] = [None] * len(s)
+        out = cls._strings_rows(s, name, errors)
+        bad = next((i for i, e in enumerate(errors) if e is not None), None)
+        if bad is not None:
+            raise TypeError(f"column {name!r}, row {bad}: argument must be a string or a number, "
+                            f"got {type(s.iloc[bad]).__name__}")
         return out
 
     # -- transforming -------------------------------------------------------------------------

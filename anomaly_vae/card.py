@@ -30,6 +30,7 @@ from .exceptions import ModelCardError
 from .models import ACTIVATIONS
 from .objectives import LIKELIHOODS
 from .preprocessing import OTHER
+from .preprocessing.tables import TablePreprocessor
 from .scoring import SCORES
 
 __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", "CardProblem", "describe", "parse_json",
@@ -447,10 +448,6 @@ def check_card(card: dict[str, Any], file: str) -> None:
         raise ModelCardError(file, p.field, p.problem) from None
 
 
-def _width(col: dict[str, Any]) -> int:
-    return 1 + int(col["indicator"]) if col["type"] == "numeric" else len(col["categories"])
-
-
 def _check_consistency(card: dict[str, Any]) -> None:
     """The rules that tie fields together (each field alone already passed ``CARD``)."""
     arch, inp, pre, cal = card["architecture"], card["input"], card["input"]["preprocessing"], card["calibration"]
@@ -475,13 +472,10 @@ def _check_consistency(card: dict[str, Any]) -> None:
         if len(set(names)) != len(names):
             dup = next(n for i, n in enumerate(names) if n in names[:i])
             raise CardProblem("input.preprocessing.columns", f"expected distinct column names, got {describe(dup)} twice")
-        n_in, width = len(cols), sum(_width(c) for c in cols)
+        layout = TablePreprocessor.from_dict(pre)  # the fields passed the schema: the preprocessor's own widths
+        n_in, width = len(cols), layout.n_features_out
         expect(arch["kind"] == "dense", "architecture.kind", '"dense" for a table model', arch["kind"])
-        groups, j = [], 0
-        for c in cols:
-            if c["type"] == "categorical":
-                groups.append([j, _width(c)])
-            j += _width(c)
+        groups = [list(g) for g in layout.categorical_groups()]
     else:
         n_in = width = pre["channels"] * pre["height"] * pre["width"]
         if arch["kind"] == "conv":

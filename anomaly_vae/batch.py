@@ -31,8 +31,8 @@ from .io import ARRAY_FORMATS, TABLE_FORMATS, Chunk, ChunkData, ChunkReader, Res
 if TYPE_CHECKING:
     from .detector import VAEAnomalyDetector
 
-__all__ = ["ScoredChunk", "BatchSummary", "open_for_model", "check_reader", "iter_scored", "score_to_file", "score_file",
-           "RESULT_COLUMNS", "image_regions"]
+__all__ = ["ScoredChunk", "BatchSummary", "open_for_model", "check_reader", "iter_scored", "score_chunk", "explain_columns",
+           "result_frame", "empty_result_frame", "score_to_file", "score_file", "RESULT_COLUMNS", "image_regions"]
 
 RESULT_COLUMNS = ("score", "p_value", "is_anomaly", "threshold", "error")
 
@@ -162,30 +162,82 @@ def iter_scored(det: VAEAnomalyDetector, reader: ChunkReader, explain: int = 0,
 def _score_chunks(det: VAEAnomalyDetector, reader: ChunkReader, explain: int,
                   score: str | None) -> Iterator[ScoredChunk]:
     for chunk in _prefetch(iter(reader)):
-        n = len(chunk)
-        scores = np.full(n, np.nan)
-        errors = list(chunk.errors)
-        good = np.array([e is None for e in errors], dtype=bool)
-        explained = None
-        data = chunk.readable()
-        if data is not None:
-            s, errs = det.anomaly_score_rows(data, score=score)
-            scores[good] = s
-            idx = np.flatnonzero(good)
-            for j, e in zip(idx, errs):
-                if e is not None:
-                    errors[j] = e
-            if explain:
-                ok = np.array([e is None for e in errs], dtype=bool)
-                explained = pd.DataFrame(index=range(n))
-                if ok.any():
-                    sub = data if ok.all() else data[ok]
-                    top = _explain(det, sub, explain)
-                    top.index = idx[ok]
-                    explained = explained.join(top)
-        elif explain:
+        yield score_chunk(det, chunk, explain, score)
+
+
+def score_chunk(det: VAEAnomalyDetector, chunk: Chunk, explain: int = 0, score: str | None = None) -> ScoredChunk:
+    """Score one chunk: its readable rows through ``det.anomaly_score_rows``; a row that was not read,
+    or that the model refuses, keeps its place with NaN and its error."""
+    n = len(chunk)
+    scores = np.full(n, np.nan)
+    errors = list(chunk.errors)
+    good = np.array([e is None for e in errors], dtype=bool)
+    explained = None
+    data = chunk.readable()
+    if data is not None:
+        s, errs = det.anomaly_score_rows(data, score=score)
+        scores[good] = s
+        idx = np.flatnonzero(good)
+        for j, e in zip(idx, errs):
+            if e is not None:
+                errors[j] = e
+        if explain:
+            ok = np.array([e is None for e in errs], dtype=bool)
             explained = pd.DataFrame(index=range(n))
-        yield ScoredChunk(chunk, scores, errors, explained)
+            if ok.any():
+                sub = data if ok.all() else data[ok]
+                top = _explain(det, sub, explain)
+                top.index = idx[ok]
+                explained = explained.join(top)
+    elif explain:
+        explained = pd.DataFrame(index=range(n))
+    return ScoredChunk(chunk, scores, errors, explained)
+
+
+def explain_columns(det: VAEAnomalyDetector, explain: int) -> list[str]:
+    """The ``--explain`` output columns: top1_feature, top1_nats, ... (at most one per feature or region)."""
+    if not explain:
+        return []
+    if det.input_kind_ == "image":
+        width = len(image_regions(det.preprocessor_.height, det.preprocessor_.width))
+    else:
+        width = len(det.preprocessor_.columns)
+    return [f"top{j}_{kind}" for j in range(1, min(explain, width) + 1) for kind in ("feature", "nats")]
+
+
+def result_frame(det: VAEAnomalyDetector, sc: ScoredChunk, id_name: str, explain_names: list[str],
+                 cal_scores: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The output rows of a scored chunk, with the same columns and types for every chunk (see
+    ``score_to_file``), and which rows are flagged. ``cal_scores``: the sorted calibration scores."""
+    scored = ~np.isnan(sc.scores)
+    p = np.full(len(scored), np.nan)
+    p[scored] = conformal_p_values(sc.scores[scored], cal_scores)
+    flagged = scored & (np.nan_to_num(sc.scores, nan=-np.inf) > det.threshold_)
+    df = pd.DataFrame({
+        id_name: pd.array(sc.chunk.ids) if id_name != "row" else np.asarray(sc.chunk.ids, dtype=np.int64),
+        "score": sc.scores,
+        "p_value": p,
+        "is_anomaly": pd.array(np.where(scored, flagged, False), dtype="boolean"),
+        "threshold": np.full(len(scored), det.threshold_),
+        "error": pd.array(sc.errors, dtype="string"),  # empty (null) when scored
+    })
+    df.loc[~scored, "is_anomaly"] = pd.NA
+    if id_name != "row":
+        df[id_name] = df[id_name].astype("string")  # one schema for every chunk
+    if explain_names:
+        ex = sc.explain.reindex(columns=explain_names)  # same columns in every chunk
+        for c in explain_names:
+            df[c] = ex[c].astype("string" if c.endswith("_feature") else np.float64).to_numpy()
+    return df, flagged
+
+
+def empty_result_frame(id_name: str, explain_names: list[str]) -> pd.DataFrame:
+    """A result frame with no rows: the columns and types of ``result_frame``."""
+    empty = {c: pd.Series(dtype="float64") for c in (id_name, *RESULT_COLUMNS, *explain_names)}
+    empty.update({id_name: pd.Series(dtype="int64" if id_name == "row" else "string"),
+                  "is_anomaly": pd.Series(dtype="boolean"), "error": pd.Series(dtype="string")})
+    empty.update({c: pd.Series(dtype="string") for c in explain_names if c.endswith("_feature")})
+    return pd.DataFrame(empty)
 
 
 def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path, *, id_name: str = "row", explain: int = 0,
@@ -202,35 +254,12 @@ def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path,
     summary = BatchSummary(alpha=det.alpha_, threshold=float(det.threshold_), skipped_files=reader.skipped,
                            id_name=id_name)
     cal_scores = np.sort(det.calibration_scores_)
-    explain_names: list[str] = []
-    if explain:
-        if det.input_kind_ == "image":
-            width = len(image_regions(det.preprocessor_.height, det.preprocessor_.width))
-        else:
-            width = len(det.preprocessor_.columns)
-        explain_names = [f"top{j}_{kind}" for j in range(1, min(explain, width) + 1) for kind in ("feature", "nats")]
+    explain_names = explain_columns(det, explain)
     with ResultWriter(Path(out)) as writer, ThreadPoolExecutor(1, thread_name_prefix="anomaly-vae-write") as pool:
         pending = None  # the previous chunk's write, overlapping this chunk's scoring
         for sc in iter_scored(det, reader, explain=explain, score=score):
+            df, flagged = result_frame(det, sc, id_name, explain_names, cal_scores)
             scored = ~np.isnan(sc.scores)
-            p = np.full(len(scored), np.nan)
-            p[scored] = conformal_p_values(sc.scores[scored], cal_scores)
-            flagged = scored & (np.nan_to_num(sc.scores, nan=-np.inf) > det.threshold_)
-            df = pd.DataFrame({
-                id_name: pd.array(sc.chunk.ids) if id_name != "row" else np.asarray(sc.chunk.ids, dtype=np.int64),
-                "score": sc.scores,
-                "p_value": p,
-                "is_anomaly": pd.array(np.where(scored, flagged, False), dtype="boolean"),
-                "threshold": np.full(len(scored), det.threshold_),
-                "error": pd.array(sc.errors, dtype="string"),  # empty (null) when scored
-            })
-            df.loc[~scored, "is_anomaly"] = pd.NA
-            if id_name != "row":
-                df[id_name] = df[id_name].astype("string")  # one schema for every chunk
-            if explain:
-                ex = sc.explain.reindex(columns=explain_names)  # same columns in every chunk
-                for c in explain_names:
-                    df[c] = ex[c].astype("string" if c.endswith("_feature") else np.float64).to_numpy()
             if pending is not None:
                 pending.result()
             pending = pool.submit(writer.write, df)
@@ -242,10 +271,7 @@ def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path,
         if pending is not None:
             pending.result()
         if summary.rows == 0:  # a header-only input still gives a well-formed (empty) output
-            empty = {c: pd.Series(dtype="float64") for c in (id_name, *RESULT_COLUMNS, *explain_names)}
-            empty.update({id_name: pd.Series(dtype="int64" if id_name == "row" else "string"),
-                          "is_anomaly": pd.Series(dtype="boolean"), "error": pd.Series(dtype="string")})
-            writer.write(pd.DataFrame(empty))
+            writer.write(empty_result_frame(id_name, explain_names))
         summary.output = writer.commit()
     summary.seconds = time.perf_counter() - start
     return summary

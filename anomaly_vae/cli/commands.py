@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..jobs import DataOptions
 
 __all__ = ["EXIT_OK", "EXIT_FATAL", "EXIT_USAGE", "EXIT_ROW_ERRORS", "UsageError", "parse_size", "train", "score",
-           "evaluate", "calibrate", "info", "plot", "export", "demo"]
+           "spark_score", "evaluate", "calibrate", "info", "plot", "export", "demo"]
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3
 
@@ -131,8 +131,13 @@ def score(args: argparse.Namespace) -> int:
 
         summary = score_file(det, args.data, args.out, id_column=args.id_column, sep=_sep(args.sep),
                              explain=args.explain, batch_size=args.batch_size or 16384, progress=progress)
+    return _report(summary, args.data, files)
+
+
+def _report(summary: Any, data: str, files: bool) -> int:
+    """Print a score job's summary; the exit code: 3 when some rows had errors, else 0."""
     rate = summary.anomaly_rate
-    print(f"scored {summary.scored} of {summary.rows} {'files' if files else 'rows'} from {args.data} "
+    print(f"scored {summary.scored} of {summary.rows} {'files' if files else 'rows'} from {data} "
           f"in {summary.seconds:.2f} s ({summary.rows / max(summary.seconds, 1e-9):,.0f}/s)")
     print(f"  anomalies flagged    {summary.anomalies} ({_fmt(rate, '.2%')} of scored; target false-alarm rate "
           f"alpha {_fmt(summary.alpha, 'g')}, threshold {summary.threshold:.4g})")
@@ -145,6 +150,36 @@ def score(args: argparse.Namespace) -> int:
         print(f"  not images, skipped  {summary.skipped_files} file(s) in the folder (other extensions or hidden)")
     print(f"  written to           {summary.output}")
     return EXIT_ROW_ERRORS if summary.errors else EXIT_OK
+
+
+def spark_score(args: argparse.Namespace) -> int:
+    from ..exceptions import InputError
+    from ..spark import session
+    from ..spark import spark_score as job
+
+    if args.explain < 0:
+        raise UsageError(f"--explain must be >= 0, got {args.explain}")
+    spark = session(args.master, dict(args.conf))
+    if args.quiet:
+        spark.sparkContext.setLogLevel("ERROR")
+    try:
+        summary = job(spark, args.model_dir, args.data, args.out, id_column=args.id_column, explain=args.explain,
+                      alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv)
+    except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
+        if type(err).__module__.startswith(("pyspark", "py4j")):
+            raise InputError(f"Spark: {_first_line(err)}") from None
+        raise
+    finally:
+        spark.stop()
+    return _report(summary, args.data, summary.id_name == "path")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:500]
+    return type(err).__name__
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -132,6 +132,34 @@ def _score_flags(p: argparse.ArgumentParser) -> None:
     _add_table_flags(p, labels=False)
 
 
+def _conf(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _spark_score_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("data", metavar="DATA", help="CSV / TSV or Parquet file, a directory of part files, or a folder of images")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output directory of part files, its name ending in .csv or .parquet")
+    p.add_argument("--master", metavar="URL", help="Spark master (default: the one spark-submit set, else local[*])")
+    p.add_argument("--id-column", metavar="COL", help="column to copy to the output as the row id")
+    p.add_argument("--explain", type=int, default=0, metavar="K",
+                   help="add the K features (or image regions) that contribute most to each score")
+    p.add_argument("--partitions", type=_positive, metavar="N",
+                   help="partitions to score and write (default: as Spark reads the input)")
+    p.add_argument("--alpha", type=_alpha, help="use the threshold for this false-alarm rate instead of the model's "
+                   "(from its stored calibration scores)")
+    p.add_argument("--multiline-csv", action="store_true",
+                   help="quoted CSV fields may hold newlines (each file is then read as one partition)")
+    p.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting (repeatable), e.g. --conf spark.executor.memory=4g")
+    p.add_argument("--quiet", action="store_true", help="Spark logs errors only")
+    _add_table_flags(p, labels=False)
+
+
 def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("data", metavar="DATA")
@@ -219,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "appears only when complete.",
                        flags=_score_flags)
     p.set_defaults(func=commands.score)
+
+    p = sub.add_parser("spark-score", formatter_class=fmt, epilog=EPILOG, help="batch-score with Apache Spark",
+                       description="The job of 'score' on Apache Spark (the 'spark' extra and Java): DATA is read by "
+                                   "Spark, scored on the executors by the same core, and written to --out, a "
+                                   "directory of part files that appears only when complete. Same output columns, "
+                                   "summary and exit codes as 'score'; without --id-column, 'row' numbers rows in "
+                                   "the order of the files' names and of the rows in each file. Runs Spark in local "
+                                   "mode unless --master (or spark-submit) names another.",
+                       flags=_spark_score_flags)
+    p.set_defaults(func=commands.spark_score)
 
     p = sub.add_parser("evaluate", formatter_class=fmt, epilog=EPILOG, help="measure a model on labelled data",
                        description="Score labelled DATA and report AUROC, average precision, the realized false-alarm "

@@ -1,0 +1,196 @@
+"""Scoring Spark DataFrames: ``score_dataframe`` (a table) and ``score_images`` (``binaryFile`` rows),
+lazy DataFrames whose rows ``mapInPandas`` scores on the executors (``worker``); the model shipped
+by ``ship_model``; the output schema; row numbering."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..artifact import JSON_NAME, WEIGHTS_NAME
+from ..batch import RESULT_COLUMNS, explain_columns
+from ..exceptions import ArtifactError, InputError
+from ..io.files import IMAGE_SUFFIXES
+from .worker import CORRUPT_COLUMN, card_digest, image_scorer, local_path, table_scorer
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from ..detector import VAEAnomalyDetector
+
+__all__ = ["score_dataframe", "score_images", "ship_model", "result_schema", "BATCH_BYTES", "ROW_COLUMN"]
+
+BATCH_BYTES = 16 << 20
+"""Input bytes scored at once on an executor (Arrow batches are merged or split to about this)."""
+ROW_COLUMN = "_anomaly_vae_row"
+
+
+# --- the model, shipped as its directory ---------------------------------------------------------
+
+def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[str, str]:
+    """Check ``model_dir`` on the driver and ship a copy of it to the executors with
+    ``SparkContext.addFile``. Returns (name under ``SparkFiles``, sha256 of its model.json); the
+    card pins the weights' sha256, so the pair identifies the whole model."""
+    from ..detector import load_detector
+
+    src = Path(model_dir)
+    load_detector(src)  # a bad model stops the job here, before any executor starts
+    digest = card_digest(src)
+    name = f"anomaly-vae-model-{digest[:24]}"
+    sc = spark.sparkContext
+    shipped = getattr(sc, "_anomaly_vae_models", None)
+    if shipped is None:
+        shipped = sc._anomaly_vae_models = {}  # per SparkContext: addFile refuses a name twice
+    if name not in shipped:
+        staging = Path(tempfile.mkdtemp(prefix="anomaly-vae-spark-")) / name
+        staging.mkdir()
+        for f in (JSON_NAME, WEIGHTS_NAME):
+            shutil.copyfile(src / f, staging / f)
+        if card_digest(staging) != digest:
+            raise ArtifactError(f"{src / JSON_NAME} changed while it was being shipped; run the job again")
+        sc.addFile(str(staging), recursive=True)
+        shipped[name] = staging
+    return name, digest
+
+
+# --- output schema -----------------------------------------------------------------------------
+
+def result_schema(id_name: str, explain_names: list[str]) -> StructType:
+    """The Spark schema of the output: the columns of ``anomaly-vae score`` (``row`` is a long, an
+    id or ``path`` a string), then the explanation columns."""
+    from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType, StructField, StructType
+
+    types = {"score": DoubleType(), "p_value": DoubleType(), "is_anomaly": BooleanType(),
+             "threshold": DoubleType(), "error": StringType()}
+    fields = [StructField(id_name, LongType() if id_name == "row" else StringType(), False)]
+    fields += [StructField(c, types[c], True) for c in RESULT_COLUMNS]
+    fields += [StructField(c, StringType() if c.endswith("_feature") else DoubleType(), True) for c in explain_names]
+    return StructType(fields)
+
+
+# --- driver side ---------------------------------------------------------------------------------
+
+def _number_rows(df: DataFrame, keys: list[str], order: list[str]) -> DataFrame:
+    """``df`` with a 0-based ``ROW_COLUMN`` column: rows ordered by ``order`` over the groups ``keys`` (each
+    group contiguous in one partition), then by their place in the partition. One counting pass."""
+    from pyspark.sql import functions as F
+
+    tagged = df.withColumn("_anomaly_vae_pid", F.spark_partition_id()).withColumn(
+        "_anomaly_vae_mid", F.monotonically_increasing_id())
+    counts = (tagged.groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.min("_anomaly_vae_mid").alias("first"))
+              .orderBy(*order).collect())
+    bases, offset = [], 0
+    for r in counts:
+        bases.append((*[r[k] for k in keys], offset - int(r["first"])))
+        offset += int(r["n"])
+    spark = df.sparkSession
+    base_df = spark.createDataFrame(bases, schema=tagged.select(*keys).schema.add("_anomaly_vae_base", "long"))
+    joined = tagged.join(F.broadcast(base_df), on=keys, how="left")
+    return joined.withColumn(ROW_COLUMN, F.col("_anomaly_vae_base") + F.col("_anomaly_vae_mid")).drop(
+        "_anomaly_vae_pid", "_anomaly_vae_mid", "_anomaly_vae_base")
+
+
+def _table_columns(det: VAEAnomalyDetector, df: DataFrame) -> list[str]:
+    if det.input_kind_ != "table":
+        raise InputError("this model scores images: use score_images (a folder) instead of a table")
+    names = [c["name"] for c in det.preprocessor_.columns]
+    missing = [n for n in names if n not in df.columns]
+    if missing:
+        raise InputError(f"missing column(s) {missing}; the model expects columns {names}", reason="missing_column")
+    return names
+
+
+def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_column: str | None = None,
+                    explain: int = 0, score: str | None = None, alpha: float | None = None,
+                    partitions: int | None = None, batch_bytes: int = BATCH_BYTES, _csv_text: bool = False,
+                    _file_order: bool = False) -> DataFrame:
+    """Score every row of a Spark DataFrame with the model in ``model_dir``, as ``anomaly-vae score``.
+
+    Parameters
+    ----------
+    df : rows with (at least) the model's columns, of any Spark type the core reads (numbers or
+        strings; strings in a numeric column are parsed, and a bad one is that row's error).
+    model_dir : the model directory (a local path on the driver; shipped to the executors).
+    id_column : a column copied to the output as the id (as a string); without it the id column is
+        ``row``, the 0-based position of the row in ``df`` (see the module docstring).
+    explain : add the ``explain`` features that contribute most to each score.
+    score : score kind; None is the model's.
+    alpha : a target false-alarm rate other than the model's (as ``anomaly-vae score --alpha``).
+    partitions : repartition the rows (after numbering them) into this many partitions to score.
+    batch_bytes : input bytes scored at once on an executor.
+
+    Returns
+    -------
+    DataFrame : lazy; one row per input row: the id or ``row``, score, p_value, is_anomaly, threshold,
+        error, and with ``explain`` the ``top1_feature``, ``top1_nats``, ... columns.
+    """
+    from ..detector import load_detector
+
+    det = load_detector(model_dir)
+    if alpha is not None:
+        det.set_alpha(alpha)
+    det.check_threshold()
+    columns = _table_columns(det, df)
+    if id_column is not None and id_column not in df.columns:
+        raise InputError(f"the id column {id_column!r} is not in the DataFrame; columns are {df.columns}")
+    if batch_bytes < 1:
+        raise InputError(f"batch_bytes must be >= 1, got {batch_bytes}")
+    name, digest = ship_model(df.sparkSession, model_dir)
+    keep = list(dict.fromkeys([*columns, *([id_column] if id_column else []),
+                               *([CORRUPT_COLUMN] if CORRUPT_COLUMN in df.columns else [])]))
+    if id_column is None:
+
+        if _file_order:  # rows of files in name order: (file, block) pieces, each in one partition, in order
+            keys = ["_anomaly_vae_file", "_anomaly_vae_block"]
+            numbered = _number_rows(df, keys, keys)
+        else:
+            numbered = _number_rows(df, ["_anomaly_vae_pid"], ["_anomaly_vae_pid"])
+        src, id_source, id_name = numbered.select(*keep, ROW_COLUMN), ROW_COLUMN, "row"
+    else:
+        src, id_source, id_name = df.select(*keep), id_column, id_column
+    if partitions is not None:
+        if partitions < 1:
+            raise InputError(f"partitions must be >= 1, got {partitions}")
+        src = src.repartition(int(partitions))
+    names = explain_columns(det, explain)
+    n_fields = len([c for c in df.columns if not c.startswith("_anomaly_vae_")])
+    fn = table_scorer(name, digest, alpha, columns, id_name, id_source, explain, score, _csv_text, n_fields,
+                       batch_bytes)
+    return src.mapInPandas(fn, result_schema(id_name, names))
+
+
+def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[str], *, explain: int = 0,
+                 score: str | None = None, alpha: float | None = None, batch_bytes: int = BATCH_BYTES
+                 ) -> tuple[DataFrame, int]:
+    """Score every image file under ``folder`` (recursively) through Spark's ``binaryFile`` source,
+    as ``anomaly-vae score`` scores a folder: one row per image file, ``path`` relative to the
+    folder, a corrupt file kept with its error. Returns (lazy output DataFrame, files skipped:
+    other extensions or hidden)."""
+    from pyspark.sql import functions as F
+
+    from ..detector import load_detector
+
+    det = load_detector(model_dir)
+    if alpha is not None:
+        det.set_alpha(alpha)
+    det.check_threshold()
+    if det.input_kind_ != "image":
+        raise InputError(f"{folder} is a folder of images, but this model scores tables")
+    name, digest = ship_model(spark, model_dir)
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder)
+             .select("path", "content"))
+    ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))
+    hidden = F.regexp_extract("path", r"/([^/]*)$", 1).startswith(".")
+    is_image = ext.isin(*IMAGE_SUFFIXES) & ~hidden
+    counts = files.select(is_image.alias("img")).groupBy("img").count().collect()
+    n_images = sum(int(r["count"]) for r in counts if r["img"])
+    skipped = sum(int(r["count"]) for r in counts if not r["img"])
+    if n_images == 0:
+        raise InputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
+    root = local_path(os.path.abspath(folder) if "://" not in folder else folder).rstrip("/") + "/"
+    fn = image_scorer(name, digest, alpha, root, explain, score, batch_bytes)
+    return files.filter(is_image).mapInPandas(fn, result_schema("path", explain_columns(det, explain))), skipped

@@ -1,0 +1,256 @@
+"""Spark scoring (``anomaly_vae.spark``, ``anomaly-vae spark-score``) against a real Spark in local
+mode (``local[2]``, on 127.0.0.1): the same rows, ids and scores as the one-process job."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.scoring import CROSS_CPU_ATOL, CROSS_CPU_RTOL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def spark():
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime on this machine (`.ci/run` installs a headless JRE from Debian)")
+    pytest.importorskip("pyspark", reason="PySpark is not installed: pip install 'anomaly-vae[spark]'")
+    from anomaly_vae.spark import session
+
+    s = session("local[2]", {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
+    s.sparkContext.setLogLevel("ERROR")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def table(cardio: pd.DataFrame, tmp_path_factory):
+    """A model with a string column and missing values in training, and 300 rows to score with an
+    id, missing values, a bad number, an unseen category and an infinite value."""
+    from anomaly_vae import VAEAnomalyDetector
+
+    df = cardio.drop(columns=["label"]).iloc[:, :6].copy()
+    rng = np.random.RandomState(0)
+    df["site"] = rng.choice(["north", "south", "east"], len(df))
+    df.loc[rng.rand(len(df)) < 0.05, "f01"] = np.nan
+    det = VAEAnomalyDetector(epochs=3, random_state=0).fit(df.iloc[:1200])
+    model = tmp_path_factory.mktemp("spark") / "model"
+    det.save(model)
+    rows = df.iloc[1200:1500].reset_index(drop=True).astype({"f02": object, "f04": object})
+    rows.insert(0, "key", [f"k{i:03d}" for i in range(len(rows))])
+    rows.loc[3, "f03"] = np.nan
+    rows.loc[5, "f02"] = "abc"
+    rows.loc[7, "site"] = "west"
+    rows.loc[9, "f04"] = "1e999"
+    return det, model, rows
+
+
+def _collect(df) -> pd.DataFrame:
+    """Rows of a small Spark DataFrame (not toPandas: PySpark 4.x's Arrow path warns under pandas 3)."""
+    rows = df.collect()
+    return pd.DataFrame([r.asDict() for r in rows], columns=df.columns)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    parts = sorted(path.glob("part-*"))
+    assert parts, f"no part files in {path}"
+    if path.suffix == ".parquet":
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([pd.read_csv(p, dtype={"error": str, "key": str}) for p in parts], ignore_index=True)
+
+
+def _same_scores(got: pd.DataFrame, want: pd.DataFrame, key: str) -> None:
+    got = got.sort_values(key).reset_index(drop=True)
+    want = want.sort_values(key).reset_index(drop=True)
+    assert got[key].astype(str).tolist() == want[key].astype(str).tolist()  # no row lost or duplicated
+    np.testing.assert_array_equal(got["score"].to_numpy(float), want["score"].to_numpy(float))  # bit-identical
+    np.testing.assert_array_equal(got["p_value"].to_numpy(float), want["p_value"].to_numpy(float))
+    assert got["error"].notna().tolist() == want["error"].notna().tolist()
+    flagged = lambda d: d["is_anomaly"].map({True: 1, False: 0, "True": 1, "False": 0}).fillna(-1).tolist()  # noqa: E731
+    assert flagged(got) == flagged(want)
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 7])
+def test_score_dataframe_matches_the_python_api_on_shuffled_rows(spark, table, partitions):
+    from anomaly_vae.spark import score_dataframe
+
+    det, model, rows = table
+    shuffled = rows.sample(frac=1.0, random_state=partitions)
+    df = spark.createDataFrame(shuffled.astype(str).replace({"nan": None})).repartition(partitions)
+    got = _collect(score_dataframe(df, model, id_column="key"))
+    want_scores, want_errors = det.anomaly_score_rows(rows.drop(columns="key"))
+    assert len(got) == len(rows)
+    got = got.set_index("key").loc[rows["key"]]
+    np.testing.assert_array_equal(got["score"].to_numpy(float), want_scores)
+    assert [e is not None for e in want_errors] == got["error"].notna().tolist()
+    assert got["error"].notna().sum() == 2  # the bad number and the infinite value; the rest scored
+    assert "expected a number, got 'abc'" in got.loc["k005", "error"]
+    assert got["score"].drop(["k005", "k009"]).notna().all()
+
+
+def test_row_numbers_follow_the_dataframe_order_whatever_the_partitioning(spark, table):
+    from anomaly_vae.spark import score_dataframe
+
+    det, model, rows = table
+    df = spark.createDataFrame(rows.drop(columns="key").astype(str).replace({"nan": None}), samplingRatio=None)
+    got = _collect(score_dataframe(df.coalesce(3), model, partitions=7)).sort_values("row")
+    assert got["row"].tolist() == list(range(len(rows)))
+    want, _ = det.anomaly_score_rows(rows.drop(columns="key"))
+    np.testing.assert_array_equal(got["score"].to_numpy(float), want)
+
+
+@pytest.mark.parametrize(("src", "dst", "partitions"), [(".csv", ".parquet", None), (".parquet", ".csv", 3),
+                                                        (".csv", ".csv", 7)])
+def test_spark_score_equals_anomaly_vae_score(spark, table, tmp_path, src, dst, partitions):
+    from anomaly_vae.batch import score_file
+    from anomaly_vae.spark import spark_score
+
+    det, model, rows = table
+    data = tmp_path / f"in{src}"
+    if src == ".csv":
+        rows.to_csv(data, index=False)
+        with open(data, "a") as f:
+            f.write("k999,1,2\n\n")  # a line with too few fields, then a blank line (not a row)
+    else:
+        rows.astype({"f02": str, "f04": str}).to_parquet(data)
+    want_path = tmp_path / f"want{dst}"
+    score_file(det, data, want_path)
+    summary = spark_score(spark, str(model), str(data), str(tmp_path / f"out{dst}"), partitions=partitions, explain=2)
+    got = _read(tmp_path / f"out{dst}")
+    want = pd.read_parquet(want_path) if dst == ".parquet" else pd.read_csv(want_path)
+    assert list(got.columns) == ["row", "score", "p_value", "is_anomaly", "threshold", "error",
+                                 "top1_feature", "top1_nats", "top2_feature", "top2_nats"]
+    _same_scores(got, want, "row")
+    assert summary.rows == len(want) and summary.errors == int(want["error"].notna().sum())
+    if src == ".csv":
+        assert summary.rows == len(rows) + 1
+        assert "malformed CSV record" in got.set_index("row").loc[len(rows), "error"]
+    assert not list(tmp_path.glob("*.part-*")), "a temporary output was left behind"
+
+
+def test_a_directory_of_part_files_is_numbered_in_file_name_order(spark, table, tmp_path):
+    from anomaly_vae.spark import spark_score
+
+    det, model, rows = table
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pieces = [rows.iloc[:50], rows.iloc[50:230], rows.iloc[230:]]  # sizes differ: Spark reads the largest first
+    for i, piece in enumerate(pieces):
+        piece.to_csv(folder / f"part-{i:05d}.csv", index=False)
+    (folder / "_SUCCESS").touch()
+    spark_score(spark, str(model), str(folder), str(tmp_path / "out.parquet"))
+    got = _read(tmp_path / "out.parquet").sort_values("row")
+    assert got["row"].tolist() == list(range(len(rows)))
+    want, _ = det.anomaly_score_rows(rows.drop(columns="key"))
+    np.testing.assert_array_equal(got["score"].to_numpy(float), want)
+
+
+def test_an_image_folder_through_binary_files_matches_the_cli(spark, fashion_sample, tmp_path):
+    from PIL import Image
+
+    from anomaly_vae import VAEAnomalyDetector
+    from anomaly_vae.batch import score_file
+    from anomaly_vae.spark import spark_score
+
+    images, labels = fashion_sample
+    det = VAEAnomalyDetector(epochs=1, alpha=0.05, random_state=0).fit(images[labels == 0].astype(np.float32) / 255.0)
+    det.save(tmp_path / "model")
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(24):
+        Image.fromarray(images[i]).save(folder / ("sub" if i % 3 == 0 else ".") / f"img{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    score_file(det, folder, tmp_path / "want.parquet")
+    summary = spark_score(spark, str(tmp_path / "model"), str(folder), str(tmp_path / "out.parquet"), partitions=2)
+    got = _read(tmp_path / "out.parquet").sort_values("path").reset_index(drop=True)
+    want = pd.read_parquet(tmp_path / "want.parquet").sort_values("path").reset_index(drop=True)
+    assert got["path"].tolist() == want["path"].tolist()
+    assert "sub/img00.png" in got["path"].tolist()
+    np.testing.assert_allclose(got["score"].to_numpy(float), want["score"].to_numpy(float),
+                               rtol=CROSS_CPU_RTOL, atol=CROSS_CPU_ATOL)
+    bad = got.set_index("path").loc["broken.png"]
+    assert pd.isna(bad["score"]) and "broken.png" in bad["error"]
+    assert summary.rows == 25 and summary.errors == 1 and summary.skipped_files == 1
+
+
+def test_a_model_changed_after_shipping_is_refused_on_the_executor(spark, table, tmp_path):
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PythonException
+
+    from anomaly_vae import load_detector
+    from anomaly_vae.spark import score_dataframe
+
+    det, model, rows = table
+    load_detector(model).set_alpha(0.02).save(tmp_path / "model")  # a model not shipped before
+    df = spark.createDataFrame(rows.drop(columns="key").astype(str).replace({"nan": None}))
+    scored = score_dataframe(df, tmp_path / "model", id_column="f00")
+    shipped = spark.sparkContext._anomaly_vae_models
+    staged = next(path for name, path in shipped.items() if name.endswith(_digest(tmp_path / "model")[:24]))
+    shutil.copyfile(model / "model.json", staged / "model.json")  # another valid card, swapped in before the executors fetch it
+    with pytest.raises((PythonException, Py4JJavaError), match="changed in transit or in storage|does not match contents"):
+        scored.collect()  # Spark's own fetch check (local mode) or ours on the executor, whichever sees it first
+
+
+def test_the_executor_checks_the_card_it_received_against_the_driver_s(table, tmp_path, monkeypatch):
+    pyspark = pytest.importorskip("pyspark")
+    from anomaly_vae import ArtifactError
+    from anomaly_vae.spark.worker import executor_detector as _executor_detector
+
+    det, model, rows = table
+    other = tmp_path / "other"
+    det.set_alpha(0.03)
+    try:
+        det.save(other)  # a valid model, but another card than the one the driver shipped
+    finally:
+        det.set_alpha(0.01)
+    monkeypatch.setattr(pyspark.SparkFiles, "get", staticmethod(lambda name: str(other)))
+    with pytest.raises(ArtifactError, match="changed in transit or in storage"):
+        _executor_detector("anomaly-vae-model-x", _digest(model), None)
+    assert _executor_detector("anomaly-vae-model-x", _digest(other), None).alpha_ == 0.03
+
+
+def _digest(model: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((model / "model.json").read_bytes()).hexdigest()
+
+
+def test_a_missing_model_column_stops_the_job_before_spark_runs(spark, table):
+    from anomaly_vae import InputError
+    from anomaly_vae.spark import score_dataframe
+
+    _, model, rows = table
+    df = spark.createDataFrame(rows.drop(columns=["key", "site"]).astype(str))
+    with pytest.raises(InputError, match=r"missing column\(s\) \['site'\]"):
+        score_dataframe(df, model)
+
+
+def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime on this machine")
+    pytest.importorskip("pyspark")
+    det, model, rows = table
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"),
+           "--master", "local[2]", "--id-column", "key", "--partitions", "3", "--quiet",
+           "--conf", "spark.ui.enabled=false"]
+    run = subprocess.run([*cmd, "--out", str(tmp_path / "out.parquet")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stderr[-2000:]  # two rows with errors, as `anomaly-vae score`
+    assert f"scored 298 of 300 rows from {tmp_path / 'in.csv'}" in run.stdout
+    assert "key k005: column 'f02': expected a number, got 'abc'" in run.stdout
+    got = _read(tmp_path / "out.parquet")
+    assert sorted(got["key"]) == sorted(rows["key"])
+    bad = subprocess.run([*cmd, "--out", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "must end in .csv or .parquet" in bad.stderr
+    missing = subprocess.run([*cmd[:5], str(tmp_path / "nope.csv"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "anomaly-vae: error:" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -251,14 +251,16 @@ class TablePreprocessor:
             bad_text = np.zeros(len(v), dtype=bool)
         else:
             raw = s.to_numpy(dtype=object)
-            # "" is a missing value, as in a CSV; anything else that is not a number is an error
-            blank = np.fromiter((isinstance(x, str) and not x.strip() for x in raw), dtype=bool, count=len(raw))
             try:
-                v = pd.to_numeric(pd.Series(np.where(blank, None, raw), dtype=object), errors="coerce").to_numpy(
-                    dtype=np.float64, na_value=np.nan)
+                v = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             except OverflowError:  # an integer beyond float64 (310+ digits): value by value
-                v = np.array([np.nan if b else _to_float(x) for x, b in zip(raw, blank)], dtype=np.float64)
-            bad_text = np.isnan(v) & s.notna().to_numpy() & ~blank
+                v = np.array([_to_float(x) for x in raw], dtype=np.float64)
+            # "" (or spaces) is a missing value, as in a CSV; anything else that is not a number is an
+            # error. Only the values that did not parse are looked at one by one.
+            bad_text = np.isnan(v) & s.notna().to_numpy()
+            for i in np.flatnonzero(bad_text):
+                if isinstance(raw[i], str) and not raw[i].strip():
+                    bad_text[i] = False
             for i in np.flatnonzero(bad_text):
                 if errors[i] is None:
                     errors[i] = (name, f"expected a number, got {raw[i]!r}")

@@ -14,7 +14,7 @@ from ..artifact import JSON_NAME, WEIGHTS_NAME
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
-from .worker import CORRUPT_COLUMN, card_digest, image_scorer, local_path, table_scorer
+from .worker import CORRUPT_COLUMN, CsvLayout, card_digest, image_scorer, local_path, table_scorer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -74,8 +74,8 @@ def result_schema(id_name: str, explain_names: list[str]) -> StructType:
 
 # --- driver side ---------------------------------------------------------------------------------
 
-def _number_rows(df: DataFrame, keys: list[str], order: list[str]) -> DataFrame:
-    """``df`` with a 0-based ``ROW_COLUMN`` column: rows ordered by ``order`` over the groups ``keys`` (each
+def _number_rows(df: DataFrame, keys: list[str], order: list[str]) -> tuple[int, DataFrame]:
+    """(rows counted, ``df`` with a 0-based ``ROW_COLUMN`` column): rows ordered by ``order`` over the groups ``keys`` (each
     group contiguous in one partition), then by their place in the partition. One counting pass."""
     from pyspark.sql import functions as F
 
@@ -90,7 +90,7 @@ def _number_rows(df: DataFrame, keys: list[str], order: list[str]) -> DataFrame:
     spark = df.sparkSession
     base_df = spark.createDataFrame(bases, schema=tagged.select(*keys).schema.add("_anomaly_vae_base", "long"))
     joined = tagged.join(F.broadcast(base_df), on=keys, how="left")
-    return joined.withColumn(ROW_COLUMN, F.col("_anomaly_vae_base") + F.col("_anomaly_vae_mid")).drop(
+    return offset, joined.withColumn(ROW_COLUMN, F.col("_anomaly_vae_base") + F.col("_anomaly_vae_mid")).drop(
         "_anomaly_vae_pid", "_anomaly_vae_mid", "_anomaly_vae_base")
 
 
@@ -106,8 +106,8 @@ def _table_columns(det: VAEAnomalyDetector, df: DataFrame) -> list[str]:
 
 def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_column: str | None = None,
                     explain: int = 0, score: str | None = None, alpha: float | None = None,
-                    partitions: int | None = None, batch_bytes: int = BATCH_BYTES, _csv_text: bool = False,
-                    _file_order: bool = False) -> DataFrame:
+                    partitions: int | None = None, batch_bytes: int = BATCH_BYTES, _file_order: bool = False,
+                    _csv: CsvLayout | None = None) -> DataFrame:
     """Score every row of a Spark DataFrame with the model in ``model_dir``, as ``anomaly-vae score``.
 
     Parameters
@@ -141,14 +141,14 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
         raise InputError(f"batch_bytes must be >= 1, got {batch_bytes}")
     name, digest = ship_model(df.sparkSession, model_dir)
     keep = list(dict.fromkeys([*columns, *([id_column] if id_column else []),
-                               *([CORRUPT_COLUMN] if CORRUPT_COLUMN in df.columns else [])]))
+                               *([CORRUPT_COLUMN] if _csv is not None else [])]))
     if id_column is None:
 
         if _file_order:  # rows of files in name order: (file, block) pieces, each in one partition, in order
             keys = ["_anomaly_vae_file", "_anomaly_vae_block"]
-            numbered = _number_rows(df, keys, keys)
+            counted, numbered = _number_rows(df, keys, keys)
         else:
-            numbered = _number_rows(df, ["_anomaly_vae_pid"], ["_anomaly_vae_pid"])
+            counted, numbered = _number_rows(df, ["_anomaly_vae_pid"], ["_anomaly_vae_pid"])
         src, id_source, id_name = numbered.select(*keep, ROW_COLUMN), ROW_COLUMN, "row"
     else:
         src, id_source, id_name = df.select(*keep), id_column, id_column
@@ -157,10 +157,11 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
             raise InputError(f"partitions must be >= 1, got {partitions}")
         src = src.repartition(int(partitions))
     names = explain_columns(det, explain)
-    n_fields = len([c for c in df.columns if not c.startswith("_anomaly_vae_")])
-    fn = table_scorer(name, digest, alpha, columns, id_name, id_source, explain, score, _csv_text, n_fields,
-                       batch_bytes)
-    return src.mapInPandas(fn, result_schema(id_name, names))
+    fn = table_scorer(name, digest, alpha, columns, id_name, id_source, explain, score, _csv, batch_bytes)
+    scored = src.mapInPandas(fn, result_schema(id_name, names))
+    if id_column is None:
+        scored._anomaly_vae_counted = counted  # rows the numbering counted: spark_score checks the output has them
+    return scored
 
 
 def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[str], *, explain: int = 0,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..batch import BatchSummary
 from ..exceptions import InputError
 from .frames import BATCH_BYTES, score_dataframe, score_images
-from .worker import CORRUPT_COLUMN, local_path
+from .worker import CORRUPT_COLUMN, CsvLayout, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,26 +29,73 @@ def _pyspark() -> None:
         raise InputError("Spark scoring needs PySpark: pip install 'anomaly-vae[spark]'") from None
 
 
-def read_table(spark: SparkSession, path: str, *, sep: str | None = None, multiline: bool = False) -> tuple[DataFrame, bool]:
+def read_table(spark: SparkSession, path: str, *, sep: str | None = None, multiline: bool = False,
+               numeric: tuple[str, ...] = ()) -> tuple[DataFrame, CsvLayout | None]:
     """A CSV / TSV or Parquet file, or a directory of part files, as ``spark_score`` reads it.
-    Returns (DataFrame, whether it is CSV text). CSV: a header row, every column read as text and
-    parsed by the core as ``anomaly-vae score`` parses it; a line with the wrong number of fields is
-    kept (its row has the error); ``multiline`` allows quoted fields with newlines (each file is then
-    one partition)."""
+    Returns (DataFrame, the CSV's layout or None for Parquet).
+
+    CSV: a header row; the ``numeric`` columns parsed as doubles by Spark's CSV reader (Java's
+    decimal parser rounds correctly, as pandas' does, so the values are the same), the others read
+    as text. A line that does not parse (a field that is not a number, a missing-value spelling
+    other than an empty field, too few or too many fields) keeps its row, with its text in
+    ``CORRUPT_COLUMN``: the executor parses it again as ``anomaly-vae score`` would, so that it gets
+    the same values or the same error. ``multiline`` allows quoted fields with newlines (each file
+    is then one partition)."""
+    from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
     fmt = _format_of(path)
     if fmt == "parquet":
-        return spark.read.parquet(path), False
-    reader = spark.read.option("header", "true").option("mode", "PERMISSIVE").option("multiLine", multiline)
+        return spark.read.parquet(path), None
     delimiter = sep if sep is not None else _sniff(path)
-    reader = reader.option("sep", delimiter).option("encoding", "UTF-8")
-    header = reader.csv(path).schema  # every column a string: no inferSchema
-    if CORRUPT_COLUMN in header.fieldNames():
+    if len(delimiter) != 1:
+        raise InputError(f"the separator must be one character, got {delimiter!r}")
+    reader = (spark.read.option("header", "true").option("mode", "PERMISSIVE").option("multiLine", multiline)
+              .option("sep", delimiter).option("encoding", "UTF-8").option("nanValue", "NaN")
+              .option("positiveInf", "Inf").option("negativeInf", "-Inf"))
+    header = _local_header(path, delimiter)
+    if header is None:  # not a local file: Spark reads the first line (every column a string)
+        header = reader.csv(path).schema.fieldNames()
+    if CORRUPT_COLUMN in header:
         raise InputError(f"{path}: the column name {CORRUPT_COLUMN!r} is reserved")
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    schema = StructType([*header.fields, StructField(CORRUPT_COLUMN, StringType(), True)])
+    dup = sorted({n for n in header if header.count(n) > 1})
+    if dup:
+        raise InputError(f"{path}: duplicate column name(s) {dup} in the header")
+    fields = [StructField(n, DoubleType() if n in numeric else StringType(), True) for n in header]
+    schema = StructType([*fields, StructField(CORRUPT_COLUMN, StringType(), True)])
     df = reader.schema(schema).option("columnNameOfCorruptRecord", CORRUPT_COLUMN).csv(path)
-    return df, True
+    return df, CsvLayout(delimiter, tuple(header))
+
+
+def _first_part(path: str) -> Path | None:
+    """The local file a path names, or the first part file (by name) of a local directory."""
+    if "://" in path and not path.startswith("file:"):
+        return None
+    p = Path(local_path(path))
+    if p.is_dir():
+        parts = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
+        return parts[0] if parts else None
+    return p if p.is_file() else None
+
+
+def _local_header(path: str, sep: str) -> list[str] | None:
+    """The header row of a local, uncompressed CSV, read in Python (no Spark job for one line)."""
+    import csv
+
+    first = _first_part(path)
+    if first is None or first.suffix.lower() in (".gz", ".bz2"):
+        return None
+    with open(first, encoding="utf-8-sig", newline="") as f:
+        row = next(csv.reader(f, delimiter=sep), None)
+    if not row:
+        raise InputError(f"{first}: the file is empty (expected a header row and data rows)")
+    return [h.strip() for h in row]
+
+
+def _numeric_columns(model_dir: str) -> tuple[str, ...]:
+    from ..artifact import read_model_card
+
+    pre = read_model_card(model_dir)["input"]["preprocessing"]
+    return tuple(c["name"] for c in pre.get("columns", []) if c.get("type") == "numeric")
 
 
 def _format_of(path: str) -> str:
@@ -69,14 +116,9 @@ def _format_of(path: str) -> str:
 def _sniff(path: str) -> str:
     from ..io.tables import sniff_sep
 
-    p = Path(local_path(path))
-    if p.is_dir():
-        parts = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
-        if not parts:
-            return ","
-        p = parts[0]
-    if not p.is_file() or p.suffix.lower() == ".gz":
-        return "\t" if p.suffix.lower() == ".tsv" else ","
+    p = _first_part(path)
+    if p is None or p.suffix.lower() in (".gz", ".bz2"):
+        return "\t" if path.lower().endswith((".tsv", ".tsv.gz")) else ","
     with open(p, "rb") as f:
         return sniff_sep(p, f.read(1 << 16))
 
@@ -99,21 +141,6 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     by Spark's committer to a temporary directory and renamed into place, replacing an old one), and
     summarise it as ``anomaly-vae score`` does. Checks that the output has one row per input row."""
     start = time.perf_counter()
-    # a CSV line with too few or too many fields is a malformed record only when the parser splits
-    # every field (with column pruning it tokenizes the selected ones): set for this job, then restored
-    pruning_key = "spark.sql.csv.parser.columnPruning.enabled"
-    pruning = spark.conf.get(pruning_key, "true")
-    spark.conf.set(pruning_key, "false")
-    try:
-        return _spark_score(spark, model_dir, data, out, id_column=id_column, explain=explain, score=score, alpha=alpha,
-                            sep=sep, partitions=partitions, multiline=multiline, batch_bytes=batch_bytes, start=start)
-    finally:
-        spark.conf.set(pruning_key, pruning)
-
-
-def _spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_column: str | None, explain: int,
-                 score: str | None, alpha: float | None, sep: str | None, partitions: int | None, multiline: bool,
-                 batch_bytes: int, start: float) -> BatchSummary:
     from pyspark.sql import functions as F
 
     fmt_out = _output_format(out)
@@ -130,21 +157,29 @@ def _spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id
                                        batch_bytes=batch_bytes)
         id_name = "path"
     else:
-        df, csv_text = read_table(spark, data, sep=sep, multiline=multiline)
+        df, layout = read_table(spark, data, sep=sep, multiline=multiline, numeric=_numeric_columns(model_dir))
         if id_column is None:  # number rows by file name and place in the file, as the files were read
             df = (df.withColumn("_anomaly_vae_file", F.col("_metadata.file_path"))
                   .withColumn("_anomaly_vae_block", F.col("_metadata.file_block_start")))
         scored = score_dataframe(df, model_dir, id_column=id_column, explain=explain, score=score, alpha=alpha,
-                                 partitions=partitions, batch_bytes=batch_bytes, _csv_text=csv_text,
-                                 _file_order=id_column is None)
+                                 partitions=partitions, batch_bytes=batch_bytes, _file_order=id_column is None,
+                                 _csv=layout)
         id_name = id_column or "row"
-    _write_atomically(spark, scored, out, fmt_out)
+    # a CSV line with too few or too many fields is a malformed record only when the parser splits
+    # every field (with column pruning it tokenizes the selected ones): off for the scoring pass
+    # only (the counting pass needs no field), then restored
+    pruning_key = "spark.sql.csv.parser.columnPruning.enabled"
+    pruning = spark.conf.get(pruning_key, "true")
+    spark.conf.set(pruning_key, "false")
+    try:
+        _write_atomically(spark, scored, out, fmt_out)
+    finally:
+        spark.conf.set(pruning_key, pruning)
 
     written = spark.read.schema(scored.schema).option("header", "true").format(fmt_out).load(out)
     agg = written.agg(F.count(F.lit(1)).alias("rows"), F.count("score").alias("scored"),
                       F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), F.count("error").alias("errors"),
-                      *([F.min("row").alias("lo"), F.max("row").alias("hi"), F.countDistinct("row").alias("distinct")]
-                        if id_name == "row" else [])).collect()[0]
+                      *([F.min("row").alias("lo"), F.max("row").alias("hi")] if id_name == "row" else [])).collect()[0]
     from ..detector import load_detector
 
     det = load_detector(model_dir)
@@ -153,10 +188,11 @@ def _spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id
     summary = BatchSummary(rows=int(agg["rows"]), scored=int(agg["scored"]), anomalies=int(agg["anomalies"] or 0),
                            errors=int(agg["errors"]), alpha=det.alpha_, threshold=float(det.threshold_),
                            skipped_files=skipped, id_name=id_name)
+    counted = getattr(scored, "_anomaly_vae_counted", None)
     if id_name == "row" and summary.rows and (agg["lo"] != 0 or agg["hi"] != summary.rows - 1
-                                              or agg["distinct"] != summary.rows):
-        raise InputError(f"{out}: row numbers {agg['lo']}..{agg['hi']} ({agg['distinct']} distinct) for "
-                         f"{summary.rows} rows: the input changed while it was read; the output is not complete")
+                                              or (counted is not None and int(counted) != summary.rows)):
+        raise InputError(f"{out}: {summary.rows} rows written, numbered {agg['lo']}..{agg['hi']}, where {counted} were "
+                         "counted: the input changed while it was read; the output is not complete")
     if summary.errors:
         first = written.filter(F.col("error").isNotNull()).orderBy(id_name).select(id_name, "error").limit(5).collect()
         summary.first_errors = [(r[id_name], r["error"]) for r in first]

@@ -4,9 +4,11 @@ one the driver checked; input frames are regrouped by bytes and scored by ``batc
 
 from __future__ import annotations
 
+import csv as _csv
 import hashlib
 from collections.abc import Iterator
-from io import BytesIO
+from dataclasses import dataclass
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -23,11 +25,19 @@ from ..io.tables import NA_VALUES
 if TYPE_CHECKING:
     from ..detector import VAEAnomalyDetector
 
-__all__ = ["CORRUPT_COLUMN", "card_digest", "executor_detector", "rebatch", "table_scorer", "image_scorer",
+__all__ = ["CORRUPT_COLUMN", "CsvLayout", "card_digest", "executor_detector", "rebatch", "table_scorer", "image_scorer",
            "local_path", "relative"]
 
 CORRUPT_COLUMN = "_anomaly_vae_corrupt_record"
 """Where the CSV reader puts a line it could not split into the header's fields."""
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV input was read: its delimiter and header (to parse a corrupt record again)."""
+
+    sep: str
+    header: tuple[str, ...]
 _LOADED: dict[str, VAEAnomalyDetector] = {}  # per Python worker: sha256 of the card -> detector
 
 
@@ -87,8 +97,12 @@ def rebatch(frames: Iterator[pd.DataFrame], batch_bytes: int) -> Iterator[pd.Dat
 
 
 def table_scorer(name: str, digest: str, alpha: float | None, columns: list[str], id_name: str, id_source: str,
-                  explain: int, score: str | None, csv_text: bool, n_fields: int, batch_bytes: int) -> Any:
-    """The function ``mapInPandas`` runs: frames of input rows in, frames of output rows out."""
+                  explain: int, score: str | None, csv: CsvLayout | None, batch_bytes: int) -> Any:
+    """The function ``mapInPandas`` runs: frames of input rows in, frames of output rows out. For
+    CSV input (``csv``), the missing-value spellings of text columns are missing, and a row Spark
+    could not parse (``CORRUPT_COLUMN``) is parsed again from its text, as ``anomaly-vae score``
+    parses a line: the wrong number of fields is the row's error, and otherwise its fields go to
+    the core as text, which parses them or says which is not a number."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         det = executor_detector(name, digest, alpha)
@@ -97,22 +111,38 @@ def table_scorer(name: str, digest: str, alpha: float | None, columns: list[str]
         for pdf in rebatch(frames, batch_bytes):
             errors: list[str | None] = [None] * len(pdf)
             data = pdf[columns]
-            if csv_text:  # as anomaly-vae score reads a CSV: these spellings are missing values
-                data = data.mask(data.isin(NA_VALUES))
-            if CORRUPT_COLUMN in pdf.columns:
-                bad = pdf[CORRUPT_COLUMN].notna().to_numpy()
-                for i in np.flatnonzero(bad):
-                    errors[i] = (f"malformed CSV record: expected {n_fields} fields "
-                                 f"({_clip(pdf[CORRUPT_COLUMN].iat[i])})")
-                if bad.any():
-                    data = data.copy()
-                    data.loc[bad] = None
+            if csv is not None:
+                data, errors = _csv_rows(pdf, data, columns, csv)
             ids = pdf[id_source].tolist()
             sc = score_chunk(det, Chunk(0, ids, data, errors), explain, score)
             out, _ = result_frame(det, sc, id_name, names, cal)
             yield out
 
     return run
+
+
+def _csv_rows(pdf: pd.DataFrame, data: pd.DataFrame, columns: list[str],
+              csv: CsvLayout) -> tuple[pd.DataFrame, list[str | None]]:
+    errors: list[str | None] = [None] * len(pdf)
+    text = [c for c in columns if not pd.api.types.is_float_dtype(data[c])]
+    if text:  # as the one-process reader: these spellings are missing values
+        data = data.copy()
+        data[text] = data[text].mask(data[text].isin(NA_VALUES))
+    corrupt = np.flatnonzero(pdf[CORRUPT_COLUMN].notna().to_numpy())
+    if len(corrupt) == 0:
+        return data, errors
+    data = data.astype(object)  # the re-parsed rows hold text until the core parses it
+    where = {name: k for k, name in enumerate(csv.header)}
+    for i in corrupt:
+        record = str(pdf[CORRUPT_COLUMN].iat[i])
+        fields = next(_csv.reader(StringIO(record, newline=""), delimiter=csv.sep), [])
+        if len(fields) != len(csv.header):
+            errors[i] = (f"malformed CSV record: expected {len(csv.header)} fields, found {len(fields)} "
+                         f"({_clip(record)})")
+            data.iloc[i] = None
+            continue
+        data.iloc[i] = [None if fields[where[c]] in NA_VALUES else fields[where[c]] for c in columns]
+    return data, errors
 
 
 def _clip(text: Any, n: int = 80) -> str:

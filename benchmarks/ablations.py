@@ -39,6 +39,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "img_e20": {"epochs": 20},
     "img_e20_lr3e-3": {"epochs": 20, "learning_rate": 0.003},
     "img_e20_agg": {"epochs": 20, "_agg": {}},
+    # images: cheaper per image (fewer channels, so a dense layer of 32 x 7 x 7 instead of 64 x 7 x 7) or
+    # fewer, larger steps
+    "img_c16": {"conv_channels": [16, 32]},
+    "img_b256": {"batch_size": 256, "learning_rate": 0.002},
+    "img_c16_b256": {"conv_channels": [16, 32], "batch_size": 256, "learning_rate": 0.002},
 }
 
 

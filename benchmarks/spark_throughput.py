@@ -22,7 +22,6 @@ import argparse
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time

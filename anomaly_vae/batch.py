@@ -206,15 +206,18 @@ def explain_columns(det: VAEAnomalyDetector, explain: int) -> list[str]:
 
 
 def result_frame(det: VAEAnomalyDetector, sc: ScoredChunk, id_name: str, explain_names: list[str],
-                 cal_scores: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+                 cal_scores: np.ndarray, numbered: bool | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The output rows of a scored chunk, with the same columns and types for every chunk (see
-    ``score_to_file``), and which rows are flagged. ``cal_scores``: the sorted calibration scores."""
+    ``score_to_file``), and which rows are flagged. ``cal_scores``: the sorted calibration scores.
+    ``numbered``: the ids are row numbers (int64), not an id column's values (strings); None means
+    ``id_name == "row"``."""
+    numbered = id_name == "row" if numbered is None else numbered
     scored = ~np.isnan(sc.scores)
     p = np.full(len(scored), np.nan)
     p[scored] = conformal_p_values(sc.scores[scored], cal_scores)
     flagged = scored & (np.nan_to_num(sc.scores, nan=-np.inf) > det.threshold_)
     df = pd.DataFrame({
-        id_name: pd.array(sc.chunk.ids) if id_name != "row" else np.asarray(sc.chunk.ids, dtype=np.int64),
+        id_name: np.asarray(sc.chunk.ids, dtype=np.int64) if numbered else pd.array(sc.chunk.ids),
         "score": sc.scores,
         "p_value": p,
         "is_anomaly": pd.array(np.where(scored, flagged, False), dtype="boolean"),
@@ -222,7 +225,7 @@ def result_frame(det: VAEAnomalyDetector, sc: ScoredChunk, id_name: str, explain
         "error": pd.array(sc.errors, dtype="string"),  # empty (null) when scored
     })
     df.loc[~scored, "is_anomaly"] = pd.NA
-    if id_name != "row":
+    if not numbered:
         df[id_name] = df[id_name].astype("string")  # one schema for every chunk
     if explain_names:
         ex = sc.explain.reindex(columns=explain_names)  # same columns in every chunk
@@ -231,10 +234,11 @@ def result_frame(det: VAEAnomalyDetector, sc: ScoredChunk, id_name: str, explain
     return df, flagged
 
 
-def empty_result_frame(id_name: str, explain_names: list[str]) -> pd.DataFrame:
+def empty_result_frame(id_name: str, explain_names: list[str], numbered: bool | None = None) -> pd.DataFrame:
     """A result frame with no rows: the columns and types of ``result_frame``."""
+    numbered = id_name == "row" if numbered is None else numbered
     empty = {c: pd.Series(dtype="float64") for c in (id_name, *RESULT_COLUMNS, *explain_names)}
-    empty.update({id_name: pd.Series(dtype="int64" if id_name == "row" else "string"),
+    empty.update({id_name: pd.Series(dtype="int64" if numbered else "string"),
                   "is_anomaly": pd.Series(dtype="boolean"), "error": pd.Series(dtype="string")})
     empty.update({c: pd.Series(dtype="string") for c in explain_names if c.endswith("_feature")})
     return pd.DataFrame(empty)
@@ -242,7 +246,8 @@ def empty_result_frame(id_name: str, explain_names: list[str]) -> pd.DataFrame:
 
 def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path, *, id_name: str = "row", explain: int = 0,
                   score: str | None = None, progress: Callable[[int], None] | None = None,
-                  observe: Callable[[np.ndarray, np.ndarray], None] | None = None) -> BatchSummary:
+                  observe: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  numbered: bool | None = None) -> BatchSummary:
     """Stream ``reader`` through ``det`` into ``out`` (.csv or .parquet), atomically.
 
     Output columns: ``id_name``, score, p_value, is_anomaly, threshold, error, and with ``explain``
@@ -258,7 +263,7 @@ def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path,
     with ResultWriter(Path(out)) as writer, ThreadPoolExecutor(1, thread_name_prefix="anomaly-vae-write") as pool:
         pending = None  # the previous chunk's write, overlapping this chunk's scoring
         for sc in iter_scored(det, reader, explain=explain, score=score):
-            df, flagged = result_frame(det, sc, id_name, explain_names, cal_scores)
+            df, flagged = result_frame(det, sc, id_name, explain_names, cal_scores, numbered)
             scored = ~np.isnan(sc.scores)
             if pending is not None:
                 pending.result()
@@ -271,7 +276,7 @@ def score_to_file(det: VAEAnomalyDetector, reader: ChunkReader, out: str | Path,
         if pending is not None:
             pending.result()
         if summary.rows == 0:  # a header-only input still gives a well-formed (empty) output
-            writer.write(empty_result_frame(id_name, explain_names))
+            writer.write(empty_result_frame(id_name, explain_names, numbered))
         summary.output = writer.commit()
     summary.seconds = time.perf_counter() - start
     return summary
@@ -312,6 +317,7 @@ def score_file(det: VAEAnomalyDetector, data: str | Path, out: str | Path, *, id
     total = reader.n_rows
     try:
         return score_to_file(det, reader, out, id_name=id_column or ("path" if fmt == "images" else "row"),
+                             numbered=id_column is None and fmt != "images",
                              explain=explain, score=score, observe=observe,
                              progress=None if progress is None else (lambda n: progress(n, total)))
     finally:

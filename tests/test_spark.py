@@ -197,9 +197,13 @@ def test_a_model_changed_after_shipping_is_refused_on_the_executor(spark, table,
     scored = score_dataframe(df, tmp_path / "model", id_column="f00")
     shipped = spark.sparkContext._anomaly_vae_models
     staged = next(path for name, path in shipped.items() if name.endswith(_digest(tmp_path / "model")[:24]))
+    shutil.copyfile(staged / "model.json", tmp_path / "shipped.json")
     shutil.copyfile(model / "model.json", staged / "model.json")  # another valid card, swapped in before the executors fetch it
-    with pytest.raises((PythonException, Py4JJavaError), match="changed in transit or in storage|does not match contents"):
-        scored.collect()  # Spark's own fetch check (local mode) or ours on the executor, whichever sees it first
+    try:
+        with pytest.raises((PythonException, Py4JJavaError), match="changed in transit or in storage|does not match contents"):
+            scored.collect()  # Spark's own fetch check (local mode) or ours on the executor, whichever sees it first
+    finally:  # every later task of this Spark application fetches the shipped files again: put it back
+        shutil.copyfile(tmp_path / "shipped.json", staged / "model.json")
 
 
 def test_the_executor_checks_the_card_it_received_against_the_driver_s(table, tmp_path, monkeypatch):
@@ -257,3 +261,94 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "anomaly-vae: error:" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_an_output_that_holds_or_is_not_a_spark_output_is_refused_and_nothing_is_lost(spark, table, tmp_path):
+    from anomaly_vae import InputError
+    from anomaly_vae.spark import spark_score
+
+    _, model, rows = table
+    parts = tmp_path / "in.parquet"
+    parts.mkdir()
+    rows.astype({"f02": str, "f04": str}).to_parquet(parts / "part-a.parquet")
+    with pytest.raises(InputError, match="is, holds or sits inside the input"):
+        spark_score(spark, str(model), str(parts / "part-a.parquet"), str(parts))
+    assert (parts / "part-a.parquet").exists()
+    mine = tmp_path / "mine.csv"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="is not the output of an earlier Spark job"):
+        spark_score(spark, str(model), str(parts), str(mine))
+    assert (mine / "notes.txt").read_text() == "keep me"
+    first = spark_score(spark, str(model), str(parts), str(tmp_path / "out.parquet"))
+    again = spark_score(spark, str(model), str(parts), str(tmp_path / "out.parquet"))  # replaces its own output
+    assert first.rows == again.rows == len(rows) and len(_read(tmp_path / "out.parquet")) == len(rows)
+    assert not [p for p in tmp_path.iterdir() if ".part-" in p.name]
+
+
+def test_ids_with_nulls_and_an_id_column_named_row_are_kept(spark, table, tmp_path):
+    from anomaly_vae.spark import spark_score
+
+    _, model, rows = table
+    data = rows.drop(columns="key").assign(row=[str(100 * i) for i in range(len(rows))])
+    data.loc[4, "row"] = None
+    data.to_csv(tmp_path / "in.csv", index=False)
+    summary = spark_score(spark, str(model), str(tmp_path / "in.csv"), str(tmp_path / "out.parquet"),
+                          id_column="row")
+    got = _read(tmp_path / "out.parquet")
+    assert summary.rows == len(rows) and got["row"].isna().sum() == 1
+    assert sorted(got["row"].dropna().astype(int)) == [100 * i for i in range(len(rows)) if i != 4]
+
+
+def test_part_files_whose_headers_differ_are_refused_not_read_by_position(spark, table, tmp_path):
+    from anomaly_vae.spark import spark_score
+
+    _, model, rows = table
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    rows.iloc[:100].to_csv(folder / "p1.csv", index=False)
+    swapped = list(rows.columns)
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    rows.iloc[100:][swapped].to_csv(folder / "p2.csv", index=False)
+    with pytest.raises(Exception, match="(?i)header|schema"):
+        spark_score(spark, str(model), str(folder), str(tmp_path / "out.parquet"))
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_quoted_line_break_without_multiline_is_refused_and_read_with_it(spark, table, tmp_path):
+    from anomaly_vae.batch import score_file
+    from anomaly_vae.spark import spark_score
+
+    det, model, rows = table
+    data = rows.iloc[:20].copy()
+    data.loc[3, "site"] = "multi\nline"
+    data.to_csv(tmp_path / "in[1].csv", index=False)  # glob characters in the name: that very file is read
+    with pytest.raises(Exception, match="multiline-csv"):
+        spark_score(spark, str(model), str(tmp_path / "in[1].csv"), str(tmp_path / "out.parquet"))
+    spark_score(spark, str(model), str(tmp_path / "in[1].csv"), str(tmp_path / "out.parquet"), multiline=True)
+    score_file(det, tmp_path / "in[1].csv", tmp_path / "want.parquet")
+    _same_scores(_read(tmp_path / "out.parquet"), pd.read_parquet(tmp_path / "want.parquet"), "row")
+
+
+def test_image_names_with_url_characters_and_empty_files_match_the_cli(spark, fashion_sample, tmp_path):
+    from PIL import Image
+
+    from anomaly_vae import VAEAnomalyDetector
+    from anomaly_vae.batch import score_file
+    from anomaly_vae.spark import spark_score
+
+    images, labels = fashion_sample
+    det = VAEAnomalyDetector(epochs=1, alpha=0.05, random_state=0).fit(images[labels == 1].astype(np.float32) / 255.0)
+    det.save(tmp_path / "model")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(["%41.png", "k%20.png", "q?.png", "x#1.png", "x#2.png", "a b.png"]):
+        Image.fromarray(images[i]).save(folder / name)
+    (folder / "empty.png").write_bytes(b"")
+    score_file(det, folder, tmp_path / "want.parquet")
+    summary = spark_score(spark, str(tmp_path / "model"), str(folder), str(tmp_path / "out.parquet"))
+    got = _read(tmp_path / "out.parquet").sort_values("path").reset_index(drop=True)
+    want = pd.read_parquet(tmp_path / "want.parquet").sort_values("path").reset_index(drop=True)
+    assert got["path"].tolist() == want["path"].tolist()
+    assert got["error"].fillna("").tolist() == want["error"].fillna("").tolist()
+    assert summary.rows == 7 and summary.errors == 1

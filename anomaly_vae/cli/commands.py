@@ -153,13 +153,21 @@ def _report(summary: Any, data: str, files: bool) -> int:
 
 
 def spark_score(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
     from ..exceptions import InputError
     from ..spark import session
     from ..spark import spark_score as job
 
     if args.explain < 0:
         raise UsageError(f"--explain must be >= 0, got {args.explain}")
+    # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
+    # call a signal interrupts: keep this command's handlers (clean exit 128 + signal) and its quiet
+    logging.getLogger("py4j").setLevel(logging.CRITICAL)
+    handler = signal.getsignal(signal.SIGINT)
     spark = session(args.master, dict(args.conf))
+    signal.signal(signal.SIGINT, handler)
     if args.quiet:
         spark.sparkContext.setLogLevel("ERROR")
     try:
@@ -167,11 +175,23 @@ def spark_score(args: argparse.Namespace) -> int:
                       alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv)
     except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
         if type(err).__module__.startswith(("pyspark", "py4j")):
-            raise InputError(f"Spark: {_first_line(err)}") from None
+            raise InputError(f"Spark: {_spark_message(err)}") from None
         raise
     finally:
-        spark.stop()
+        try:
+            spark.stop()
+        except Exception:  # noqa: BLE001 - after a signal the Java side may already be gone
+            pass
     return _report(summary, args.data, summary.id_name == "path")
+
+
+def _spark_message(err: BaseException) -> str:
+    """One line for a Spark error: the core's own message when a Python worker raised one (an
+    ``InputError`` or ``ArtifactError`` inside the stack trace), else the error's first line."""
+    import re
+
+    found = re.findall(r"anomaly_vae\.exceptions\.\w+: (.+)", str(err))
+    return found[-1].strip()[:500] if found else _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:

@@ -4,6 +4,7 @@ by ``ship_model``; the output schema; row numbering."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from ..artifact import JSON_NAME, WEIGHTS_NAME
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
-from .worker import CORRUPT_COLUMN, CsvLayout, card_digest, image_scorer, local_path, table_scorer
+from .worker import CORRUPT_COLUMN, ROW_SOURCE, CsvLayout, card_digest, glob_escaped, image_scorer, local_path, table_scorer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -26,7 +27,7 @@ __all__ = ["score_dataframe", "score_images", "ship_model", "result_schema", "BA
 
 BATCH_BYTES = 16 << 20
 """Input bytes scored at once on an executor (Arrow batches are merged or split to about this)."""
-ROW_COLUMN = "_anomaly_vae_row"
+ROW_COLUMN = ROW_SOURCE
 
 
 # --- the model, shipped as its directory ---------------------------------------------------------
@@ -46,7 +47,9 @@ def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[
     if shipped is None:
         shipped = sc._anomaly_vae_models = {}  # per SparkContext: addFile refuses a name twice
     if name not in shipped:
-        staging = Path(tempfile.mkdtemp(prefix="anomaly-vae-spark-")) / name
+        parent = Path(tempfile.mkdtemp(prefix="anomaly-vae-spark-"))
+        atexit.register(shutil.rmtree, parent, True)  # served to executors while the application runs
+        staging = parent / name
         staging.mkdir()
         for f in (JSON_NAME, WEIGHTS_NAME):
             shutil.copyfile(src / f, staging / f)
@@ -59,14 +62,15 @@ def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[
 
 # --- output schema -----------------------------------------------------------------------------
 
-def result_schema(id_name: str, explain_names: list[str]) -> StructType:
+def result_schema(id_name: str, explain_names: list[str], numbered: bool | None = None) -> StructType:
     """The Spark schema of the output: the columns of ``anomaly-vae score`` (``row`` is a long, an
     id or ``path`` a string), then the explanation columns."""
     from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType, StructField, StructType
 
     types = {"score": DoubleType(), "p_value": DoubleType(), "is_anomaly": BooleanType(),
              "threshold": DoubleType(), "error": StringType()}
-    fields = [StructField(id_name, LongType() if id_name == "row" else StringType(), False)]
+    numbered = id_name == "row" if numbered is None else numbered
+    fields = [StructField(id_name, LongType() if numbered else StringType(), not numbered)]  # an id may be missing
     fields += [StructField(c, types[c], True) for c in RESULT_COLUMNS]
     fields += [StructField(c, StringType() if c.endswith("_feature") else DoubleType(), True) for c in explain_names]
     return StructType(fields)
@@ -158,7 +162,7 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
         src = src.repartition(int(partitions))
     names = explain_columns(det, explain)
     fn = table_scorer(name, digest, alpha, columns, id_name, id_source, explain, score, _csv, batch_bytes)
-    scored = src.mapInPandas(fn, result_schema(id_name, names))
+    scored = src.mapInPandas(fn, result_schema(id_name, names, numbered=id_column is None))
     if id_column is None:
         scored._anomaly_vae_counted = counted  # rows the numbering counted: spark_score checks the output has them
     return scored
@@ -182,16 +186,46 @@ def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[
     if det.input_kind_ != "image":
         raise InputError(f"{folder} is a folder of images, but this model scores tables")
     name, digest = ship_model(spark, model_dir)
-    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder)
+    files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(glob_escaped(folder))
              .select("path", "content"))
     ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))
     hidden = F.regexp_extract("path", r"/([^/]*)$", 1).startswith(".")
     is_image = ext.isin(*IMAGE_SUFFIXES) & ~hidden
-    counts = files.select(is_image.alias("img")).groupBy("img").count().collect()
-    n_images = sum(int(r["count"]) for r in counts if r["img"])
-    skipped = sum(int(r["count"]) for r in counts if not r["img"])
+    names = explain_columns(det, explain)
+    schema = result_schema("path", names)
+    root = local_path(os.path.abspath(folder) if "://" not in folder else folder).rstrip("/") + "/"
+    empty_rows: list[tuple[object, ...]] = []
+    if "://" not in folder or folder.startswith("file:"):  # listed as `score` lists it (skipped files too)
+        from ..io.images import list_images
+
+        paths, skipped = list_images(local_path(folder))
+        n_images = len(paths)
+        for p in paths:  # Spark's file source leaves out empty files: they get `score`'s error row here
+            if p.is_file() and p.stat().st_size == 0:
+                rel = p.relative_to(local_path(folder)).as_posix()
+                empty_rows.append((rel, None, None, None, float(det.threshold_), _empty_image_error(p),
+                                   *([None] * len(names))))
+    else:
+        counts = files.select(is_image.alias("img")).groupBy("img").count().collect()
+        n_images = sum(int(r["count"]) for r in counts if r["img"])
+        skipped = sum(int(r["count"]) for r in counts if not r["img"])
     if n_images == 0:
         raise InputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
-    root = local_path(os.path.abspath(folder) if "://" not in folder else folder).rstrip("/") + "/"
-    fn = image_scorer(name, digest, alpha, root, explain, score, batch_bytes)
-    return files.filter(is_image).mapInPandas(fn, result_schema("path", explain_columns(det, explain))), skipped
+    fn = image_scorer(name, digest, alpha, root, folder, explain, score, batch_bytes)
+    scored = files.filter(is_image).mapInPandas(fn, schema)
+    if empty_rows:
+        scored = scored.unionByName(spark.createDataFrame(empty_rows, schema))
+    return scored, skipped
+
+
+def _empty_image_error(path: Path) -> str:
+    """What ``anomaly-vae score`` says of an empty image file (Pillow's own words)."""
+    from ..io.images import load_image
+
+    try:
+        load_image(path, None, 1)
+    except InputError as err:
+        return str(err)
+    return f"{path}: an empty file"
+
+

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..batch import BatchSummary
 from ..exceptions import InputError
 from .frames import BATCH_BYTES, score_dataframe, score_images
-from .worker import CORRUPT_COLUMN, CsvLayout, local_path
+from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -45,25 +45,55 @@ def read_table(spark: SparkSession, path: str, *, sep: str | None = None, multil
 
     fmt = _format_of(path)
     if fmt == "parquet":
-        return spark.read.parquet(path), None
+        df = spark.read.parquet(glob_escaped(path))
+        _check_names(path, df.columns)
+        return df, None
     delimiter = sep if sep is not None else _sniff(path)
     if len(delimiter) != 1:
         raise InputError(f"the separator must be one character, got {delimiter!r}")
-    reader = (spark.read.option("header", "true").option("mode", "PERMISSIVE").option("multiLine", multiline)
+    # enforceSchema off: every part file's header is checked against the first one (by name and
+    # place), so a part with its columns in another order is refused instead of read by position
+    reader = (spark.read.option("header", "true").option("enforceSchema", "false").option("mode", "PERMISSIVE")
+              .option("multiLine", multiline)
               .option("sep", delimiter).option("encoding", "UTF-8").option("nanValue", "NaN")
               .option("positiveInf", "Inf").option("negativeInf", "-Inf"))
     header = _local_header(path, delimiter)
     if header is None:  # not a local file: Spark reads the first line (every column a string)
-        header = reader.csv(path).schema.fieldNames()
-    if CORRUPT_COLUMN in header:
-        raise InputError(f"{path}: the column name {CORRUPT_COLUMN!r} is reserved")
+        header = reader.csv(glob_escaped(path)).schema.fieldNames()
+    _check_names(path, header)
     dup = sorted({n for n in header if header.count(n) > 1})
     if dup:
-        raise InputError(f"{path}: duplicate column name(s) {dup} in the header")
+        raise InputError(f"{path}, line 1: duplicate column name(s) {dup} in the header")
     fields = [StructField(n, DoubleType() if n in numeric else StringType(), True) for n in header]
     schema = StructType([*fields, StructField(CORRUPT_COLUMN, StringType(), True)])
-    df = reader.schema(schema).option("columnNameOfCorruptRecord", CORRUPT_COLUMN).csv(path)
+    df = reader.schema(schema).option("columnNameOfCorruptRecord", CORRUPT_COLUMN).csv(glob_escaped(path))
     return df, CsvLayout(delimiter, tuple(header))
+
+
+def _check_names(path: str, names: list[str]) -> None:
+    reserved = [n for n in names if n.startswith("_anomaly_vae_")]
+    if reserved:
+        raise InputError(f"{path}: column name(s) {reserved} start with '_anomaly_vae_', which the Spark job keeps for "
+                         "its own columns; rename them")
+
+
+def _check_paths(data: str, out: str) -> None:
+    """Refuse an output that is, holds or sits inside the input, and local paths Spark would misread."""
+    for what, p in (("input", data), ("output", out)):
+        if "://" in p and not p.startswith("file:"):
+            continue
+        name = Path(local_path(p)).name
+        if ":" in local_path(p):
+            raise InputError(f"{p}: Spark's file system cannot read a local path with ':' in it ({name}); "
+                             f"rename the {what} or link to it under another name")
+    if "://" in data and not data.startswith("file:") or "://" in out and not out.startswith("file:"):
+        if data.rstrip("/") == out.rstrip("/"):
+            raise InputError(f"{out}: the output is the input; give another --out")
+        return
+    src, dst = Path(local_path(data)).resolve(), Path(local_path(out.rstrip("/"))).resolve()
+    if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise InputError(f"{out}: the output is, holds or sits inside the input ({data}): writing it would "
+                         "replace or mix with the data being read; give another --out")
 
 
 def _first_part(path: str) -> Path | None:
@@ -84,8 +114,13 @@ def _local_header(path: str, sep: str) -> list[str] | None:
     first = _first_part(path)
     if first is None or first.suffix.lower() in (".gz", ".bz2"):
         return None
-    with open(first, encoding="utf-8-sig", newline="") as f:
-        row = next(csv.reader(f, delimiter=sep), None)
+    with open(first, "rb") as f:
+        line = f.readline(1 << 20)
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{first}, line 1: cannot read the header row ({err}); the header must be UTF-8") from None
+    row = next(csv.reader([text.rstrip("\r\n")], delimiter=sep), None)
     if not row:
         raise InputError(f"{first}: the file is empty (expected a header row and data rows)")
     return [h.strip() for h in row]
@@ -99,17 +134,31 @@ def _numeric_columns(model_dir: str) -> tuple[str, ...]:
 
 
 def _format_of(path: str) -> str:
-    """"csv" or "parquet", from the file's suffix or, for a directory, from its part files'."""
+    """"csv" or "parquet", from the file's suffix or, for a directory, from its part files' (hidden
+    and ``_`` files skipped, as Spark skips them); a directory that mixes them, or holds other
+    files (images), is refused."""
+    from ..io.files import IMAGE_SUFFIXES
+
     p = Path(local_path(path))
     names = [p.name]
     if p.is_dir():
-        names = sorted(f.name for f in p.iterdir() if not f.name.startswith((".", "_")))
+        names = sorted(f.name for f in p.rglob("*") if f.is_file() and not any(
+            part.startswith((".", "_")) for part in f.relative_to(p).parts))
+        if any(n.lower().endswith(IMAGE_SUFFIXES) for n in names):
+            raise InputError(f"{path} is a folder of images, but this model scores tables")
+    found = set()
     for n in names:
         low = n.lower()
         if low.endswith((".parquet", ".parq", ".pq")):
-            return "parquet"
-        if low.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".csv.bz2")):
-            return "csv"
+            found.add("parquet")
+        elif low.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".csv.bz2")):
+            found.add("csv")
+        elif p.is_dir():
+            raise InputError(f"{path}: {n} is not a CSV or Parquet part file (by its suffix)")
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        raise InputError(f"{path}: the directory mixes CSV and Parquet part files")
     raise InputError(f"{path}: not a CSV or Parquet file, or a directory of them (by the suffix: .csv, .tsv or .parquet)")
 
 
@@ -144,8 +193,7 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     from pyspark.sql import functions as F
 
     fmt_out = _output_format(out)
-    if Path(local_path(out)).resolve() == Path(local_path(data)).resolve():
-        raise InputError(f"{out}: the output is the input ({data}); give another --out")
+    _check_paths(data, out)
     from ..artifact import read_model_card
 
     images = read_model_card(model_dir)["input"]["kind"] == "image"  # the model says what the data is
@@ -170,64 +218,100 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     # only (the counting pass needs no field), then restored
     pruning_key = "spark.sql.csv.parser.columnPruning.enabled"
     pruning = spark.conf.get(pruning_key, "true")
-    spark.conf.set(pruning_key, "false")
-    try:
-        _write_atomically(spark, scored, out, fmt_out)
-    finally:
-        spark.conf.set(pruning_key, pruning)
+    with _Staging(spark, out) as staging:
+        spark.conf.set(pruning_key, "false")
+        try:
+            staging.write(scored, fmt_out)
+        finally:
+            spark.conf.set(pruning_key, pruning)
+        written = spark.read.schema(scored.schema).option("header", "true").option("escape", '"').format(
+            fmt_out).load(staging.tmp_str)
+        summary = _summarise(written, scored, model_dir, alpha, skipped, id_name, out)  # checked before the rename
+        staging.commit()
+    summary.output = Path(out) if "://" not in out else None
+    summary.seconds = time.perf_counter() - start
+    return summary
 
-    written = spark.read.schema(scored.schema).option("header", "true").format(fmt_out).load(out)
-    agg = written.agg(F.count(F.lit(1)).alias("rows"), F.count("score").alias("scored"),
-                      F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), F.count("error").alias("errors"),
-                      *([F.min("row").alias("lo"), F.max("row").alias("hi")] if id_name == "row" else [])).collect()[0]
+
+def _summarise(written: DataFrame, scored: DataFrame, model_dir: str, alpha: float | None, skipped: int,
+               id_name: str, out: str) -> BatchSummary:
+    from pyspark.sql import functions as F
+
     from ..detector import load_detector
 
+    counted = getattr(scored, "_anomaly_vae_counted", None)  # rows the numbering counted (auto-numbered only)
+    agg = written.agg(F.count(F.lit(1)).alias("rows"), F.count("score").alias("scored"),
+                      F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), F.count("error").alias("errors"),
+                      *([F.min("row").alias("lo"), F.max("row").alias("hi")] if counted is not None else [])
+                      ).collect()[0]
     det = load_detector(model_dir)
     if alpha is not None:
         det.set_alpha(alpha)
     summary = BatchSummary(rows=int(agg["rows"]), scored=int(agg["scored"]), anomalies=int(agg["anomalies"] or 0),
                            errors=int(agg["errors"]), alpha=det.alpha_, threshold=float(det.threshold_),
                            skipped_files=skipped, id_name=id_name)
-    counted = getattr(scored, "_anomaly_vae_counted", None)
-    if id_name == "row" and summary.rows and (agg["lo"] != 0 or agg["hi"] != summary.rows - 1
-                                              or (counted is not None and int(counted) != summary.rows)):
+    if counted is not None and (int(counted) != summary.rows or (summary.rows and (
+            agg["lo"] != 0 or agg["hi"] != summary.rows - 1))):
         raise InputError(f"{out}: {summary.rows} rows written, numbered {agg['lo']}..{agg['hi']}, where {counted} were "
-                         "counted: the input changed while it was read; the output is not complete")
+                         "counted: the input changed while it was read; nothing was written")
     if summary.errors:
         first = written.filter(F.col("error").isNotNull()).orderBy(id_name).select(id_name, "error").limit(5).collect()
         summary.first_errors = [(r[id_name], r["error"]) for r in first]
-    summary.output = Path(out) if "://" not in out else None
-    summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _write_atomically(spark: SparkSession, df: DataFrame, out: str, fmt: str) -> None:
-    """Write with Spark's committer into a sibling temporary directory, then rename it to ``out``
-    (through Hadoop's file system, so HDFS and object stores work too); an old ``out`` is replaced
-    only once the new one is complete."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    target = jvm.org.apache.hadoop.fs.Path(out.rstrip("/"))
-    fs = target.getFileSystem(conf)
-    tmp_name = f"{target.getName()}.part-{uuid.uuid4().hex[:12]}"
-    tmp = jvm.org.apache.hadoop.fs.Path(target.getParent(), tmp_name)
-    try:
+class _Staging:
+    """Spark's committer writes into a sibling temporary directory; ``commit`` renames it to ``out``
+    (through Hadoop's file system, so HDFS and object stores work too), replacing an old output only
+    then. Leaving the block without ``commit`` (an error, a signal) removes the temporary directory;
+    a cleanup that fails (a Java side already gone) never hides the error that caused it."""
+
+    def __init__(self, spark: SparkSession, out: str) -> None:
+        jvm = spark.sparkContext._jvm
+        self._jvm = jvm
+        self.out = out
+        self.target = jvm.org.apache.hadoop.fs.Path(out.rstrip("/"))
+        self.fs = self.target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.tmp_name = f".{self.target.getName()}.part-{uuid.uuid4().hex[:12]}"
+        self.tmp = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), self.tmp_name)
+        self.tmp_str = self.tmp.toString()
+        self._local_tmp = None if "://" in out and not out.startswith("file:") else (
+            Path(local_path(out.rstrip("/"))).parent / self.tmp_name)
+        if self.fs.exists(self.target):
+            if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
+                    self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
+                raise InputError(f"{out} exists and is not the output of an earlier Spark job (no _SUCCESS in it): "
+                                 "it is not replaced; give another --out or remove it")
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def write(self, df: DataFrame, fmt: str) -> None:
         writer = df.write.mode("errorifexists").format(fmt)
-        if fmt == "csv":
-            writer = writer.option("header", "true")
-        writer.save(tmp.toString())
+        if fmt == "csv":  # RFC 4180 quoting: a quote inside a field is doubled, as pandas and `score` write it
+            writer = writer.option("header", "true").option("escape", '"')
+        writer.save(self.tmp_str)
+
+    def commit(self) -> None:
         old = None
-        if fs.exists(target):
-            old = jvm.org.apache.hadoop.fs.Path(target.getParent(), f"{tmp_name}.old")
-            if not fs.rename(target, old):
-                raise InputError(f"{out}: cannot move the old output aside")
-        if not fs.rename(tmp, target):
-            raise InputError(f"{out}: cannot rename the finished output into place")
+        if self.fs.exists(self.target):
+            old = self._jvm.org.apache.hadoop.fs.Path(self.target.getParent(), f"{self.tmp_name}.old")
+            if not self.fs.rename(self.target, old):
+                raise InputError(f"{self.out}: cannot move the old output aside")
+        if not self.fs.rename(self.tmp, self.target):
+            raise InputError(f"{self.out}: cannot rename the finished output into place")
         if old is not None:
-            fs.delete(old, True)
-    finally:
-        if fs.exists(tmp):
-            fs.delete(tmp, True)
+            self.fs.delete(old, True)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.fs.exists(self.tmp):
+                self.fs.delete(self.tmp, True)
+        except BaseException:  # noqa: BLE001 - the gateway may be gone (a signal): clean up locally
+            if self._local_tmp is not None:
+                import shutil
+
+                shutil.rmtree(self._local_tmp, ignore_errors=True)
 
 
 # --- the command ---------------------------------------------------------------------------------

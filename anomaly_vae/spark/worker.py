@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -26,8 +25,10 @@ if TYPE_CHECKING:
     from ..detector import VAEAnomalyDetector
 
 __all__ = ["CORRUPT_COLUMN", "CsvLayout", "card_digest", "executor_detector", "rebatch", "table_scorer", "image_scorer",
-           "local_path", "relative"]
+           "local_path", "relative", "glob_escaped"]
 
+ROW_SOURCE = "_anomaly_vae_row"
+"""The column of row numbers the driver adds when there is no id column."""
 CORRUPT_COLUMN = "_anomaly_vae_corrupt_record"
 """Where the CSV reader puts a line it could not split into the header's fields."""
 
@@ -115,7 +116,7 @@ def table_scorer(name: str, digest: str, alpha: float | None, columns: list[str]
                 data, errors = _csv_rows(pdf, data, columns, csv)
             ids = pdf[id_source].tolist()
             sc = score_chunk(det, Chunk(0, ids, data, errors), explain, score)
-            out, _ = result_frame(det, sc, id_name, names, cal)
+            out, _ = result_frame(det, sc, id_name, names, cal, numbered=id_source == ROW_SOURCE)
             yield out
 
     return run
@@ -135,6 +136,9 @@ def _csv_rows(pdf: pd.DataFrame, data: pd.DataFrame, columns: list[str],
     where = {name: k for k, name in enumerate(csv.header)}
     for i in corrupt:
         record = str(pdf[CORRUPT_COLUMN].iat[i])
+        if record.count('"') % 2:  # half of a quoted field cut at a line break: rows would shift
+            raise InputError(f"a CSV record has an unbalanced quote ({_clip(record)}): a quoted field holds a line "
+                             "break (read the input with --multiline-csv) or a quote is not closed")
         fields = next(_csv.reader(StringIO(record, newline=""), delimiter=csv.sep), [])
         if len(fields) != len(csv.header):
             errors[i] = (f"malformed CSV record: expected {len(csv.header)} fields, found {len(fields)} "
@@ -150,8 +154,10 @@ def _clip(text: Any, n: int = 80) -> str:
     return repr(s if len(s) <= n else s[:n] + "...")
 
 
-def image_scorer(name: str, digest: str, alpha: float | None, root: str, explain: int, score: str | None,
-                  batch_bytes: int) -> Any:
+def image_scorer(name: str, digest: str, alpha: float | None, root: str, shown_root: str, explain: int,
+                 score: str | None, batch_bytes: int) -> Any:
+    """``mapInPandas``'s function for ``binaryFile`` rows: each file decoded as ``anomaly-vae score``
+    decodes it (its error names it as ``shown_root``/its relative path, as there)."""
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from ..io.images import _decode_image, _pil
 
@@ -165,8 +171,8 @@ def image_scorer(name: str, digest: str, alpha: float | None, root: str, explain
             images, errors = [], []
             for rel, content in zip(ids, pdf["content"]):
                 try:
-                    images.append(_decode_image(Image, BytesIO(content), Path(rel), (pre.height, pre.width),
-                                                pre.channels))
+                    images.append(_decode_image(Image, BytesIO(content), Path(shown_root) / rel,
+                                                (pre.height, pre.width), pre.channels))
                     errors.append(None)
                 except InputError as err:
                     errors.append(str(err))
@@ -179,11 +185,23 @@ def image_scorer(name: str, digest: str, alpha: float | None, root: str, explain
 
 
 def local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
+    """The local path of a ``file:`` URI as Spark writes one (not percent-encoded: a name with
+    ``%``, ``?`` or ``#`` is kept as it is); any other string unchanged."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):] if uri[len("file://"):].startswith("/") else uri
+    if uri.startswith("file:"):
+        return uri[len("file:"):]
+    return uri
 
 
 def relative(uri: str, root: str) -> str:
     """A file's path relative to the scored folder (POSIX), as ``anomaly-vae score`` names it."""
     path = local_path(uri)
     return path[len(root):].lstrip("/") if path.startswith(root) else path
+
+
+def glob_escaped(path: str) -> str:
+    """A local path with Hadoop's glob characters escaped, so that Spark reads that very file."""
+    if "://" in path and not path.startswith("file:"):
+        return path
+    return "".join("\\" + ch if ch in "[]{}*?" else ch for ch in path)

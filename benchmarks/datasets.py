@@ -98,3 +98,21 @@ def baseline_features(df: "pd.DataFrame", train: np.ndarray) -> np.ndarray:
             std = v[train].std()
             parts.append(((v - v[train].mean()) / (std if std > 0 else 1.0))[:, None])
     return np.concatenate(parts, axis=1)
+
+
+def throughput_table(root: Path, rows: int, work: Path) -> tuple["pd.DataFrame", "pd.DataFrame", dict[str, Path]]:
+    """The table of the throughput benchmarks: ADBench cardio (``data/cardio.csv``) plus a string
+    column, repeated to ``rows``. Returns (normal rows to fit on, the big table, its files under
+    ``work``: "csv", "quarter" (a CSV of the first quarter) and "parquet")."""
+    import pandas as pd
+
+    cardio = pd.read_csv(root / "data" / "cardio.csv")
+    cardio["site"] = np.random.RandomState(0).choice(["north", "south", "east", "west"], len(cardio))
+    normal = cardio[cardio.label == "normal"].drop(columns="label")
+    reps = int(np.ceil(rows / len(cardio)))
+    big = pd.concat([cardio.drop(columns="label")] * reps, ignore_index=True).head(rows)
+    files = {"csv": work / "big.csv", "quarter": work / "quarter.csv", "parquet": work / "big.parquet"}
+    big.to_csv(files["csv"], index=False)
+    big.head(rows // 4).to_csv(files["quarter"], index=False)
+    big.to_parquet(files["parquet"], index=False)
+    return normal, big, files

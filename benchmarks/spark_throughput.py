@@ -34,6 +34,7 @@ import torch
 from anomaly_vae import VAEAnomalyDetector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402
 from procstat import peak_tree_rss_mib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,18 +63,11 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="anomaly-vae-spark-bench-"))
     try:
-        cardio = pd.read_csv(ROOT / "data" / "cardio.csv")
-        cardio["site"] = np.random.RandomState(0).choice(["north", "south", "east", "west"], len(cardio))
-        normal = cardio[cardio.label == "normal"].drop(columns="label")
+        normal, big, files = datasets.throughput_table(ROOT, args.rows, work)
+        csv, quarter, parquet = files["csv"], files["quarter"], files["parquet"]
         det = VAEAnomalyDetector(epochs=30, random_state=0).fit(normal)
         model = work / "model"
         det.save(model)
-        reps = int(np.ceil(args.rows / len(cardio)))
-        big = pd.concat([cardio.drop(columns="label")] * reps, ignore_index=True).head(args.rows)
-        csv, quarter, parquet = work / "big.csv", work / "quarter.csv", work / "big.parquet"
-        big.to_csv(csv, index=False)
-        big.head(args.rows // 4).to_csv(quarter, index=False)
-        big.to_parquet(parquet, index=False)
         n = len(big)
         print(f"{n} rows, CSV {csv.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
 

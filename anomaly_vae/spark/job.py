@@ -43,7 +43,7 @@ def read_table(spark: SparkSession, path: str, *, sep: str | None = None, multil
     is then one partition)."""
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-    fmt = _format_of(path)
+    fmt = _format_of(path, spark)
     if fmt == "parquet":
         df = spark.read.parquet(glob_escaped(path))
         _check_names(path, df.columns)
@@ -133,15 +133,24 @@ def _numeric_columns(model_dir: str) -> tuple[str, ...]:
     return tuple(c["name"] for c in pre.get("columns", []) if c.get("type") == "numeric")
 
 
-def _format_of(path: str) -> str:
+def _format_of(path: str, spark: SparkSession | None = None) -> str:
     """"csv" or "parquet", from the file's suffix or, for a directory, from its part files' (hidden
     and ``_`` files skipped, as Spark skips them); a directory that mixes them, or holds other
-    files (images), is refused."""
+    files (images), is refused. A path on another file system (hdfs://, s3a://) without a suffix
+    is listed through Hadoop's file system."""
     from ..io.files import IMAGE_SUFFIXES
 
     p = Path(local_path(path))
     names = [p.name]
-    if p.is_dir():
+    remote = "://" in path and not path.startswith("file:")
+    if remote and spark is not None and not p.name.lower().endswith((".parquet", ".parq", ".pq", ".csv", ".tsv")):
+        jvm = spark.sparkContext._jvm
+        target = jvm.org.apache.hadoop.fs.Path(path)
+        fs = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        if fs.getFileStatus(target).isDirectory():
+            names = sorted(str(st.getPath().getName()) for st in fs.listStatus(target) if st.isFile()
+                           and not str(st.getPath().getName()).startswith((".", "_")))
+    elif p.is_dir():
         names = sorted(f.name for f in p.rglob("*") if f.is_file() and not any(
             part.startswith((".", "_")) for part in f.relative_to(p).parts))
         if any(n.lower().endswith(IMAGE_SUFFIXES) for n in names):
@@ -153,7 +162,7 @@ def _format_of(path: str) -> str:
             found.add("parquet")
         elif low.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".csv.bz2")):
             found.add("csv")
-        elif p.is_dir():
+        elif p.is_dir() or len(names) > 1:
             raise InputError(f"{path}: {n} is not a CSV or Parquet part file (by its suffix)")
     if len(found) == 1:
         return found.pop()

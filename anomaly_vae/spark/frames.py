@@ -15,7 +15,7 @@ from ..artifact import JSON_NAME, WEIGHTS_NAME
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
-from .worker import CORRUPT_COLUMN, ROW_SOURCE, CsvLayout, card_digest, glob_escaped, image_scorer, local_path, table_scorer
+from .worker import CORRUPT_COLUMN, ROW_COLUMN, CsvLayout, card_digest, glob_escaped, image_scorer, local_path, table_scorer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -23,11 +23,11 @@ if TYPE_CHECKING:
 
     from ..detector import VAEAnomalyDetector
 
-__all__ = ["score_dataframe", "score_images", "ship_model", "result_schema", "BATCH_BYTES", "ROW_COLUMN"]
+__all__ = ["score_dataframe", "score_images", "ship_model", "driver_detector", "result_schema", "BATCH_BYTES",
+           "ROW_COLUMN"]
 
 BATCH_BYTES = 16 << 20
 """Input bytes scored at once on an executor (Arrow batches are merged or split to about this)."""
-ROW_COLUMN = ROW_SOURCE
 
 
 # --- the model, shipped as its directory ---------------------------------------------------------
@@ -36,10 +36,12 @@ def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[
     """Check ``model_dir`` on the driver and ship a copy of it to the executors with
     ``SparkContext.addFile``. Returns (name under ``SparkFiles``, sha256 of its model.json); the
     card pins the weights' sha256, so the pair identifies the whole model."""
-    from ..detector import load_detector
+    driver_detector(model_dir)  # a bad model stops the job here, before any executor starts
+    return _ship(spark, Path(model_dir))
 
-    src = Path(model_dir)
-    load_detector(src)  # a bad model stops the job here, before any executor starts
+
+def _ship(spark: SparkSession, src: Path) -> tuple[str, str]:
+    """``ship_model`` for a model directory the caller has already loaded (so checked)."""
     digest = card_digest(src)
     name = f"anomaly-vae-model-{digest[:24]}"
     sc = spark.sparkContext
@@ -60,6 +62,16 @@ def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[
     return name, digest
 
 
+def driver_detector(model_dir: str | os.PathLike[str], alpha: float | None = None) -> VAEAnomalyDetector:
+    """The model loaded on the driver (checked in full), at ``alpha`` when one is given."""
+    from ..detector import load_detector
+
+    det = load_detector(model_dir)
+    if alpha is not None:
+        det.set_alpha(alpha)
+    return det
+
+
 # --- output schema -----------------------------------------------------------------------------
 
 def result_schema(id_name: str, explain_names: list[str], numbered: bool | None = None) -> StructType:
@@ -78,15 +90,16 @@ def result_schema(id_name: str, explain_names: list[str], numbered: bool | None 
 
 # --- driver side ---------------------------------------------------------------------------------
 
-def _number_rows(df: DataFrame, keys: list[str], order: list[str]) -> tuple[int, DataFrame]:
-    """(rows counted, ``df`` with a 0-based ``ROW_COLUMN`` column): rows ordered by ``order`` over the groups ``keys`` (each
-    group contiguous in one partition), then by their place in the partition. One counting pass."""
+def _number_rows(df: DataFrame, keys: list[str]) -> tuple[int, DataFrame]:
+    """(rows counted, ``df`` with a 0-based ``ROW_COLUMN`` column): rows ordered by the groups ``keys``
+    (each group contiguous in one partition, the groups in the order of their keys), then by their
+    place in the partition. One counting pass."""
     from pyspark.sql import functions as F
 
     tagged = df.withColumn("_anomaly_vae_pid", F.spark_partition_id()).withColumn(
         "_anomaly_vae_mid", F.monotonically_increasing_id())
     counts = (tagged.groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.min("_anomaly_vae_mid").alias("first"))
-              .orderBy(*order).collect())
+              .orderBy(*keys).collect())
     bases, offset = [], 0
     for r in counts:
         bases.append((*[r[k] for k in keys], offset - int(r["first"])))
@@ -132,27 +145,20 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
     DataFrame : lazy; one row per input row: the id or ``row``, score, p_value, is_anomaly, threshold,
         error, and with ``explain`` the ``top1_feature``, ``top1_nats``, ... columns.
     """
-    from ..detector import load_detector
-
-    det = load_detector(model_dir)
-    if alpha is not None:
-        det.set_alpha(alpha)
+    det = driver_detector(model_dir, alpha)
     det.check_threshold()
     columns = _table_columns(det, df)
     if id_column is not None and id_column not in df.columns:
         raise InputError(f"the id column {id_column!r} is not in the DataFrame; columns are {df.columns}")
     if batch_bytes < 1:
         raise InputError(f"batch_bytes must be >= 1, got {batch_bytes}")
-    name, digest = ship_model(df.sparkSession, model_dir)
+    name, digest = _ship(df.sparkSession, Path(model_dir))
     keep = list(dict.fromkeys([*columns, *([id_column] if id_column else []),
                                *([CORRUPT_COLUMN] if _csv is not None else [])]))
     if id_column is None:
-
-        if _file_order:  # rows of files in name order: (file, block) pieces, each in one partition, in order
-            keys = ["_anomaly_vae_file", "_anomaly_vae_block"]
-            counted, numbered = _number_rows(df, keys, keys)
-        else:
-            counted, numbered = _number_rows(df, ["_anomaly_vae_pid"], ["_anomaly_vae_pid"])
+        # files: (file, block) pieces in name order, each in one partition; else the partitions in order
+        keys = ["_anomaly_vae_file", "_anomaly_vae_block"] if _file_order else ["_anomaly_vae_pid"]
+        counted, numbered = _number_rows(df, keys)
         src, id_source, id_name = numbered.select(*keep, ROW_COLUMN), ROW_COLUMN, "row"
     else:
         src, id_source, id_name = df.select(*keep), id_column, id_column
@@ -177,15 +183,11 @@ def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[
     other extensions or hidden)."""
     from pyspark.sql import functions as F
 
-    from ..detector import load_detector
-
-    det = load_detector(model_dir)
-    if alpha is not None:
-        det.set_alpha(alpha)
+    det = driver_detector(model_dir, alpha)
     det.check_threshold()
     if det.input_kind_ != "image":
         raise InputError(f"{folder} is a folder of images, but this model scores tables")
-    name, digest = ship_model(spark, model_dir)
+    name, digest = _ship(spark, Path(model_dir))
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(glob_escaped(folder))
              .select("path", "content"))
     ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))

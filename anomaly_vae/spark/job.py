@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from ..batch import BatchSummary
 from ..exceptions import InputError
-from .frames import BATCH_BYTES, score_dataframe, score_images
+from .frames import BATCH_BYTES, driver_detector, score_dataframe, score_images
 from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from ..detector import VAEAnomalyDetector
 
 __all__ = ["read_table", "spark_score", "session"]
 
@@ -126,13 +128,6 @@ def _local_header(path: str, sep: str) -> list[str] | None:
     return [h.strip() for h in row]
 
 
-def _numeric_columns(model_dir: str) -> tuple[str, ...]:
-    from ..artifact import read_model_card
-
-    pre = read_model_card(model_dir)["input"]["preprocessing"]
-    return tuple(c["name"] for c in pre.get("columns", []) if c.get("type") == "numeric")
-
-
 def _format_of(path: str, spark: SparkSession | None = None) -> str:
     """"csv" or "parquet", from the file's suffix or, for a directory, from its part files' (hidden
     and ``_`` files skipped, as Spark skips them); a directory that mixes them, or holds other
@@ -203,9 +198,8 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
 
     fmt_out = _output_format(out)
     _check_paths(data, out)
-    from ..artifact import read_model_card
-
-    images = read_model_card(model_dir)["input"]["kind"] == "image"  # the model says what the data is
+    det = driver_detector(model_dir, alpha)  # for the summary; score_dataframe / score_images check it in full
+    images = det.input_kind_ == "image"  # the model says what the data is
     skipped = 0
     if images:
         if id_column:
@@ -214,7 +208,8 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
                                        batch_bytes=batch_bytes)
         id_name = "path"
     else:
-        df, layout = read_table(spark, data, sep=sep, multiline=multiline, numeric=_numeric_columns(model_dir))
+        df, layout = read_table(spark, data, sep=sep, multiline=multiline, numeric=tuple(
+            c["name"] for c in det.preprocessor_.columns if c["type"] == "numeric"))
         if id_column is None:  # number rows by file name and place in the file, as the files were read
             df = (df.withColumn("_anomaly_vae_file", F.col("_metadata.file_path"))
                   .withColumn("_anomaly_vae_block", F.col("_metadata.file_block_start")))
@@ -235,27 +230,22 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
             spark.conf.set(pruning_key, pruning)
         written = spark.read.schema(scored.schema).option("header", "true").option("escape", '"').format(
             fmt_out).load(staging.tmp_str)
-        summary = _summarise(written, scored, model_dir, alpha, skipped, id_name, out)  # checked before the rename
+        summary = _summarise(written, scored, det, skipped, id_name, out)  # checked before the rename
         staging.commit()
     summary.output = Path(out) if "://" not in out else None
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _summarise(written: DataFrame, scored: DataFrame, model_dir: str, alpha: float | None, skipped: int,
-               id_name: str, out: str) -> BatchSummary:
+def _summarise(written: DataFrame, scored: DataFrame, det: VAEAnomalyDetector, skipped: int, id_name: str,
+               out: str) -> BatchSummary:
     from pyspark.sql import functions as F
-
-    from ..detector import load_detector
 
     counted = getattr(scored, "_anomaly_vae_counted", None)  # rows the numbering counted (auto-numbered only)
     agg = written.agg(F.count(F.lit(1)).alias("rows"), F.count("score").alias("scored"),
                       F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"), F.count("error").alias("errors"),
                       *([F.min("row").alias("lo"), F.max("row").alias("hi")] if counted is not None else [])
                       ).collect()[0]
-    det = load_detector(model_dir)
-    if alpha is not None:
-        det.set_alpha(alpha)
     summary = BatchSummary(rows=int(agg["rows"]), scored=int(agg["scored"]), anomalies=int(agg["anomalies"] or 0),
                            errors=int(agg["errors"]), alpha=det.alpha_, threshold=float(det.threshold_),
                            skipped_files=skipped, id_name=id_name)

@@ -24,10 +24,10 @@ from ..io.tables import NA_VALUES
 if TYPE_CHECKING:
     from ..detector import VAEAnomalyDetector
 
-__all__ = ["CORRUPT_COLUMN", "CsvLayout", "card_digest", "executor_detector", "rebatch", "table_scorer", "image_scorer",
+__all__ = ["ROW_COLUMN", "CORRUPT_COLUMN", "CsvLayout", "card_digest", "executor_detector", "rebatch", "table_scorer", "image_scorer",
            "local_path", "relative", "glob_escaped"]
 
-ROW_SOURCE = "_anomaly_vae_row"
+ROW_COLUMN = "_anomaly_vae_row"
 """The column of row numbers the driver adds when there is no id column."""
 CORRUPT_COLUMN = "_anomaly_vae_corrupt_record"
 """Where the CSV reader puts a line it could not split into the header's fields."""
@@ -39,6 +39,8 @@ class CsvLayout:
 
     sep: str
     header: tuple[str, ...]
+
+
 _LOADED: dict[str, VAEAnomalyDetector] = {}  # per Python worker: sha256 of the card -> detector
 
 
@@ -116,7 +118,7 @@ def table_scorer(name: str, digest: str, alpha: float | None, columns: list[str]
                 data, errors = _csv_rows(pdf, data, columns, csv)
             ids = pdf[id_source].tolist()
             sc = score_chunk(det, Chunk(0, ids, data, errors), explain, score)
-            out, _ = result_frame(det, sc, id_name, names, cal, numbered=id_source == ROW_SOURCE)
+            out, _ = result_frame(det, sc, id_name, names, cal, numbered=id_source == ROW_COLUMN)
             yield out
 
     return run

@@ -37,6 +37,7 @@ from starlette.routing import Route
 from anomaly_vae.exceptions import InputError
 
 from . import metrics as service_metrics
+from . import v2_http
 from .batcher import Overloaded
 from .guard import FILENAMES_KEY, REASON_KEY, RequestGuard, RouteRule
 from .openapi import OpenAPIDocument
@@ -233,11 +234,23 @@ def _served_model() -> Any:
     return None if scorer is None else scorer.det
 
 
-AnomalyVAE.mount_asgi_app(Starlette(routes=[Route("/model", model_card, methods=["GET"])]), path="/")
+def _load_error() -> str | None:
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:
+        return None
+    return getattr(service, "load_error", None)
+
+
+AnomalyVAE.mount_asgi_app(Starlette(routes=[Route("/model", model_card, methods=["GET"]),
+                                            *v2_http.routes(current_scorer, SETTINGS.model_name, _load_error)]),
+                          path="/")
 AnomalyVAE.add_asgi_middleware(
     RequestGuard,
     rules={"/score": RouteRule("application/json"),
            "/score_csv": RouteRule("multipart/form-data", file_fields=("file",)),
            "/score_images": RouteRule("multipart/form-data", file_fields=("files",))},
+    pattern_rules={v2_http.INFER_PATH: RouteRule(("application/json", "application/octet-stream", "none"),
+                                                 endpoint=v2_http.ENDPOINT)},
     max_body_bytes=SETTINGS.max_body_bytes, count=_count_rejected, body_timeout_s=SETTINGS.body_timeout_s)
 AnomalyVAE.add_asgi_middleware(OpenAPIDocument, spec=lambda: AnomalyVAE.openapi_spec.asdict(), model=_served_model)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,17 +41,25 @@ Problem = tuple[int, str, str]  # status, reason, message
 
 
 class RouteRule:
-    def __init__(self, media_type: str, file_fields: tuple[str, ...] = ()) -> None:
-        self.media_type = media_type
+    """What a route takes: its media type(s) (``none`` among them: a request without Content-Type
+    is let through, as Triton's client sends V2 requests), the form fields that must be files, and
+    the endpoint name rejections are counted under (default: the path)."""
+
+    def __init__(self, media_type: str | tuple[str, ...], file_fields: tuple[str, ...] = (),
+                 endpoint: str | None = None) -> None:
+        self.media_types = (media_type,) if isinstance(media_type, str) else tuple(media_type)
         self.file_fields = file_fields
+        self.endpoint = endpoint
 
 
 class RequestGuard:
     def __init__(self, app: Any, rules: dict[str, RouteRule], max_body_bytes: int,
                  count: Callable[[str, str], None], body_timeout_s: float = 30.0,
-                 drain_bytes: int | None = None) -> None:
+                 drain_bytes: int | None = None, pattern_rules: dict[str, RouteRule] | None = None) -> None:
         self.app = app
         self.rules = rules
+        # paths with parameters (/v2/models/{name}/infer), as regular expressions matched in full
+        self.pattern_rules = [(re.compile(p), r) for p, r in (pattern_rules or {}).items()]
         self.max_body_bytes = int(max_body_bytes)
         self.count = count
         self.body_timeout_s = float(body_timeout_s)
@@ -58,10 +67,10 @@ class RequestGuard:
         self.drain_bytes = int(drain_bytes if drain_bytes is not None else 4 * self.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        rule = self.rules.get(scope.get("path", "")) if scope["type"] == "http" and scope.get("method") == "POST" else None
+        rule = self._rule(scope)
         if rule is None:
             return await self.app(scope, receive, send)
-        endpoint = scope["path"].strip("/")
+        endpoint = rule.endpoint or scope["path"].strip("/")
         deadline = anyio.current_time() + self.body_timeout_s
         problem = self._check_headers(scope, rule)
         if problem is not None:
@@ -87,6 +96,15 @@ class RequestGuard:
             if problem is not None:
                 return await self._reject(send, endpoint, *problem)
         await self._forward(scope, body, receive, send, endpoint)
+
+    def _rule(self, scope: Scope) -> RouteRule | None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return None
+        path = scope.get("path", "")
+        rule = self.rules.get(path)
+        if rule is None:
+            rule = next((r for p, r in self.pattern_rules if p.fullmatch(path)), None)
+        return rule
 
     async def _forward(self, scope: Scope, body: bytes, receive: Any, send: Any, endpoint: str) -> None:
         """The request, with its body read already, to BentoML; a 4xx answer is counted."""
@@ -118,10 +136,13 @@ class RequestGuard:
         if len(types) > 1:
             return 400, "invalid_request", (f"{len(types)} Content-Type headers ({', '.join(types)[:200]}); "
                                             "send exactly one")
-        media_type = types[0].split(";")[0].strip().lower() if types else ""
-        if media_type != rule.media_type:
-            return 415, "unsupported_media_type", (f"{scope['path']} accepts Content-Type {rule.media_type}, got "
-                                                   f"{media_type or 'none'}")
+        media_type = types[0].split(";")[0].strip().lower() if types else "none"
+        if media_type not in rule.media_types:
+            return 415, "unsupported_media_type", (f"{scope['path'][:200]} accepts Content-Type "
+                                                   f"{' or '.join(rule.media_types)}, got {media_type[:100]}")
+        if any(v.strip().lower() != "identity" for v in _header_values(scope, b"content-encoding")):
+            return 415, "unsupported_media_type", ("Content-Encoding is not accepted: send the body uncompressed "
+                                                   "(it is limited in size before it is read)")
         length = _content_length(scope)
         if length is not None and (length < 0 or length > self.max_body_bytes):
             return 413, "too_large", self._too_large(_header_values(scope, b"content-length")[0])

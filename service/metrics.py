@@ -35,11 +35,11 @@ from anomaly_vae.instances import REASONS
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = ("score", "score_csv", "score_images")
+ENDPOINTS = ("score", "score_csv", "score_images", "v2_infer")
 # every reason a request can be rejected for (4xx): the instance reasons of anomaly_vae.instances,
 # and the ones of the request as a whole
 REJECT_REASONS = (*REASONS, "bad_csv", "bad_image", "invalid_request", "too_large", "unsupported_media_type",
-                  "timeout")
+                  "timeout", "not_found")
 _registering = threading.Lock()  # releasing names and registering new collectors is one step
 
 def use_own_multiproc_dir() -> Path | None:

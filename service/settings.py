@@ -5,6 +5,8 @@ variable                               default                      meaning
 =====================================  ===========================  ==============================================
 ``ANOMALY_VAE_MODEL``                  ``anomaly_vae:latest``       a model directory or a BentoML model tag (put
                                                                     one in the store with ``anomaly-vae export``)
+``ANOMALY_VAE_MODEL_NAME``             ``anomaly_vae``              the model's name in the Open Inference Protocol
+                                                                    routes (``/v2/models/{name}/infer``)
 ``ANOMALY_VAE_WORKERS``                1                            worker processes
 ``ANOMALY_VAE_TORCH_THREADS``          1                            torch threads per worker
 ``ANOMALY_VAE_MAX_BODY_MB``            32                           larger request bodies are answered 413
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,6 +48,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     model: str = "anomaly_vae:latest"  # the store's latest export: what `anomaly-vae export` puts there
+    model_name: str = "anomaly_vae"  # the name V2 clients ask for; one path segment
     workers: int = 1  # one process per core is the caller's choice, not ours
     torch_threads: int = 1  # dense forwards are small: more threads cost more than they give
     max_body_mb: float = 32.0  # ~100k table rows as JSON; larger batches belong to /score_csv or the CLI
@@ -93,8 +97,13 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name} must be a positive number, got {raw!r}")
             return value
 
+        model_name = text("MODEL_NAME", defaults.model_name)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", model_name) or model_name in (".", ".."):
+            raise SettingsError(f"{PREFIX}MODEL_NAME must be 1 to 100 letters, digits, '_', '.' or '-' (a URL path "
+                                f"segment), got {model_name!r}")
         return cls(
             model=text("MODEL", defaults.model),
+            model_name=model_name,
             workers=integer("WORKERS", defaults.workers),
             torch_threads=integer("TORCH_THREADS", defaults.torch_threads),
             max_body_mb=number("MAX_BODY_MB", defaults.max_body_mb),

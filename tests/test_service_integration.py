@@ -181,6 +181,53 @@ def test_bad_input_never_takes_the_server_down(served, rows) -> None:
     assert not re.search(r"status=5\d\d", server.log.read_text())
 
 
+def test_triton_client_scores_over_the_open_inference_protocol_json_and_binary(served, stored_model, rows) -> None:
+    """Triton's own HTTP client (tritonclient.http) against the real server: health, metadata, and
+    inference with JSON and binary tensors, per column and as a matrix, scores equal to the Python API."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    url, server = served
+    _, det, tag = stored_model
+    normal, anomalous = rows
+    batch = pd.concat([normal.iloc[1200:1400], anomalous.iloc[:100]])
+    expected = det.anomaly_score(batch)
+    client = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("anomaly_vae")
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        meta = client.get_model_metadata("anomaly_vae")
+        assert meta["versions"] == [tag.split(":")[1]]
+        assert [i["name"] for i in meta["inputs"]] == list(batch.columns)
+        for binary in (False, True):
+            columns = []
+            for name in batch.columns:
+                tensor = triton.InferInput(name, [len(batch)], "FP64")
+                tensor.set_data_from_numpy(batch[name].to_numpy(np.float64), binary_data=binary)
+                columns.append(tensor)
+            matrix = triton.InferInput("input", list(batch.shape), "FP64")
+            matrix.set_data_from_numpy(batch.to_numpy(np.float64), binary_data=binary)
+            asked = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("score", "p_value", "is_anomaly")]
+            for inputs in (columns, [matrix]):
+                result = client.infer("anomaly_vae", inputs, outputs=asked, model_version=meta["versions"][0],
+                                      request_id="batch-1")
+                np.testing.assert_array_equal(result.as_numpy("score"), expected)
+                np.testing.assert_array_equal(result.as_numpy("p_value"), det.p_values(batch))
+                np.testing.assert_array_equal(result.as_numpy("is_anomaly"), det.predict(batch) == -1)
+                assert result.get_response()["id"] == "batch-1"
+        only = client.infer("anomaly_vae", [matrix], outputs=[triton.InferRequestedOutput("score")])
+        assert only.as_numpy("p_value") is None
+        np.testing.assert_array_equal(only.as_numpy("score"), expected)
+        wrong = triton.InferInput("input", [1, 3], "FP32")
+        wrong.set_data_from_numpy(np.zeros((1, 3), np.float32))
+        with pytest.raises(InferenceServerException, match=r"expected shape \[N, 21\]") as err:
+            client.infer("anomaly_vae", [wrong])
+        assert err.value.status() == "422"
+    finally:
+        client.close()
+    assert not re.search(r"status=5\d\d", server.log.read_text())
+
+
 @pytest.fixture(scope="module")
 def prometheus(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = shutil.which("prometheus")

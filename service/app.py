@@ -253,4 +253,5 @@ AnomalyVAE.add_asgi_middleware(
     pattern_rules={v2_http.INFER_PATH: RouteRule(("application/json", "application/octet-stream", "none"),
                                                  endpoint=v2_http.ENDPOINT)},
     max_body_bytes=SETTINGS.max_body_bytes, count=_count_rejected, body_timeout_s=SETTINGS.body_timeout_s)
+AnomalyVAE.add_asgi_middleware(v2_http.LineBreakPaths)
 AnomalyVAE.add_asgi_middleware(OpenAPIDocument, spec=lambda: AnomalyVAE.openapi_spec.asdict(), model=_served_model)

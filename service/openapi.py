@@ -95,7 +95,76 @@ def agree(spec: dict[str, Any], det: Any | None) -> dict[str, Any]:
         "tags": ["Service APIs"], "description": "The model card (model.json) with the served version",
         "responses": {"200": {"description": "The model card", "content": {"application/json": {"schema": {"type": "object"}}}},
                       "503": errors["503"]}}}
+    schemas.update(V2_SCHEMAS)
+    doc["paths"].update(_v2_paths(errors))
     return doc
+
+
+_V2_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+             "BYTES"]
+_V2_PARAMETERS = {"type": "object", "nullable": True, "description": "protocol parameters (binary_data_size, "
+                  "binary_data, binary_data_output)"}
+_V2_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string", "minLength": 1},
+    "datatype": {"type": "string", "enum": _V2_TYPES},
+    "shape": {"type": "array", "minItems": 1, "maxItems": 8, "items": {"type": "integer", "minimum": 0,
+                                                                       "maximum": 2**31 - 1}},
+    "parameters": _V2_PARAMETERS,
+    "data": {"type": "array", "description": "the elements, flat in row-major order or nested as the shape"}}}
+V2_SCHEMAS = {
+    "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "parameters": _V2_PARAMETERS,
+        "inputs": {"type": "array", "minItems": 1, "items": _V2_TENSOR},
+        "outputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "enum": ["score", "p_value", "is_anomaly"]}, "parameters": _V2_PARAMETERS}}}}},
+    "V2InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": _V2_TENSOR}}},
+    "V2ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                        "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                                       "platform": {"type": "string"}, "parameters": {"type": "object"},
+                                       "inputs": {"type": "array", "items": {"type": "object"}},
+                                       "outputs": {"type": "array", "items": {"type": "object"}}}},
+}
+
+
+def _v2_paths(errors: dict[str, Any]) -> dict[str, Any]:
+    """The Open Inference Protocol's routes (``service/v2_http.py``): JSON bodies only here; the
+    binary tensor extension (``Inference-Header-Content-Length``) is the same request with raw bytes
+    after the JSON header."""
+    tags = ["Open Inference Protocol (V2)"]
+
+    def ref(name: str, text: str) -> dict[str, Any]:
+        return {"description": text, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+    health = {"description": "true", "content": {"application/json": {"schema": {"type": "object"}}}}
+    false = {"description": "false: no model is loaded (the error says why)",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths: dict[str, Any] = {
+        "/v2": {"get": {"tags": tags, "description": "Server metadata", "responses": {"200": health}}},
+        "/v2/health/live": {"get": {"tags": tags, "description": "Live", "responses": {"200": health}}},
+        "/v2/health/ready": {"get": {"tags": tags, "description": "Ready", "responses": {"200": health, "400": false}}},
+    }
+    for base, params in (("/v2/models/{name}", [name]), ("/v2/models/{name}/versions/{version}", [name, version])):
+        paths[base] = {"get": {"tags": tags, "description": "Model metadata", "parameters": params, "responses": {
+            "200": ref("V2ModelMetadata", "the model's inputs, outputs and parameters"),
+            "404": errors["422"] | {"description": "another model or version"}, "503": errors["503"]}}}
+        paths[base + "/ready"] = {"get": {"tags": tags, "description": "Model ready", "parameters": params,
+                                          "responses": {"200": health, "400": false,
+                                                        "404": errors["422"] | {"description": "another model or version"}}}}
+        paths[base + "/infer"] = {"post": {
+            "tags": tags, "description": "Scores: outputs score (FP64), p_value (FP64), is_anomaly (BOOL)",
+            "parameters": params,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferRequest"}}}},
+            "responses": {"200": ref("V2InferResponse", "the outputs asked, in the order asked"),
+                          **{code: errors[code] for code in ("400", "408", "413", "415", "422", "500", "503")},
+                          "404": errors["422"] | {"description": "another model or version"}}}}
+    return paths
 
 
 def instances_schema(det: Any | None) -> dict[str, Any]:

@@ -41,12 +41,28 @@ from .batcher import Overloaded
 from .guard import REASON_KEY
 from .scorer import Scorer
 
-__all__ = ["ENDPOINT", "INFER_PATH", "routes"]
+__all__ = ["ENDPOINT", "INFER_PATH", "LineBreakPaths", "routes"]
 
 ENDPOINT = "v2_infer"  # the metrics' endpoint label
 # the infer routes, for the request guard: /v2/models/{name}/infer and /v2/models/{name}/versions/{v}/infer
 INFER_PATH = r"/v2/models/[^/]+(/versions/[^/]+)?/infer"
 THREAD_BYTES = 1 << 20  # bodies larger than this are decoded in a thread, so the event loop keeps serving
+
+
+class LineBreakPaths:
+    """ASGI middleware: a /v2 path with a line break (``%0A``) is answered the protocol's JSON 404.
+    The app these routes are mounted in matches paths with ``.*``, which stops at a line break, so
+    such a path would get a plain-text 404 from outside it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/v2") and "\n" in path:
+            return await JSONResponse({"error": "no such model or route: the path has a line break",
+                                       "reason": "not_found"}, status_code=404)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def routes(get_scorer: Callable[[], Scorer | None], model_name: str, load_error: Callable[[], str | None]) -> list[Route]:
@@ -130,6 +146,10 @@ def routes(get_scorer: Callable[[], Scorer | None], model_name: str, load_error:
         scorer.record(ENDPOINT, scores, flagged)
         return Response(content, headers=headers)
 
+    async def no_route(request: Request) -> Response:
+        return error(404, f"no route {request.method} {request.url.path[:200]} in the Open Inference Protocol",
+                     request, "not_found")
+
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     return [
@@ -141,5 +161,6 @@ def routes(get_scorer: Callable[[], Scorer | None], model_name: str, load_error:
             Route(base + "/ready", model_ready, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
         )),
+        Route("/v2/{rest:path}", no_route, methods=["GET", "POST"]),  # JSON, not Starlette's plain-text 404
     ]
 

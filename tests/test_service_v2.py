@@ -197,6 +197,9 @@ def test_metadata_health_and_versions(numeric_model, numeric_client: TestClient)
         r = c.get(path)
         assert r.status_code == 404 and "error" in r.json(), path
     assert c.post("/v2/models/anomaly_vae/versions/7/infer", json={"inputs": []}).status_code == 404
+    for path in ("/v2/no/such/route", "/v2/models/a%0Ab/ready"):  # JSON 404s, not plain text (schemathesis)
+        r = c.get(path)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json" and r.json()["error"]
 
 
 def test_without_a_model_v2_health_is_false_and_says_why(tmp_path: Path) -> None:

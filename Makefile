@@ -21,7 +21,7 @@ $(VENV)/.installed-core: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,images,plots,service,spark]"
+	$(BIN)/pip install --quiet -e ".[dev,images,plots,service,spark,onnx]"
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core

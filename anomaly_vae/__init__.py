@@ -22,6 +22,7 @@ _WHERE = {
     "ArtifactError": "exceptions",
     "ModelCardError": "exceptions",
     "CalibrationError": "exceptions",
+    "ExportError": "exceptions",
     "InputError": "exceptions",
     "NotFittedError": "exceptions",
     "TrainingDivergedError": "exceptions",
@@ -46,6 +47,6 @@ if _typing.TYPE_CHECKING:
     from .artifact import read_model_card
     from .calibration import conformal_p_values, conformal_threshold, min_calibration_size
     from .detector import VAEAnomalyDetector, load_detector
-    from .exceptions import (AnomalyVAEError, ArtifactError, CalibrationError, InputError, ModelCardError, NotFittedError,
-                             TrainingDivergedError)
+    from .exceptions import (AnomalyVAEError, ArtifactError, CalibrationError, ExportError, InputError, ModelCardError,
+                             NotFittedError, TrainingDivergedError)
     from .models import ConvVAE, DenseVAE

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -615,6 +616,27 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def save(self, path: str) -> None:
         """Write the model directory (``model.json`` + ``model.safetensors``); see ``artifact``."""
         save_model(path, *self.fitted_state())
+
+    def to_onnx(self, path: str | os.PathLike[str], *, score: str | None = None, p_value: bool = True,
+                prepared_input: bool | None = None) -> Path:
+        """Write the scoring graph as an ONNX model (needs the ``onnx`` extra); see ``anomaly_vae.onnx``.
+
+        Parameters
+        ----------
+        path : the ``.onnx`` file to write.
+        score : "elbo", "reconstruction" or "iwae"; None is ``score_kind``.
+        p_value : add the conformal ``p_value`` output.
+        prepared_input : None: raw float64 values for an all-numeric table, ``preprocess(X)`` otherwise;
+            True: always ``preprocess(X)``; False: raw values (``ExportError`` where there are none).
+
+        Returns
+        -------
+        pathlib.Path : ``path``; outputs ``score`` float64 (N,), ``p_value`` float64 (N,) and
+        ``is_anomaly`` bool (N,) (the last two when the calibration allows them).
+        """
+        from .onnx import export_onnx  # here, so that importing the package does not import onnx
+
+        return export_onnx(self, path, score=score, p_value=p_value, prepared_input=prepared_input)
 
     def fitted_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The fitted state as the sections of ``model.json`` (JSON-safe: ``params``, ``architecture``,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sklearn.exceptions import NotFittedError
 
-__all__ = ["AnomalyVAEError", "InputError", "CalibrationError", "TrainingDivergedError", "ArtifactError", "ModelCardError",
-           "NotFittedError"]
+__all__ = ["AnomalyVAEError", "InputError", "CalibrationError", "TrainingDivergedError", "ArtifactError",
+           "ModelCardError", "ExportError", "NotFittedError"]
 
 
 class AnomalyVAEError(Exception):
@@ -33,6 +33,11 @@ class TrainingDivergedError(AnomalyVAEError, RuntimeError):
 
 class ArtifactError(AnomalyVAEError, ValueError):
     """A model directory that cannot be loaded: missing file, bad hash, newer format, ..."""
+
+
+class ExportError(AnomalyVAEError, ValueError):
+    """A fitted model that cannot be exported as asked (``anomaly_vae.onnx``): an unknown score, an
+    input form the model does not have, a missing ``onnx`` package, a graph the exporter refuses."""
 
 
 class ModelCardError(ArtifactError):

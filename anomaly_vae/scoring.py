@@ -34,7 +34,7 @@ from .models import VAE
 log = logging.getLogger(__name__)
 
 __all__ = ["SCORES", "BLOCK", "SCORE_MAX", "CROSS_CPU_RTOL", "CROSS_CPU_ATOL", "score_samples", "feature_scores",
-           "draw_noise", "single_thread"]
+           "block_scores", "draw_noise", "single_thread"]
 
 SCORES = ("elbo", "reconstruction", "iwae")
 BLOCK = 64  # rows per forward pass; fixed so that results do not depend on the batch
@@ -102,7 +102,10 @@ def _finite(scores: np.ndarray, what: str) -> np.ndarray:
     return scores
 
 
-def _block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -> torch.Tensor:
+def block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -> torch.Tensor:
+    """The scores of one batch ``x`` (B, *event) as a float32 tensor (B,), uncapped: the torch
+    computation behind ``score_samples`` (which runs it per fixed block and caps the result), and
+    the one ``onnx`` traces into its graph, so that the two cannot drift apart."""
     if score == "reconstruction":
         return -model(x).log_px  # z = posterior mean
     p = model(x, noise.unsqueeze(1))  # the same K draws for every row: z (K, B, k)
@@ -130,7 +133,7 @@ def score_samples(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor, 
     was_training = model.training
     model.eval()
     try:
-        out = _run_blocks(lambda blk: _block_scores(model, blk, score, noise), x, device, workers)
+        out = _run_blocks(lambda blk: block_scores(model, blk, score, noise), x, device, workers)
     finally:
         model.train(was_training)
     if not out:

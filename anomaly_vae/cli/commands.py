@@ -312,11 +312,51 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        return _export_onnx(args)
+    onnx_only = [flag for flag, given in (("--out", args.out is not None), ("--score", args.score is not None),
+                                          ("--no-p-value", not args.p_value), ("--prepared-input", args.prepared_input))
+                 if given]
+    if onnx_only:
+        raise UsageError(f"{', '.join(onnx_only)}: only with --format onnx")
     from ..artifact import export_to_bentoml
 
-    tag = export_to_bentoml(args.model_dir, args.name)
+    tag = export_to_bentoml(args.model_dir, args.name or "anomaly_vae")
     print(f"exported {args.model_dir} to the BentoML model store as {tag}")
     print(f"  serve it             ANOMALY_VAE_MODEL={tag} bentoml serve   (from the repository root)")
+    return EXIT_OK
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise UsageError("--format onnx needs --out FILE.onnx")
+    if args.name is not None:
+        raise UsageError("--name is for --format bentoml (the model store); with --format onnx use --out")
+    from ..onnx import export_onnx, read_onnx_metadata
+
+    det = _load(args.model_dir, None)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(det, args.out, score=args.score, p_value=args.p_value,
+                       prepared_input=True if args.prepared_input else None)
+    meta = read_onnx_metadata(path)
+    shape = ", ".join(map(str, json.loads(meta["input_shape"])))
+    print(f"exported {args.model_dir} as ONNX to {path}")
+    if meta["input"] == "raw_numeric":
+        what = "raw values in the column order of metadata anomaly_vae.columns, NaN = missing"
+    elif meta["input_kind"] == "table":
+        what = "prepared: det.preprocess(X), features as in metadata anomaly_vae.feature_names"
+    else:
+        what = "prepared: det.preprocess(X), pixels in [0, 1]"
+    print(f"  input                {meta['input_name']} {meta['input_dtype']} [{shape}] ({what})")
+    print(f"  outputs              {', '.join(json.loads(meta['outputs']))}")
+    print(f"  score                {meta['score']} ({meta['units']}), within rtol {meta['rtol']} / atol "
+          f"{meta['atol']} of the Python API's")
+    if meta["threshold"]:
+        print(f"  threshold            {float(meta['threshold']):.4g} ({meta['threshold_method']}, alpha "
+              f"{meta['alpha'] or 'n/a'}, {meta['n_calibration']} calibration scores)")
+    for key in ("threshold_note", "p_value_note"):
+        if meta.get(key):
+            print(f"  note                 {meta[key]}")
     return EXIT_OK
 
 

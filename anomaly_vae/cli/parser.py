@@ -202,8 +202,19 @@ def _plot_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _export_flags(p: argparse.ArgumentParser) -> None:
+    from ..scoring import SCORES
+
     p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--name", default="anomaly_vae", help="model name in the store (default anomaly_vae)")
+    p.add_argument("--format", choices=("bentoml", "onnx"), default="bentoml",
+                   help="bentoml: into the BentoML model store (default); onnx: the scoring graph to --out")
+    p.add_argument("--name", help="bentoml: model name in the store (default anomaly_vae)")
+    p.add_argument("--out", metavar="FILE.onnx", help="onnx: the file to write (required with --format onnx)")
+    p.add_argument("--score", choices=SCORES, help="onnx: the score the graph computes (default: the model's; "
+                   "another score has no p_value or is_anomaly output, the calibration being of the model's)")
+    p.add_argument("--no-p-value", dest="p_value", action="store_false", help="onnx: no p_value output")
+    p.add_argument("--prepared-input", action="store_true",
+                   help="onnx: an all-numeric table's graph takes the prepared float32 features (as images and "
+                        "tables with string columns do) instead of the raw float64 values")
 
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
@@ -291,11 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
                        flags=_plot_flags)
     p.set_defaults(func=commands.plot)
 
-    p = sub.add_parser("export", help="put a model directory into the BentoML model store for the service",
-                       description="Copy MODEL_DIR (model.json + model.safetensors, checked by loading them) into "
-                                   "the BentoML model store ($BENTOML_HOME, default ~/bentoml) as a new version of "
-                                   "--name. The service serves anomaly_vae:latest unless ANOMALY_VAE_MODEL says "
-                                   "otherwise.",
+    p = sub.add_parser("export", formatter_class=fmt,
+                       help="put a model into the BentoML model store, or write its scoring graph as ONNX",
+                       description="--format bentoml (default): copy MODEL_DIR (model.json + model.safetensors, "
+                                   "checked by loading them) into the BentoML model store ($BENTOML_HOME, default "
+                                   "~/bentoml) as a new version of --name. The service serves anomaly_vae:latest "
+                                   "unless ANOMALY_VAE_MODEL says otherwise.\n\n"
+                                   "--format onnx (the 'onnx' extra): write the scoring graph to --out: input -> "
+                                   "score (float64, nats, higher = more anomalous), p_value and is_anomaly (when "
+                                   "the model is calibrated), batch dimension N dynamic. An all-numeric table's "
+                                   "graph takes the raw float64 values in the model's column order (NaN = missing); "
+                                   "images and tables with string columns take the prepared float32 input. The "
+                                   "file's metadata says which, with the columns, threshold and tolerance.",
                        flags=_export_flags)
     p.set_defaults(func=commands.export)
 

@@ -201,7 +201,8 @@ class TablePreprocessor:
 
     def _fill_numeric(self, out: np.ndarray, values: np.ndarray) -> None:
         """Write the scaled numeric columns (and missing indicators) of ``values`` (N, n_numeric),
-        float64 with NaN for missing, into ``out``. The one place of the scaling formula."""
+        float64 with NaN for missing, into ``out``. The one place of the scaling formula (the ONNX
+        graph of an all-numeric table, ``anomaly_vae.onnx``, repeats it in torch; tests keep them equal)."""
         pos, mean, std, med, ind, names = self._numeric_layout()
         miss = np.isnan(values)
         if miss.any():

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "read_onnx_metadata", "ONNX_RTOL", "ONNX_ATOL", "EXPORT_VERSION", "INPUT_NAME"]
+__all__ = ["export_onnx", "read_onnx_metadata", "onnxruntime_scorer", "ONNX_RTOL", "ONNX_ATOL", "EXPORT_VERSION", "INPUT_NAME"]
 
 ONNX_RTOL, ONNX_ATOL = CROSS_CPU_RTOL, CROSS_CPU_ATOL  # measured: at most 4% of it (module docstring)
 EXPORT_VERSION = 1  # the graph's interface (names, dtypes, metadata keys); raised when it changes
@@ -336,3 +336,48 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     prefix = "anomaly_vae."
     return {p.key[len(prefix):]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
+
+
+def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
+    """A function that scores prepared input (``det.preprocess(X)``, float32) with onnxruntime
+    instead of torch: the detector's default score, float64 (N,), within ``ONNX_RTOL`` /
+    ``ONNX_ATOL`` of ``det.score_prepared`` (not bit-identical to it, and not across batch sizes:
+    see the module docstring). Needs onnxruntime. The graph is exported to a temporary file,
+    loaded, and the file removed.
+
+    Parameters
+    ----------
+    det : a fitted detector.
+    threads : onnxruntime's intra-op threads (one session, one inter-op thread).
+
+    Returns
+    -------
+    callable : ``fn(x) -> scores`` for x of the shape ``det.score_prepared`` takes; a wrong dtype
+    or shape is an ``InputError``, as there.
+    """
+    import tempfile
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("the onnxruntime backend needs onnxruntime: pip install 'anomaly-vae[onnx]'") from None
+    from .exceptions import InputError
+
+    pre = det.preprocessor_
+    event = ((pre.channels, pre.height, pre.width) if det.input_kind_ == "image" else (pre.n_features_out,))
+    with tempfile.TemporaryDirectory(prefix="anomaly-vae-onnx-") as work:
+        path = export_onnx(det, Path(work) / "model.onnx", p_value=False, prepared_input=True)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def score(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype != np.float32 or x.shape[1:] != event:
+            raise InputError(f"a prepared input is float32 (n_samples, {', '.join(map(str, event))}), got "
+                             f"{x.dtype} {x.shape}: make it with preprocess()", reason="shape")
+        if len(x) == 0:
+            return np.zeros(0)
+        return np.asarray(session.run(["score"], {INPUT_NAME: np.ascontiguousarray(x)})[0], dtype=np.float64)
+
+    return score

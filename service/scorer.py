@@ -59,18 +59,26 @@ class Scorer:
         self.threshold = float(det.check_threshold())
         self.alpha: float | None = det.alpha_
         self.model_version = tag.split(":", 1)[1] if tag else "sha256:" + card["weights"]["sha256"][:12]
-        self.card = {"model_version": self.model_version, "bentoml_tag": tag, "source": settings.model, **card}
+        self.card = {"model_version": self.model_version, "bentoml_tag": tag, "source": settings.model,
+                     "backend": settings.backend, **card}
         self.metrics = ServiceMetrics(
             det.calibration_scores_, self.threshold, self.alpha,
             info={"model_version": self.model_version, "score": det.score_kind, "input_kind": det.input_kind_,
                   "package_version": str(card.get("package_version"))},
             window_seconds=settings.drift_window_seconds, window_size=settings.drift_window_size)
-        self.batcher = MicroBatcher(det.score_prepared, max_batch_rows=settings.max_batch_rows,
-                                    on_batch=self.metrics.batch_rows.observe,
-                                    # a dense forward is many small torch ops: run in a second thread they
-                                    # fight the event loop for the GIL (measured: 30% fewer requests/s), so
-                                    # they run on the loop; a conv forward is long kernels that release it
-                                    inline=det.model_.kind == "dense")
+        self.backend = settings.backend
+        if settings.backend == "onnxruntime":  # one call that releases the GIL: it runs in the batcher's thread
+            from anomaly_vae.onnx import onnxruntime_scorer
+
+            score_fn, inline = onnxruntime_scorer(det, settings.torch_threads), False
+        else:
+            # a dense forward is many small torch ops: run in a second thread they fight the event
+            # loop for the GIL (measured: 30% fewer requests/s), so they run on the loop; a conv
+            # forward is long kernels that release it
+            score_fn, inline = det.score_prepared, det.model_.kind == "dense"
+        self._score_fn = score_fn
+        self.batcher = MicroBatcher(score_fn, max_batch_rows=settings.max_batch_rows,
+                                    on_batch=self.metrics.batch_rows.observe, inline=inline)
         try:
             self._warm_up()
         except BaseException:
@@ -96,14 +104,14 @@ class Scorer:
         det.set_params(n_threads=settings.torch_threads)
         torch.set_num_threads(settings.torch_threads)
         scorer = cls(det, settings, tag)
-        log.info("serving %s (%s, version %s): threshold %.6g nats, alpha %s", settings.model, det.input_kind_,
-                 scorer.model_version, scorer.threshold, scorer.alpha)
+        log.info("serving %s (%s, version %s, %s backend): threshold %.6g nats, alpha %s", settings.model,
+                 det.input_kind_, scorer.model_version, settings.backend, scorer.threshold, scorer.alpha)
         return scorer
 
     def _warm_up(self) -> None:
         pre = self.det.preprocessor_
         shape = (1, pre.channels, pre.height, pre.width) if self.input_kind == "image" else (1, pre.n_features_out)
-        self.det.score_prepared(np.zeros(shape, dtype=np.float32))
+        self._score_fn(np.zeros(shape, dtype=np.float32))
 
     @property
     def input_kind(self) -> str:

@@ -7,6 +7,9 @@ variable                               default                      meaning
                                                                     one in the store with ``anomaly-vae export``)
 ``ANOMALY_VAE_MODEL_NAME``             ``anomaly_vae``              the model's name in the Open Inference Protocol
                                                                     routes (``/v2/models/{name}/infer``)
+``ANOMALY_VAE_BACKEND``                ``torch``                    ``torch`` (scores exactly the Python API's) or
+                                                                    ``onnxruntime`` (the model's ONNX graph: faster,
+                                                                    scores within ``anomaly_vae.onnx.ONNX_RTOL``)
 ``ANOMALY_VAE_WORKERS``                1                            worker processes
 ``ANOMALY_VAE_TORCH_THREADS``          1                            torch threads per worker
 ``ANOMALY_VAE_MAX_BODY_MB``            32                           larger request bodies are answered 413
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 __all__ = ["PREFIX", "Settings", "SettingsError"]
 
 PREFIX = "ANOMALY_VAE_"
+BACKENDS = ("torch", "onnxruntime")
 
 
 class SettingsError(ValueError):
@@ -49,6 +53,7 @@ class SettingsError(ValueError):
 class Settings:
     model: str = "anomaly_vae:latest"  # the store's latest export: what `anomaly-vae export` puts there
     model_name: str = "anomaly_vae"  # the name V2 clients ask for; one path segment
+    backend: str = "torch"  # exact scores by default; onnxruntime is opt-in (within a tolerance)
     workers: int = 1  # one process per core is the caller's choice, not ours
     torch_threads: int = 1  # dense forwards are small: more threads cost more than they give
     max_body_mb: float = 32.0  # ~100k table rows as JSON; larger batches belong to /score_csv or the CLI
@@ -101,9 +106,13 @@ class Settings:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", model_name) or model_name in (".", ".."):
             raise SettingsError(f"{PREFIX}MODEL_NAME must be 1 to 100 letters, digits, '_', '.' or '-' (a URL path "
                                 f"segment), got {model_name!r}")
+        backend = text("BACKEND", defaults.backend)
+        if backend not in BACKENDS:
+            raise SettingsError(f"{PREFIX}BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
         return cls(
             model=text("MODEL", defaults.model),
             model_name=model_name,
+            backend=backend,
             workers=integer("WORKERS", defaults.workers),
             torch_threads=integer("TORCH_THREADS", defaults.torch_threads),
             max_body_mb=number("MAX_BODY_MB", defaults.max_body_mb),

@@ -251,10 +251,12 @@ def test_settings_defaults_and_every_variable() -> None:
     assert Settings().max_body_bytes == 32 * 1024 * 1024
     env = {"ANOMALY_VAE_MODEL": " models/cardio ", "ANOMALY_VAE_WORKERS": "3", "ANOMALY_VAE_TORCH_THREADS": "2",
            "ANOMALY_VAE_MAX_BODY_MB": "0.5", "ANOMALY_VAE_BODY_TIMEOUT_S": "2.5", "ANOMALY_VAE_MAX_BATCH_ROWS": "64",
-           "ANOMALY_VAE_DRIFT_WINDOW_SECONDS": "60", "ANOMALY_VAE_DRIFT_WINDOW_SIZE": "500", "OTHER": "x"}
+           "ANOMALY_VAE_DRIFT_WINDOW_SECONDS": "60", "ANOMALY_VAE_DRIFT_WINDOW_SIZE": "500", "OTHER": "x",
+           "ANOMALY_VAE_MODEL_NAME": "fraud-v2", "ANOMALY_VAE_BACKEND": "onnxruntime"}
     s = Settings.from_env(env)
     assert (s.model, s.workers, s.torch_threads, s.max_body_mb, s.body_timeout_s, s.max_batch_rows,
             s.drift_window_seconds, s.drift_window_size) == ("models/cardio", 3, 2, 0.5, 2.5, 64, 60.0, 500)
+    assert (s.model_name, s.backend) == ("fraud-v2", "onnxruntime")
     assert s.max_body_bytes == 512 * 1024
     with pytest.raises(AttributeError):
         s.workers = 4  # frozen: read once, then passed around
@@ -271,6 +273,9 @@ def test_settings_defaults_and_every_variable() -> None:
     ("BODY_TIMEOUT_S", "inf", "ANOMALY_VAE_BODY_TIMEOUT_S must be a positive number, got 'inf'"),
     ("DRIFT_WINDOW_SECONDS", "nan", "ANOMALY_VAE_DRIFT_WINDOW_SECONDS must be a positive number, got 'nan'"),
     ("MODEL", "  ", "ANOMALY_VAE_MODEL must not be empty"),
+    ("MODEL_NAME", "a/b", "ANOMALY_VAE_MODEL_NAME must be 1 to 100 letters, digits"),
+    ("MODEL_NAME", "..", "ANOMALY_VAE_MODEL_NAME must be 1 to 100 letters, digits"),
+    ("BACKEND", "tensorrt", "ANOMALY_VAE_BACKEND must be one of torch, onnxruntime, got 'tensorrt'"),
 ])
 def test_a_bad_setting_is_an_error_naming_the_variable_and_the_value(name, value, words) -> None:
     from service.settings import Settings, SettingsError

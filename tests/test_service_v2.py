@@ -316,3 +316,20 @@ def test_an_oversized_v2_body_is_a_413(numeric_client: TestClient) -> None:
     r = numeric_client.post(INFER, content=b"x" * (SETTINGS.max_body_bytes + 1),
                             headers={"content-type": "application/octet-stream"})
     assert r.status_code == 413 and r.json()["reason"] == "too_large"
+
+
+def test_the_onnxruntime_backend_scores_within_the_export_tolerance(numeric_model, monkeypatch) -> None:
+    from anomaly_vae.onnx import ONNX_ATOL, ONNX_RTOL
+
+    path, det, rows = numeric_model
+    rows = rows.iloc[:200]
+    expected = det.anomaly_score(rows)
+    monkeypatch.setenv("ANOMALY_VAE_BACKEND", "onnxruntime")
+    with serving(path) as c:
+        assert c.get("/model").json()["backend"] == "onnxruntime"
+        body, headers = binary_request([("input", "FP64", list(rows.shape), rows.to_numpy("<f8").tobytes())])
+        got = outputs(c.post(INFER, content=body, headers=headers))
+        np.testing.assert_allclose(got["score"], expected, rtol=ONNX_RTOL, atol=ONNX_ATOL)
+        np.testing.assert_array_equal(got["p_value"], det.p_values_from_scores(got["score"]))
+        one = c.post("/score", json={"instances": rows.iloc[:1].to_numpy().tolist()}).json()["scores"]
+        np.testing.assert_allclose(one, expected[:1], rtol=ONNX_RTOL, atol=ONNX_ATOL)

@@ -277,7 +277,7 @@ def test_prometheus_measures_the_anomaly_rate_of_a_known_batch(served, prometheu
     url, _ = served
     _, det, _ = stored_model
     normal, anomalous = rows
-    total = "sum(anomaly_vae_samples_scored_total)"
+    total = 'sum(anomaly_vae_samples_scored_total{endpoint="score"})'  # other tests score over V2 too
     wait_until(lambda: scalar(prometheus, 'up{job="anomaly-vae"}') == 1)
     start = scrape(url)['anomaly_vae_samples_scored_total{endpoint="score"}']
     wait_until(lambda: scalar(prometheus, total) == start)

@@ -226,6 +226,8 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
     target = Path(path)
     if not target.parent.is_dir():  # before the export's seconds of work, and with the user's path in the message
         raise FileNotFoundError(f"{target}: the folder {target.parent} does not exist")
+    if target.is_dir():
+        raise ExportError(f"{target} is a directory: give the path of the .onnx file to write")
     score = score or det.score_kind
     if score not in SCORES:
         raise ExportError(f"score must be one of {SCORES}, got {score!r}")

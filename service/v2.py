@@ -112,6 +112,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(header, parse_constant=_reject_constant)
     except V2Error:
         raise
+    except RecursionError:
+        raise V2Error("the request's JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as err:
         hint = "" if header_length is not None else " (binary tensor data needs the Inference-Header-Content-Length header)"
         raise V2Error(f"the request is not JSON: {err}{hint}") from None
@@ -194,6 +196,9 @@ def _input_tensor(spec: Any, k: int, rest: memoryview | bytes, offset: int) -> t
 
 def _binary_data(raw: memoryview | bytes, datatype: str, count: int, where: str) -> np.ndarray:
     if datatype == "BYTES":
+        if count > len(raw) // 4:  # before allocating: every element has a 4-byte length
+            raise V2Error(f"{where}: shape says {count} BYTES elements, but binary_data_size {len(raw)} has room "
+                          f"for at most {len(raw) // 4} (4 bytes of length each)")
         out, pos, raw = np.empty(count, dtype=object), 0, bytes(raw)
         for i in range(count):
             if pos + 4 > len(raw):
@@ -237,6 +242,9 @@ def _json_data(data: Any, datatype: str, shape: list[int], count: int, where: st
             arr = None
         if arr is None or any(isinstance(v, list) for v in arr.ravel()[:count + 1]):
             raise V2Error(f"{where}: nested 'data' must be a regular array (rows of equal length)")
+        if arr.shape != tuple(shape):
+            raise V2Error(f"{where}: nested 'data' has shape {list(arr.shape)}, the tensor {shape}; send it flat "
+                          "or nested as the shape")
         flat = arr.ravel().tolist()
     if len(flat) != count:
         raise V2Error(f"{where}: shape {shape} has {count} elements, 'data' has {len(flat)}")

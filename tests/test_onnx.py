@@ -271,6 +271,14 @@ def test_cli_export_format_onnx(cancer_model: VAEAnomalyDetector, cancer, tmp_pa
     assert r.returncode == 0, r.stderr
     assert "input float32 [N, 30]" in r.stdout and "outputs              score\n" in r.stdout
 
+    # a hostile review overwrote the model's own weights with --out MODEL_DIR/model.safetensors (exit 0)
+    weights = (tmp_path / "model" / "model.safetensors").read_bytes()
+    r = cli("export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "model" / "model.safetensors")
+    assert r.returncode == 2 and "inside the model directory" in r.stderr
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == weights
+    r = cli("export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "onnx")  # a directory
+    assert r.returncode == 1 and "is a directory" in r.stderr
+
 
 def test_cli_export_usage_and_model_errors(tmp_path: Path) -> None:
     r = cli("export", tmp_path, "--format", "onnx")

@@ -334,6 +334,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
         raise UsageError("--name is for --format bentoml (the model store); with --format onnx use --out")
     from ..onnx import export_onnx, read_onnx_metadata
 
+    out, model_dir = Path(args.out).resolve(), Path(args.model_dir).resolve()
+    if out == model_dir or model_dir in out.parents:  # it would replace the model's own files
+        raise UsageError(f"--out {args.out} is inside the model directory {args.model_dir}: write the .onnx file "
+                         "elsewhere")
     det = _load(args.model_dir, None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(det, args.out, score=args.score, p_value=args.p_value,

@@ -503,16 +503,27 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         score = self._score_name(score)
+        x = self.check_prepared(x)
+        return self._scores(self._tensor(np.ascontiguousarray(x)), score)
+
+    @property
+    def prepared_shape(self) -> tuple[int, ...]:
+        """One sample's shape as the network takes it (what ``preprocess`` gives): (C, H, W) for
+        an image model, (n_features_out,) for a table model."""
+        check_is_fitted(self, "model_")
+        pre = self.preprocessor_
+        return (pre.channels, pre.height, pre.width) if self.input_kind_ == "image" else (pre.n_features_out,)
+
+    def check_prepared(self, x: Any) -> np.ndarray:
+        """``x`` as an array, if it is a prepared input (float32, (n_samples, *prepared_shape));
+        else an ``InputError`` (reason ``shape``) saying what was expected. Scoring backends other
+        than ``score_prepared`` (the ONNX one) check with it too."""
         x = np.asarray(x)
-        if self.input_kind_ == "image":
-            pre = self.preprocessor_
-            expected: tuple[int, ...] = (pre.channels, pre.height, pre.width)
-        else:
-            expected = (self.preprocessor_.n_features_out,)
+        expected = self.prepared_shape
         if x.dtype != np.float32 or x.shape[1:] != expected:
             raise InputError(f"a prepared input is float32 (n_samples, {', '.join(map(str, expected))}), got "
                              f"{x.dtype} {x.shape}: make it with preprocess()", reason="shape")
-        return self._scores(self._tensor(np.ascontiguousarray(x)), score)
+        return x
 
     def score_samples(self, X: Any) -> np.ndarray:
         """scikit-learn's convention: ``-anomaly_score(X)``, lower = more abnormal."""

@@ -260,10 +260,7 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
         model = copy.deepcopy(model).cpu()
     graph = _ScoringGraph(model, score, det.noise_, _numeric_constants(pre) if raw else None, calibration,
                           threshold).eval()
-    if kind == "image":
-        event: tuple[int, ...] = (pre.channels, pre.height, pre.width)
-    else:
-        event = (len(pre.columns),) if raw else (pre.n_features_out,)
+    event = (len(pre.columns),) if raw else det.prepared_shape
     # two rows: a batch of 1 would let the tracer specialise the batch dimension to 1
     example = torch.zeros((2, *event), dtype=torch.float64 if raw else torch.float32)
     outputs = ["score", *(["p_value"] if calibration is not None else []),
@@ -363,10 +360,6 @@ def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
         import onnxruntime as ort
     except ImportError:
         raise ExportError("the onnxruntime backend needs onnxruntime: pip install 'anomaly-vae[onnx]'") from None
-    from .exceptions import InputError
-
-    pre = det.preprocessor_
-    event = ((pre.channels, pre.height, pre.width) if det.input_kind_ == "image" else (pre.n_features_out,))
     with tempfile.TemporaryDirectory(prefix="anomaly-vae-onnx-") as work:
         path = export_onnx(det, Path(work) / "model.onnx", p_value=False, prepared_input=True)
         options = ort.SessionOptions()
@@ -374,10 +367,7 @@ def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def score(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype != np.float32 or x.shape[1:] != event:
-            raise InputError(f"a prepared input is float32 (n_samples, {', '.join(map(str, event))}), got "
-                             f"{x.dtype} {x.shape}: make it with preprocess()", reason="shape")
+        x = det.check_prepared(x)
         if len(x) == 0:
             return np.zeros(0)
         return np.asarray(session.run(["score"], {INPUT_NAME: np.ascontiguousarray(x)})[0], dtype=np.float64)

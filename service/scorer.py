@@ -66,7 +66,6 @@ class Scorer:
             info={"model_version": self.model_version, "score": det.score_kind, "input_kind": det.input_kind_,
                   "package_version": str(card.get("package_version"))},
             window_seconds=settings.drift_window_seconds, window_size=settings.drift_window_size)
-        self.backend = settings.backend
         if settings.backend == "onnxruntime":  # one call that releases the GIL: it runs in the batcher's thread
             from anomaly_vae.onnx import onnxruntime_scorer
 
@@ -109,9 +108,7 @@ class Scorer:
         return scorer
 
     def _warm_up(self) -> None:
-        pre = self.det.preprocessor_
-        shape = (1, pre.channels, pre.height, pre.width) if self.input_kind == "image" else (1, pre.n_features_out)
-        self._score_fn(np.zeros(shape, dtype=np.float32))
+        self._score_fn(np.zeros((1, *self.det.prepared_shape), dtype=np.float32))
 
     @property
     def input_kind(self) -> str:

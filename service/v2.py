@@ -405,7 +405,7 @@ def model_metadata(det: Any, name: str, version: str, threshold: float, alpha: f
     params: dict[str, Any] = {"threshold": threshold, "alpha": alpha, "score": det.score_kind,
                               "score_units": "nats, higher = more anomalous", "input_kind": det.input_kind_}
     if det.input_kind_ == "image":
-        inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, pre.channels, pre.height, pre.width]}]
+        inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, *det.prepared_shape]}]
         params["input_formats"] = ("UINT8 0-255 or FP32 0-1; [N, H, W], [N, H, W, C] or [N, C, H, W]; "
                                    "grey and colour converted")
     else:

@@ -205,14 +205,18 @@ def _overloaded(ctx: bentoml.Context, err: Exception) -> Response:
 
 
 # -- what BentoML does not route to the instance ------------------------------------------------
+def _current_service() -> AnomalyVAE | None:
+    """This worker's service instance: None before BentoML has made it and after its shutdown."""
+    try:
+        return bentoml.get_current_service()
+    except BentoMLException:
+        return None
+
+
 def current_scorer() -> Scorer | None:
     """The scorer of this worker's service instance: None before BentoML has made the instance,
     after its shutdown, or when its model could not be loaded."""
-    try:
-        service = bentoml.get_current_service()
-    except BentoMLException:
-        return None
-    return getattr(service, "scorer", None)
+    return getattr(_current_service(), "scorer", None)
 
 
 async def model_card(request: Request) -> Response:
@@ -235,11 +239,7 @@ def _served_model() -> Any:
 
 
 def _load_error() -> str | None:
-    try:
-        service = bentoml.get_current_service()
-    except BentoMLException:
-        return None
-    return getattr(service, "load_error", None)
+    return getattr(_current_service(), "load_error", None)
 
 
 AnomalyVAE.mount_asgi_app(Starlette(routes=[Route("/model", model_card, methods=["GET"]),

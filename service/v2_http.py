@@ -91,6 +91,13 @@ def routes(get_scorer: Callable[[], Scorer | None], model_name: str, load_error:
                                     f"{scorer.model_version!r}", request, "not_found")
         return scorer, None
 
+    def serving(request: Request) -> tuple[Scorer | None, Response | None]:
+        """``find``, with no model loaded answered 503 (metadata and inference need the model)."""
+        scorer, problem = find(request)
+        if problem is None and scorer is None:
+            problem = JSONResponse({"error": load_error() or "no model loaded"}, status_code=503)
+        return scorer, problem
+
     async def server_metadata(request: Request) -> Response:
         return JSONResponse({"name": "anomaly_vae", "version": __version__, "extensions": ["binary_tensor_data"]})
 
@@ -107,20 +114,16 @@ def routes(get_scorer: Callable[[], Scorer | None], model_name: str, load_error:
         return JSONResponse({"name": model_name, "ready": True}) if scorer is not None else not_loaded()
 
     async def metadata(request: Request) -> Response:
-        scorer, problem = find(request)
-        if problem is not None:
-            return problem
+        scorer, problem = serving(request)
         if scorer is None:
-            return JSONResponse({"error": load_error() or "no model loaded"}, status_code=503)
+            return problem
         return JSONResponse(v2.model_metadata(scorer.det, model_name, scorer.model_version, scorer.threshold,
                                               scorer.alpha))
 
     async def infer(request: Request) -> Response:
-        scorer, problem = find(request)
-        if problem is not None:
-            return problem
+        scorer, problem = serving(request)
         if scorer is None:
-            return JSONResponse({"error": load_error() or "no model loaded"}, status_code=503)
+            return problem
         body = await request.body()  # the guard has read it already, within its size and time limits
         header_length = request.headers.get("inference-header-content-length")
 

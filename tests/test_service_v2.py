@@ -59,20 +59,23 @@ def outputs(r: Any) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def mixed_model(mixed, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VAEAnomalyDetector, pd.DataFrame]:
-    det, rows = mixed
-    out = tmp_path_factory.mktemp("v2") / "mixed"
+def saved(fitted: tuple[VAEAnomalyDetector, pd.DataFrame], name: str, factory: pytest.TempPathFactory
+          ) -> tuple[Path, VAEAnomalyDetector, pd.DataFrame]:
+    """(model directory, the detector loaded from it, rows to score) for a conftest (det, rows) pair."""
+    det, rows = fitted
+    out = factory.mktemp("v2") / name
     det.save(out)
     return out, load_detector(out), rows
+
+
+@pytest.fixture(scope="module")
+def mixed_model(mixed, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VAEAnomalyDetector, pd.DataFrame]:
+    return saved(mixed, "mixed", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def numeric_model(numeric, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VAEAnomalyDetector, pd.DataFrame]:
-    det, rows = numeric
-    out = tmp_path_factory.mktemp("v2") / "numeric"
-    det.save(out)
-    return out, load_detector(out), rows
+    return saved(numeric, "numeric", tmp_path_factory)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from .exceptions import ModelCardError
 from .models import ACTIVATIONS
 from .objectives import LIKELIHOODS
 from .preprocessing import OTHER
+from .training import LR_SCHEDULES
 from .preprocessing.tables import TablePreprocessor
 from .scoring import SCORES
 
@@ -311,6 +312,7 @@ PARAMS = Params({
     "epochs": Int(1, 10**7, whole_floats=True),
     "batch_size": Int(1, 10**8, whole_floats=True),
     "learning_rate": POSITIVE,
+    "lr_schedule": Choice(*LR_SCHEDULES),
     "weight_decay": Num(0),
     "beta": Num(0),
     "objective": Choice("elbo", "mmd"),

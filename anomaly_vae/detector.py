@@ -83,7 +83,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         early stopping (from the rest). The calibration part is raised to the size ``alpha`` needs
         (``min_calibration_size(alpha)``, 99 for 0.01) while at least half the data is left to train
         on; with less data than that, ``fit`` raises ``CalibrationError`` saying what would work.
-    epochs, batch_size, learning_rate, weight_decay, beta, objective, mmd_weight, kl_estimator,
+    epochs, batch_size, learning_rate, lr_schedule, weight_decay, beta, objective, mmd_weight, kl_estimator,
     kl_warmup_epochs, grad_clip, patience : training settings, see ``training.TrainConfig``.
     max_categories : most one-hot categories per string column.
     random_state : int for a reproducible fit; global random generators are never touched.
@@ -137,7 +137,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         score_kind: str = "elbo",
         n_score_samples: int = 16, min_scale: float | None = None, alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
-        learning_rate: float = 1e-3, weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
+        learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
         mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
         grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, random_state: Any = None,
         n_threads: int | None = None, device: str = "cpu", verbose: int = 0, checkpoint_dir: str | None = None,
@@ -158,6 +158,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.beta = beta
         self.objective = objective
@@ -205,7 +206,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=int(self.epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
-            weight_decay=float(self.weight_decay), beta=float(self.beta), objective=self.objective,
+            lr_schedule=self.lr_schedule, weight_decay=float(self.weight_decay), beta=float(self.beta), objective=self.objective,
             mmd_weight=float(self.mmd_weight), kl_estimator=self.kl_estimator,
             kl_warmup_epochs=int(self.kl_warmup_epochs), grad_clip=float(self.grad_clip), patience=int(self.patience),
         )

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS"]
 
 CHECKPOINT_JSON, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def epoch_learning_rate(cfg: "TrainConfig", epoch: int) -> float:
+    """The step of epoch ``epoch`` (0-based): constant, or half a cosine from ``learning_rate``
+    towards 0 over ``epochs`` (the last epoch still moves: it gets lr * (1 - cos(pi / epochs)) / 2)."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return cfg.learning_rate
 
 
 @dataclass
@@ -31,6 +40,7 @@ class TrainConfig:
     epochs: int = 100  # an upper bound: early stopping usually ends training well before
     batch_size: int = 128  # small enough for many updates per epoch on a few thousand rows
     learning_rate: float = 1e-3  # Adam's usual step; stable for these small networks
+    lr_schedule: str = "constant"  # or "cosine": the step decays to 0 over ``epochs`` (half a cosine)
     weight_decay: float = 0.0  # L2 penalty through Adam; 0 because early stopping regularises
     beta: float = 1.0  # KL weight: 1 is the true ELBO, the quantity the scores estimate
     objective: str = "elbo"  # "elbo" or "mmd" (InfoVAE / MMD-VAE: KL replaced by a weighted MMD)
@@ -51,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if self.objective not in ("elbo", "mmd"):
             raise ValueError(f"objective must be 'elbo' or 'mmd', got {self.objective!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.kl_estimator not in ("analytic", "mc"):
             raise ValueError(f"kl_estimator must be 'analytic' or 'mc', got {self.kl_estimator!r}")
         if self.patience < 1 or self.kl_warmup_epochs < 0 or self.weight_decay < 0:
@@ -103,6 +115,8 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
     for epoch in bar:
         beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
+        for group in opt.param_groups:
+            group["lr"] = epoch_learning_rate(cfg, epoch)
         model.train()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=generator)
@@ -123,7 +137,8 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             opt.step()
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v.item() * x.shape[0]
-        row = {"epoch": epoch + 1, "beta": beta, **{key: v / n for key, v in sums.items()}}
+        row = {"epoch": epoch + 1, "beta": beta, "lr": epoch_learning_rate(cfg, epoch),
+               **{key: v / n for key, v in sums.items()}}
         if x_val is not None and x_val.shape[0] > 0:
             row["val_loss"] = _evaluate(model, x_val, cfg, generator_seed=epoch)
         history.append(row)
@@ -171,9 +186,9 @@ def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int
 
 # -- checkpoints ----------------------------------------------------------------------------------
 def _fingerprint(cfg: TrainConfig, model: VAE, x_train: torch.Tensor) -> dict[str, Any]:
-    """What must be the same for a checkpoint to go on with: settings but ``epochs``, the network,
-    and the training data (shape and a cheap checksum)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    """What must be the same for a checkpoint to go on with: settings but ``epochs`` (unless the
+    step follows a schedule over them), the network, and the training data (shape and a cheap checksum)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "epochs" or cfg.lr_schedule != "constant"}
     data = {"shape": list(x_train.shape), "sum": float(x_train.double().sum()), "sq": float((x_train.double() ** 2).sum())}
     return {"settings": settings, "model": model.config(), "data": data}
 

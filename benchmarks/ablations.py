@@ -44,6 +44,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "img_c16": {"conv_channels": [16, 32]},
     "img_b256": {"batch_size": 256, "learning_rate": 0.002},
     "img_c16_b256": {"conv_channels": [16, 32], "batch_size": 256, "learning_rate": 0.002},
+    # session 6, tables: one sigma for every column (the metric KNN uses), with longer training and the
+    # aggregate prior; a smaller latent space, the IWAE score, a heavier KL (beta), stronger weight decay
+    "shared": {"likelihood": "gaussian-shared"},
+    "shared_s3k": {"likelihood": "gaussian-shared", "_steps": 3000, "patience": 30},
+    "shared_agg": {"likelihood": "gaussian-shared", "_agg": {}},
+    "shared_s3k_agg": {"likelihood": "gaussian-shared", "_steps": 3000, "patience": 30, "_agg": {}},
+    "s3k_l4": {"_steps": 3000, "patience": 30, "latent_dim": 4},
+    "s3k_l2": {"_steps": 3000, "patience": 30, "latent_dim": 2},
+    "s3k_iwae": {"_steps": 3000, "patience": 30, "score_kind": "iwae"},
+    "s3k_b1.25": {"_steps": 3000, "patience": 30, "beta": 1.25},
+    "s3k_b1.5": {"_steps": 3000, "patience": 30, "beta": 1.5},
+    "s3k_b2": {"_steps": 3000, "patience": 30, "beta": 2.0},
+    "s3k_b1.5_agg": {"_steps": 3000, "patience": 30, "beta": 1.5, "_agg": {}},
+    "s3k_b2_agg": {"_steps": 3000, "patience": 30, "beta": 2.0, "_agg": {}},
+    "s3k_wd1e-2": {"_steps": 3000, "patience": 30, "weight_decay": 0.01},
+    # session 6, images: fewer epochs with the step decaying to 0 (lr_schedule="cosine")
+    "img_cos30": {"epochs": 30, "lr_schedule": "cosine"},
+    "img_cos50": {"epochs": 50, "lr_schedule": "cosine"},
+    "img_c16_cos30": {"conv_channels": [16, 32], "epochs": 30, "lr_schedule": "cosine"},
+    "img_c16_cos50": {"conv_channels": [16, 32], "epochs": 50, "lr_schedule": "cosine"},
 }
 
 

@@ -65,3 +65,50 @@ def test_checkpoints_resume_to_exactly_the_uninterrupted_run(cancer, tmp_path):
         VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), learning_rate=0.01, **settings).fit(X)
     with pytest.raises(ValueError, match="was written for other data than this run's"):
         VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X.iloc[::-1])
+
+
+def test_cosine_schedule_decays_the_step_and_resumes_exactly(cancer, tmp_path, monkeypatch):
+    import json
+    import math
+
+    X = cancer[0]
+    settings = dict(patience=100, random_state=0, alpha=0.1, lr_schedule="cosine", learning_rate=2e-3)
+    full = VAEAnomalyDetector(epochs=6, **settings).fit(X)
+    expected = [2e-3 * 0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]
+    assert [h["lr"] for h in full.history_] == pytest.approx(expected, rel=1e-12)
+    assert full.history_[-1]["lr"] > 0  # the last epoch still moves
+    constant = VAEAnomalyDetector(epochs=6, **{**settings, "lr_schedule": "constant"}).fit(X)
+    assert [h["lr"] for h in constant.history_] == [2e-3] * 6
+    assert not np.array_equal(full.anomaly_score(X), constant.anomaly_score(X))
+    # a run killed after epoch 3 of 6 (its checkpoint written) goes on along the same schedule to
+    # the uninterrupted run's weights
+    import anomaly_vae.training as training
+
+    save = training._save_checkpoint
+
+    def save_then_die(path, epoch, *args):
+        save(path, epoch, *args)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X)
+    monkeypatch.undo()
+    assert json.loads((ckpt / "checkpoint.json").read_text())["epoch"] == 3
+    resumed = VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert resumed.history_ == full.history_
+    assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        VAEAnomalyDetector(epochs=2, lr_schedule="linear", random_state=0).fit(X)
+
+
+def test_a_cosine_checkpoint_is_refused_for_another_number_of_epochs(cancer, tmp_path):
+    X = cancer[0]
+    settings = dict(patience=100, random_state=0, alpha=0.1, lr_schedule="cosine")
+    ckpt = tmp_path / "ckpt"
+    VAEAnomalyDetector(epochs=2, checkpoint_dir=str(ckpt), **settings).fit(X)
+    # the schedule spans ``epochs``: going on to 4 would not be the run a 4-epoch fit makes
+    with pytest.raises(ValueError, match="was written for other settings than this run's"):
+        VAEAnomalyDetector(epochs=4, checkpoint_dir=str(ckpt), **settings).fit(X)

@@ -30,9 +30,9 @@ from .exceptions import ModelCardError
 from .models import ACTIVATIONS
 from .objectives import LIKELIHOODS
 from .preprocessing import OTHER
-from .training import LR_SCHEDULES
 from .preprocessing.tables import TablePreprocessor
 from .scoring import SCORES
+from .training import LR_SCHEDULES
 
 __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", "CardProblem", "describe", "parse_json",
            "parse_card", "check_card", "Spec", "Int", "Num", "Number", "Str", "Choice", "Bool", "Opt", "ListOf", "Obj",

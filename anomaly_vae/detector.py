@@ -33,7 +33,7 @@ from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_im
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
-from .training import TrainConfig, train
+from .training import LR_SCHEDULES, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         score_kind: str = "elbo",
         n_score_samples: int = 16, min_scale: float | None = None, alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
-        learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0, objective: str = "elbo",
+        learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
+        objective: str = "elbo",
         mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
         grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, random_state: Any = None,
         n_threads: int | None = None, device: str = "cpu", verbose: int = 0, checkpoint_dir: str | None = None,
@@ -180,6 +181,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
         if self.score_kind not in SCORES:
             raise ValueError(f"score_kind must be one of {SCORES}, got {self.score_kind!r}")
+        if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:

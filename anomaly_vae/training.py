@@ -99,7 +99,11 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     generator, history, early-stopping state) is written there after every epoch, and a run that
     finds a checkpoint there goes on from it: interrupted after epoch 3 and started again, it ends
     with exactly the weights of a run that was never interrupted. A checkpoint written with other
-    settings or data is refused (only ``epochs`` may change, to train longer)."""
+    settings or data is refused (only ``epochs`` may change, to train longer, and not with a cosine
+    schedule, which spans the epochs).
+
+    With ``lr_schedule="cosine"`` the step decays over ``epochs``: set them to the length you mean to
+    train; early stopping still applies, and a run it stops early ends with a step barely decayed."""
     cfg.check()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n, k = x_train.shape[0], model.latent_dim
@@ -110,6 +114,8 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     fingerprint = _fingerprint(cfg, model, x_train) if ckpt is not None else None
     if ckpt is not None and (ckpt / CHECKPOINT_JSON).is_file():
         first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, fingerprint)
+        for row in history:  # written before the step was in the history: it was the constant one
+            row.setdefault("lr", epoch_learning_rate(cfg, int(row["epoch"]) - 1))
         log.info("resuming from %s after epoch %d", ckpt, first)
     bar = tqdm(range(first, cfg.epochs if not stopped else first), desc="training", unit="epoch",
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
@@ -188,7 +194,9 @@ def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int
 def _fingerprint(cfg: TrainConfig, model: VAE, x_train: torch.Tensor) -> dict[str, Any]:
     """What must be the same for a checkpoint to go on with: settings but ``epochs`` (unless the
     step follows a schedule over them), the network, and the training data (shape and a cheap checksum)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "epochs" or cfg.lr_schedule != "constant"}
+    settings = cfg.to_dict()
+    if cfg.lr_schedule == "constant":  # as checkpoints before the option were written: they still resume
+        del settings["epochs"], settings["lr_schedule"]
     data = {"shape": list(x_train.shape), "sum": float(x_train.double().sum()), "sq": float((x_train.double() ** 2).sum())}
     return {"settings": settings, "model": model.config(), "data": data}
 
@@ -221,7 +229,12 @@ def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generat
     meta = json.loads((path / CHECKPOINT_JSON).read_text())
     if meta["fingerprint"] != expected:
         differ = [k for k in expected if meta["fingerprint"].get(k) != expected[k]]
-        raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's; "
+        old, new = meta["fingerprint"].get("settings", {}), expected["settings"]
+        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        why = f" ({', '.join(changed)})" if changed else ""
+        if "epochs" in changed and "cosine" in (old.get("lr_schedule"), new.get("lr_schedule")):
+            why += "; a cosine schedule spans epochs, so it resumes only with the same epochs"
+        raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's{why}; "
                          "remove it, or give another checkpoint_dir")
     tensors = load_file(str(path / CHECKPOINT_TENSORS))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

@@ -110,5 +110,31 @@ def test_a_cosine_checkpoint_is_refused_for_another_number_of_epochs(cancer, tmp
     ckpt = tmp_path / "ckpt"
     VAEAnomalyDetector(epochs=2, checkpoint_dir=str(ckpt), **settings).fit(X)
     # the schedule spans ``epochs``: going on to 4 would not be the run a 4-epoch fit makes
-    with pytest.raises(ValueError, match="was written for other settings than this run's"):
+    with pytest.raises(ValueError, match=r"other settings than this run's \(epochs\); a cosine schedule spans epochs"):
         VAEAnomalyDetector(epochs=4, checkpoint_dir=str(ckpt), **settings).fit(X)
+    with pytest.raises(ValueError, match=r"\(epochs, lr_schedule\)"):
+        VAEAnomalyDetector(epochs=4, checkpoint_dir=str(ckpt), **{**settings, "lr_schedule": "constant"}).fit(X)
+
+
+def test_a_checkpoint_written_before_the_schedule_option_resumes(cancer, tmp_path):
+    """Checkpoints of earlier versions have no lr_schedule in their settings and no lr in their
+    history: a constant-step run goes on from them, and the model it ends with saves and loads."""
+    import json
+
+    from anomaly_vae import load_detector
+
+    X = cancer[0]
+    settings = dict(patience=100, random_state=0, alpha=0.1)
+    ckpt = tmp_path / "ckpt"
+    VAEAnomalyDetector(epochs=2, checkpoint_dir=str(ckpt), **settings).fit(X)
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    assert "lr_schedule" not in meta["fingerprint"]["settings"]
+    for row in meta["history"]:
+        del row["lr"]
+    (ckpt / "checkpoint.json").write_text(json.dumps(meta))
+    resumed = VAEAnomalyDetector(epochs=4, checkpoint_dir=str(ckpt), **settings).fit(X)
+    full = VAEAnomalyDetector(epochs=4, **settings).fit(X)
+    assert resumed.history_ == full.history_
+    assert np.array_equal(resumed.anomaly_score(X), full.anomaly_score(X))
+    resumed.save(str(tmp_path / "model"))
+    assert np.array_equal(load_detector(str(tmp_path / "model")).anomaly_score(X), full.anomaly_score(X))

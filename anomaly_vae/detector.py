@@ -33,7 +33,7 @@ from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_im
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
-from .training import LR_SCHEDULES, TrainConfig, train
+from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
         if self.score_kind not in SCORES:
             raise ValueError(f"score_kind must be one of {SCORES}, got {self.score_kind!r}")
-        if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:
@@ -200,6 +198,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but torch sees no CUDA device; use device='cpu'")
         cal._check_alpha(self.alpha)
+        self._train_config().check()  # the training settings, before any work
 
     def _device(self) -> torch.device:
         if self.device == "auto":
@@ -209,8 +208,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=int(self.epochs), batch_size=int(self.batch_size), learning_rate=float(self.learning_rate),
-            lr_schedule=self.lr_schedule, weight_decay=float(self.weight_decay), beta=float(self.beta), objective=self.objective,
-            mmd_weight=float(self.mmd_weight), kl_estimator=self.kl_estimator,
+            lr_schedule=self.lr_schedule, weight_decay=float(self.weight_decay), beta=float(self.beta),
+            objective=self.objective, mmd_weight=float(self.mmd_weight), kl_estimator=self.kl_estimator,
             kl_warmup_epochs=int(self.kl_warmup_epochs), grad_clip=float(self.grad_clip), patience=int(self.patience),
         )
 

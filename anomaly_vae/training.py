@@ -61,7 +61,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         if self.objective not in ("elbo", "mmd"):
             raise ValueError(f"objective must be 'elbo' or 'mmd', got {self.objective!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
+        if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.kl_estimator not in ("analytic", "mc"):
             raise ValueError(f"kl_estimator must be 'analytic' or 'mc', got {self.kl_estimator!r}")
@@ -121,8 +121,9 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
     for epoch in bar:
         beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
+        lr = epoch_learning_rate(cfg, epoch)
         for group in opt.param_groups:
-            group["lr"] = epoch_learning_rate(cfg, epoch)
+            group["lr"] = lr
         model.train()
         sums: dict[str, float] = {}
         order = torch.randperm(n, generator=generator)
@@ -143,8 +144,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             opt.step()
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v.item() * x.shape[0]
-        row = {"epoch": epoch + 1, "beta": beta, "lr": epoch_learning_rate(cfg, epoch),
-               **{key: v / n for key, v in sums.items()}}
+        row = {"epoch": epoch + 1, "beta": beta, "lr": lr, **{key: v / n for key, v in sums.items()}}
         if x_val is not None and x_val.shape[0] > 0:
             row["val_loss"] = _evaluate(model, x_val, cfg, generator_seed=epoch)
         history.append(row)

@@ -59,11 +59,12 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)) or (name == "learning_rate" and v == 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if self.objective not in ("elbo", "mmd"):
+        # a str, not only equal to one: a 0-d numpy string array compares equal, then breaks the checkpoint's JSON
+        if not (isinstance(self.objective, str) and self.objective in ("elbo", "mmd")):
             raise ValueError(f"objective must be 'elbo' or 'mmd', got {self.objective!r}")
         if not (isinstance(self.lr_schedule, str) and self.lr_schedule in LR_SCHEDULES):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.kl_estimator not in ("analytic", "mc"):
+        if not (isinstance(self.kl_estimator, str) and self.kl_estimator in ("analytic", "mc")):
             raise ValueError(f"kl_estimator must be 'analytic' or 'mc', got {self.kl_estimator!r}")
         if self.patience < 1 or self.kl_warmup_epochs < 0 or self.weight_decay < 0:
             raise ValueError("patience must be >= 1, kl_warmup_epochs and weight_decay >= 0")

@@ -84,8 +84,9 @@ def split(dataset: str, key: int, test_size: int | None) -> dict[str, Any]:
     return {"ours_train": X[tr], "ours_test": X[te], "train": Xs[tr], "test": Xs[te], "y": y[te]}
 
 
-def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | None]) -> tuple[str, int, str, float, float]:
-    """Fit and score one detector on one split: (dataset, key, detector, AUROC, fit seconds)."""
+def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | None]) -> tuple[str, int, str, float, float, dict[str, np.ndarray]]:
+    """Fit and score one detector on one split: (dataset, key, detector, AUROC, fit seconds, arrays),
+    ``arrays``: the test scores, the labels and (ours) the calibration scores, for ``--save-scores``."""
     dataset, key, name, params, test_size, threads = task
     s = split(dataset, key, test_size)
     seed = key if dataset not in IMAGE_SETS else 0
@@ -110,6 +111,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         else:
             per = np.stack([d.anomaly_score(test_x) for d in members])
         scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
+        arrays = {"calibration": np.asarray(members[0].calibration_scores_),
+                  "reconstruction": members[0].anomaly_score(test_x, score="reconstruction")}
     elif name == "IsolationForest":
         model = IsolationForest(random_state=seed).fit(s["train"])
         fit_s = time.perf_counter() - t
@@ -125,7 +128,10 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         scores = model.decision_function(s["test"])
     else:
         raise ValueError(name)
-    return dataset, key, name, float(roc_auc_score(s["y"], scores)), fit_s
+    if params is None:
+        arrays = {}
+    arrays.update(scores=np.asarray(scores, dtype=np.float64), y=np.asarray(s["y"]), fit_seconds=np.float64(fit_s))
+    return dataset, key, name, float(roc_auc_score(s["y"], scores)), fit_s, arrays
 
 
 def _fit(cls: Any, kw: dict[str, Any], x: Any, what: str) -> Any:
@@ -136,6 +142,13 @@ def _fit(cls: Any, kw: dict[str, Any], x: Any, what: str) -> Any:
     except CalibrationError:  # too few rows for alpha=0.01's conformal threshold (18_Ionosphere: 112)
         print(f"{what}: too few rows for alpha={kw.get('alpha', 0.01)}; fitted with alpha=0.05")
         return cls(**{**kw, "alpha": 0.05}).fit(x)
+
+
+def _save(folder: str | None, dataset: str, key: int, name: str, arrays: dict[str, np.ndarray]) -> None:
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        np.savez(Path(folder) / f"{dataset}__{key}__{safe}.npz", **arrays)
 
 
 def _init_worker(threads: int) -> None:
@@ -191,6 +204,8 @@ def main() -> None:
     ap.add_argument("--no-pyod", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="fits at once, one thread each (default 1: all threads)")
     ap.add_argument("--out")
+    ap.add_argument("--save-scores", metavar="DIR", help="write each fit's test scores, labels and calibration "
+                    "scores to DIR/<dataset>__<key>__<detector>.npz (to study combinations offline)")
     args = ap.parse_args()
     if not datasets.available():
         sys.exit(f"datasets not found at {datasets.ROOT} (set ANOMALY_VAE_DATASETS): nothing to benchmark")
@@ -219,13 +234,15 @@ def main() -> None:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker, initargs=(1,)) as pool:
-            for d, k, n, auc, fit_s in pool.imap_unordered(run_one, tasks):
+            for d, k, n, auc, fit_s, arrays in pool.imap_unordered(run_one, tasks):
                 results[(d, k, n)] = (auc, fit_s)
+                _save(args.save_scores, d, k, n, arrays)
                 print(f"{d} {k} {n}: AUROC {auc:.3f} fit {fit_s:.1f}s", flush=True)
     else:
         for task in tasks:
-            d, k, n, auc, fit_s = run_one(task)
+            d, k, n, auc, fit_s, arrays = run_one(task)
             results[(d, k, n)] = (auc, fit_s)
+            _save(args.save_scores, d, k, n, arrays)
             print(f"{d} {k} {n}: AUROC {auc:.3f} fit {fit_s:.1f}s", flush=True)
 
     cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from anomaly_vae import InputError, TrainingDivergedError, VAEAnomalyDetector
+from anomaly_vae.training import TrainConfig
 
 FAST = dict(epochs=30, random_state=0)
 
@@ -102,6 +103,16 @@ def test_cosine_schedule_decays_the_step_and_resumes_exactly(cancer, tmp_path, m
     assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         VAEAnomalyDetector(epochs=2, lr_schedule="linear", random_state=0).fit(X)
+
+
+@pytest.mark.parametrize("name,value", [("objective", "elbo"), ("kl_estimator", "analytic"), ("lr_schedule", "cosine")])
+def test_a_string_setting_must_be_a_string_not_an_array_equal_to_one(name, value):
+    # np.array("elbo") == "elbo" is true, but such a value is not JSON: it would fail writing a checkpoint
+    TrainConfig(**{name: value}).check()
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        TrainConfig(**{name: np.array(value)}).check()
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        VAEAnomalyDetector(**{name: np.array(value)}).fit(np.random.RandomState(0).normal(size=(50, 3)))
 
 
 def test_a_cosine_checkpoint_is_refused_for_another_number_of_epochs(cancer, tmp_path):

@@ -1,0 +1,110 @@
+"""Combinations of detectors' scores, studied offline from the scores ``quality.py --save-scores``
+wrote: one fit per configuration and split, then any number of ways to combine them, each scored
+on the same splits (no refit, so the rules differ only in how they combine).
+
+    python benchmarks/quality.py --only tables --jobs 2 --no-pyod --ablation default,agg_steps3k --save-scores S
+    python benchmarks/combine.py S 'default' 'sum(default,agg_steps3k)' 'mix(default,agg_steps3k)' --out F
+
+A rule is a saved detector's name (``default``, ``IsolationForest``, ``KNN (k=5)``) or
+``op(a,b,...)`` over such names, ``op`` one of
+
+- ``sum``: the sum of the scores in nats (-log of the product of the members' likelihood bounds:
+  a product of experts; a fixed function of the input, so one conformal calibration still holds);
+- ``mix``: -log mean exp(-score), the score of the mixture of the members' densities;
+- ``max``: the largest score (anomalous when any member says so);
+- ``z``: the sum of the scores each centred on its calibration median and divided by its calibration
+  interquartile range (unitless: for comparison only, not a candidate for a score in nats).
+
+Writes the table ``quality.py`` writes (AUROC per dataset, its mean, the tables below
+IsolationForest by more than 0.02, and the fit seconds of the members added up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402
+
+OPS = ("sum", "mix", "max", "z")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def load(folder: str) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
+    """{(dataset, key): {saved name: arrays}} from ``quality.py --save-scores``."""
+    out: dict[tuple[str, int], dict[str, dict[str, np.ndarray]]] = defaultdict(dict)
+    for f in sorted(Path(folder).glob("*.npz")):
+        dataset, key, name = f.stem.split("__", 2)
+        with np.load(f) as z:
+            out[(dataset, int(key))][name] = {k: z[k] for k in z.files}
+    if not out:
+        raise SystemExit(f"no saved scores in {folder}")
+    return out
+
+
+def _iqr_scaled(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    cal = arrays.get("calibration")
+    if cal is None:
+        raise KeyError("calibration")
+    q1, med, q3 = np.percentile(cal, [25, 50, 75])
+    return (arrays["scores"] - med) / ((q3 - q1) or 1.0)
+
+
+def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
+    """(scores, fit seconds of the members) of ``rule`` on one split; KeyError if a member is missing."""
+    m = re.fullmatch(r"(\w+)\((.+)\)", rule)
+    if not m or m.group(1) not in OPS:
+        arrays = saved[_safe(rule)]
+        return arrays["scores"], float(arrays.get("fit_seconds", np.nan))
+    op, members = m.group(1), [saved[_safe(n.strip())] for n in m.group(2).split(",")]
+    fit = float(sum(a.get("fit_seconds", np.nan) for a in members))
+    per = np.stack([_iqr_scaled(a) if op == "z" else a["scores"] for a in members])
+    if op in ("sum", "z"):
+        return per.sum(axis=0), fit
+    if op == "mix":
+        return -(np.logaddexp.reduce(-per, axis=0) - np.log(len(per))), fit
+    return per.max(axis=0), fit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", help="what quality.py --save-scores wrote")
+    ap.add_argument("rules", nargs="+", help="names or op(a,b,...) with op in " + ", ".join(OPS))
+    ap.add_argument("--baselines", default="IsolationForest,KNN (k=5)", help="saved baselines to add as columns")
+    ap.add_argument("--out", help="write the Markdown table here too")
+    args = ap.parse_args()
+    data = load(args.folder)
+    names = list(args.rules) + [b for b in args.baselines.split(",") if b]
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for (dataset, key), saved in sorted(data.items()):
+        y = next(iter(saved.values()))["y"]
+        try:
+            row = [(n, *evaluate(n, saved)) for n in names]
+        except KeyError as e:
+            print(f"{dataset} {key}: skipped, {e} not saved")
+            continue
+        for n, scores, fit in row:
+            results.setdefault(dataset, {}).setdefault(n, []).append((float(roc_auc_score(y, scores)), fit))
+    seeds = sorted({k for _, k in data})
+    text = quality.render(f"Combinations (saved scores of {args.folder}, splits {','.join(map(str, seeds))})",
+                          "AUROC of each rule on the same splits (mean over the splits); fit seconds are the "
+                          "members' added up.", results, names)
+    # scores saved without their fit seconds (before quality.py saved them): leave those rows out
+    text = "\n".join(line for line in text.split("\n") if not (line.startswith("| fit s") and "nan" in line))
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

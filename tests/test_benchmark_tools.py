@@ -1,0 +1,60 @@
+"""The offline combination tool of the quality study (benchmarks/combine.py) on scores saved the way
+``quality.py --save-scores`` saves them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    import quality
+
+    rng = np.random.RandomState(0)
+    y = np.r_[np.zeros(40, int), np.ones(10, int)]
+    a = 5.0 * y + rng.uniform(size=50)  # a member that separates perfectly
+    b = rng.normal(size=50)  # and one that does not
+    for key in (0, 1):
+        quality._save(str(tmp_path), "tab", key, "a", {"scores": a, "y": y, "calibration": rng.normal(size=30),
+                                                       "fit_seconds": np.float64(2.0)})
+        quality._save(str(tmp_path), "tab", key, "KNN (k=5)", {"scores": b, "y": y, "fit_seconds": np.float64(0.5)})
+    return tmp_path, a, b
+
+
+def test_the_rules_combine_the_saved_scores_as_documented(saved):
+    import combine
+
+    folder, a, b = saved
+    data = combine.load(str(folder))
+    assert sorted(data) == [("tab", 0), ("tab", 1)]
+    split = data[("tab", 0)]
+    assert np.array_equal(combine.evaluate("a", split)[0], a)
+    assert np.array_equal(combine.evaluate("KNN (k=5)", split)[0], b)  # names with odd characters
+    total, fit = combine.evaluate("sum(a,KNN (k=5))", split)
+    assert np.allclose(total, a + b) and fit == 2.5
+    mix = combine.evaluate("mix(a,KNN (k=5))", split)[0]
+    assert np.allclose(mix, -np.log((np.exp(-a) + np.exp(-b)) / 2))
+    assert np.all(mix <= np.maximum(a, b) + 1e-12) and np.all(mix >= np.minimum(a, b))
+    assert np.array_equal(combine.evaluate("max(a,KNN (k=5))", split)[0], np.maximum(a, b))
+    with pytest.raises(KeyError):  # z needs calibration scores, which a baseline does not save
+        combine.evaluate("z(a,KNN (k=5))", split)
+    with pytest.raises(KeyError):
+        combine.evaluate("sum(a,missing)", split)
+
+
+def test_the_command_writes_the_table(saved, tmp_path):
+    folder, _, _ = saved
+    out = tmp_path / "t.md"
+    subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "sum(a,KNN (k=5))",
+                    "--baselines", "KNN (k=5)", "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| tab |"))
+    aurocs = [float(c.strip(" *")) for c in row.split("|")[2:-1]]
+    assert len(aurocs) == 3 and aurocs[0] == 1.0 and aurocs[2] < 0.9
+    assert "| fit s, mean | 2.0 | 2.5 | 0.5 |" in text

@@ -4,7 +4,9 @@ arguments on top of the defaults). The study in results/quality-study.md says wh
 Keys starting with ``_`` are rules prototyped here, in the benchmark, before any went into the
 package: ``_steps`` (epochs for about that many gradient updates), ``_members`` (an ensemble of
 seeds), ``_tails`` (asinh of heavy-tailed columns), ``_agg`` (the aggregate-posterior prior at
-scoring). None of them won across the board; see the study."""
+scoring), ``_floor`` (each numeric column's marginal N(0, 1) mixed into its likelihood; with
+``_floor_constant_only``, only for the columns constant in training; the package's
+``marginal_floor`` option since). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -64,6 +66,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "img_cos50": {"epochs": 50, "lr_schedule": "cosine"},
     "img_c16_cos30": {"conv_channels": [16, 32], "epochs": 30, "lr_schedule": "cosine"},
     "img_c16_cos50": {"conv_channels": [16, 32], "epochs": 50, "lr_schedule": "cosine"},
+    # session 7, tables: each numeric column's Gaussian mixed with the column's marginal N(0, 1) (standardised
+    # units) at weight eps, in training and scoring: a column the decoder predicts sharply (one constant in
+    # training) costs at most about -log(eps) + x^2 / 2 nats instead of x^2 / (2 sigma^2)
+    "floor1e-3": {"_floor": 1e-3},
+    "floor1e-2": {"_floor": 1e-2},
+    "floor1e-3_agg_s3k": {"_floor": 1e-3, "_steps": 3000, "patience": 30, "_agg": {}},
+    # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
+    "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
+    "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},
 }
 
 
@@ -92,6 +103,48 @@ def parse(spec: str) -> dict[str, dict[str, Any]]:
 
 
 # -- prototypes: rules tried in the benchmark before any of them went into the package ----------------------
+def marginal_floor(eps: float, constant_only: bool = False) -> Any:
+    """``_floor``: a context manager under which every dense VAE's numeric columns have the likelihood
+    (1 - eps) N(x; loc(z), sigma^2) + eps N(x; 0, 1) (categorical groups unchanged); with
+    ``constant_only`` (``_floor_const``), only the columns constant in the training rows."""
+    import contextlib
+    import math
+
+    import torch
+
+    from anomaly_vae import detector, models
+
+    original = models.DenseVAE.log_likelihood
+    original_default = detector.VAEAnomalyDetector._default_model
+
+    def default_model(self: Any, x: Any) -> Any:
+        model = original_default(self, x)
+        model._floor_mask = torch.from_numpy(x.reshape(len(x), -1).std(axis=0) == 0)
+        return model
+
+    def patched(self: Any, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        out = original(self, x, params)
+        numeric = torch.ones(x.shape[-1], dtype=torch.bool)
+        for a, w in self.categorical:
+            numeric[a:a + w] = False
+        if constant_only:
+            numeric &= self._floor_mask
+        floor = math.log(eps) - 0.5 * math.log(2 * math.pi) - 0.5 * x ** 2
+        return torch.where(numeric, torch.logaddexp(out + math.log1p(-eps), floor), out)
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        models.DenseVAE.log_likelihood = patched  # type: ignore[method-assign]
+        detector.VAEAnomalyDetector._default_model = default_model  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            models.DenseVAE.log_likelihood = original  # type: ignore[method-assign]
+            detector.VAEAnomalyDetector._default_model = original_default  # type: ignore[method-assign]
+
+    return ctx()
+
+
 def epochs_for_steps(steps: int, n: int, kw: dict[str, Any]) -> int:
     """Epochs giving about ``steps`` gradient updates on ``n`` rows (70% of them train by default)."""
     n_train = max(1, int(n * (1 - kw.get("calibration_size", 0.2)) * (1 - kw.get("validation_size", 0.1))))

@@ -15,6 +15,24 @@ ADBENCH = ["38_thyroid", "6_cardio", "30_satellite", "32_shuttle", "23_mammograp
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+# one-class tasks from scikit-learn's bundled data (no download, never used to choose a default): the
+# normal rows are one class, the anomalies every other class (digits: 8x8 images as 64 columns)
+SKLEARN = [*(f"sk_digits_{k}" for k in range(10)), *(f"sk_wine_{k}" for k in range(3)), "sk_breast_cancer"]
+
+
+def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``sk_digits_K``, ``sk_wine_K``: class K normal, the others anomalies; ``sk_breast_cancer``:
+    benign normal, malignant anomalies. (X float64, y 0 normal / 1 anomaly)."""
+    from sklearn import datasets as skd
+
+    if name == "sk_breast_cancer":
+        X, target = skd.load_breast_cancer(return_X_y=True)
+        return X.astype(np.float64), (target == 0).astype(int)  # 0 = malignant in scikit-learn
+    _, what, k = name.split("_")
+    X, target = {"digits": skd.load_digits, "wine": skd.load_wine}[what](return_X_y=True)
+    return X.astype(np.float64), (target != int(k)).astype(int)
+
+
 def available() -> bool:
     return (ROOT / "adbench").is_dir() and (ROOT / "fashion-mnist").is_dir()
 

@@ -71,14 +71,18 @@ def card_sha256(card: dict[str, Any]) -> str:
 
 
 def _format_version(sections: dict[str, Any]) -> int:
-    """The newest format, except for a model loaded from format 1 whose one-hot features are
-    Gaussian (no ``architecture.categorical`` while the table has categorical columns): it stays
-    format 1, so that saving it again (``calibrate``) keeps a model that loads and scores as before."""
+    """The oldest format that describes the model: 3 with ``architecture.marginal_floor``; 1 for a
+    model loaded from format 1 whose one-hot features are Gaussian (no ``architecture.categorical``
+    while the table has categorical columns), so that saving it again (``calibrate``) keeps a model
+    that loads and scores as before; else 2, which releases before format 3 read too."""
+    arch = sections.get("architecture", {})
+    if "marginal_floor" in arch:
+        return FORMAT_VERSION
     pre = sections.get("input", {}).get("preprocessing", {})
     has_categorical = any(c.get("type") == "categorical" for c in pre.get("columns", []))
-    if pre.get("kind") == "table" and has_categorical and not sections.get("architecture", {}).get("categorical"):
+    if pre.get("kind") == "table" and has_categorical and not arch.get("categorical"):
         return 1
-    return FORMAT_VERSION
+    return 2
 
 
 def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:

@@ -39,9 +39,12 @@ __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", 
            "Tagged", "Anything"]
 
 FORMAT_NAME = "anomaly-vae model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # format 2: a table model's categorical columns have a categorical likelihood,
-# declared in architecture.categorical; format 1 cards (no such field) load and score as before
+# declared in architecture.categorical; format 1 cards (no such field) load and score as before.
+# format 3: architecture.marginal_floor (a dense model's features mixed with their marginal N(0, 1));
+# written only by a model that has one, so that any other model stays format 2 (or 1) and loads in
+# the releases that read those
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
 
@@ -305,6 +308,7 @@ PARAMS = Params({
     "score_kind": Choice(*SCORES),
     "n_score_samples": Int(1, MAX_SCORE_SAMPLES, whole_floats=True),
     "min_scale": Opt(SCALE),
+    "marginal_floor": Num(0, 1, hi_open=True),
     "alpha": FRACTION,
     "contamination": Opt(Num(0, 0.5, lo_open=True)),
     "calibration_size": FRACTION,
@@ -333,7 +337,8 @@ ARCHITECTURE = Tagged("kind", {
     "dense": Obj({"kind": Choice("dense"), "n_features": Int(1, MAX_FEATURES),
                   "hidden": ListOf(SIZE, 0, MAX_LAYERS), "latent_dim": SIZE, "activation": Choice(*ACTIVATIONS),
                   "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE},
-                 optional={"categorical": ListOf(ListOf(Int(0, MAX_FEATURES), 2, 2), 1, MAX_COLUMNS)}),
+                 optional={"categorical": ListOf(ListOf(Int(0, MAX_FEATURES), 2, 2), 1, MAX_COLUMNS),
+                           "marginal_floor": Num(0, 1, lo_open=True, hi_open=True)}),
     "conv": Obj({"kind": Choice("conv"), "in_channels": Choice(1, 3), "height": SIDE, "width": SIDE,
                  "latent_dim": SIZE, "channels": ListOf(SIZE, 1, MAX_LAYERS), "hidden": SIZE,
                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE}),
@@ -486,6 +491,15 @@ def _check_consistency(card: dict[str, Any]) -> None:
     if arch["kind"] == "dense":
         expect(arch["n_features"] == width, "architecture.n_features",
                f"{width}, the width of input.preprocessing's output", arch["n_features"])
+    floor = card["params"].get("marginal_floor")
+    if floor is not None:  # absent in cards written before the option
+        expect(floor == arch.get("marginal_floor", 0), "params.marginal_floor",
+               f"{arch.get('marginal_floor', 0)} like architecture.marginal_floor (0 when absent)", floor)
+    if "marginal_floor" in arch:
+        expect(card["format_version"] >= 3, "format_version", "3 or more for architecture.marginal_floor",
+               card["format_version"])
+        expect(arch["likelihood"] != "bernoulli", "architecture.marginal_floor",
+               "no marginal_floor with a bernoulli likelihood", arch["marginal_floor"])
     if pre["kind"] == "table" and card["format_version"] >= 2:  # format 1: one-hot features were Gaussian
         expect(arch.get("categorical", []) == groups, "architecture.categorical",
                f"{json.dumps(groups)}, the one-hot groups of input.preprocessing", arch.get("categorical", []))

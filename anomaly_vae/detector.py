@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import calibration as cal
 from .artifact import read_model, save_model
 from .exceptions import ArtifactError, CalibrationError, InputError
-from .models import ACTIVATIONS, VAE, build_model, default_network
+from .models import ACTIVATIONS, VAE, build_model, check_marginal_floor, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
@@ -76,6 +76,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     n_score_samples : Monte-Carlo samples for "elbo" and "iwae", drawn once at fit time and stored.
     min_scale : floor on a learned Gaussian sigma, in the units the network sees (standardised
         columns; pixels in [0, 1]). None picks 0.01 for tables and 0.05 for images (see README).
+    marginal_floor : weight in [0, 1) of each numeric column's marginal N(0, 1) (standardised units)
+        in its likelihood, so that one column the network predicts sharply (say, one constant in
+        training) cannot dominate a score (``models.DenseVAE``). 0 (the default): off. Dense
+        networks only. Measured in benchmarks/results/quality-study.md, section 11: 0.01 helps
+        small tables and tables with columns constant in training, and costs a little on others.
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -135,7 +140,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
         conv_channels: tuple[int, ...] | None = None, activation: str = "relu", likelihood: str = "gaussian",
         score_kind: str = "elbo",
-        n_score_samples: int = 16, min_scale: float | None = None, alpha: float = 0.01, contamination: float | None = None,
+        n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float = 0.0,
+        alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
         objective: str = "elbo",
@@ -152,6 +158,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.score_kind = score_kind
         self.n_score_samples = n_score_samples
         self.min_scale = min_scale
+        self.marginal_floor = marginal_floor
         self.alpha = alpha
         self.contamination = contamination
         self.calibration_size = calibration_size
@@ -185,6 +192,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        check_marginal_floor(self.marginal_floor, self.likelihood)
         if int(self.n_score_samples) < 1:
             raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
         if not 0.0 < float(self.calibration_size) < 1.0:
@@ -279,7 +287,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                                latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
                                conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation,
                                categorical=(self.preprocessor_.categorical_groups() if self.input_kind_ == "table"
-                                            else ()))
+                                            else ()), marginal_floor=float(self.marginal_floor))
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)

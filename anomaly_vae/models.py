@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .objectives import kl_standard_normal, log_normal, log_standard_normal, make_likelihood, mc_elbo
+from .objectives import LOG_2PI, kl_standard_normal, log_normal, log_standard_normal, make_likelihood, mc_elbo
 
 __all__ = ["VAE", "VAEPass", "DenseVAE", "ConvVAE", "build_model", "default_network"]
 
@@ -142,6 +142,11 @@ class DenseVAE(VAE):
         mixed with a uniform floor (``CATEGORY_FLOOR``), instead of ``likelihood``. The per-element
         log-likelihood carries the group's log p on the observed category's position (0 on the
         others), so a column's sum is its log p. Empty: every feature uses ``likelihood``.
+    marginal_floor : eps in [0, 1): every other feature's likelihood becomes the mixture
+        (1 - eps) p(x | z) + eps N(x; 0, 1), the second part the feature's marginal in standardised
+        units. A feature the decoder predicts sharply (one constant in training, sigma at its floor)
+        then costs at most about -log(eps) + x^2 / 2 nats, not x^2 / (2 sigma^2): the numeric
+        counterpart of ``CATEGORY_FLOOR``. 0 (the default here) is the plain ``likelihood``.
     """
 
     kind = "dense"
@@ -156,8 +161,11 @@ class DenseVAE(VAE):
         min_scale: float = 1e-2,
         activation: str = "relu",
         categorical: tuple[tuple[int, int], ...] | list[list[int]] = (),
+        marginal_floor: float = 0.0,
     ) -> None:
         super().__init__()
+        check_marginal_floor(marginal_floor, likelihood)
+        self.marginal_floor = float(marginal_floor)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
@@ -187,6 +195,13 @@ class DenseVAE(VAE):
 
     def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         out = self.likelihood.log_prob(x, params)
+        if self.marginal_floor > 0:  # the categorical groups' positions are replaced below
+            eps = self.marginal_floor
+            marginal = (math.log(eps) - 0.5 * LOG_2PI) - 0.5 * x * x
+            a, b = out + math.log1p(-eps), marginal
+            # logaddexp written out: the ONNX export of torch.logaddexp is log(exp(a) + exp(b)), which
+            # gives -inf for a far value (a and b below -104 in float32); this form stays finite
+            out = torch.maximum(a, b) + torch.log1p(torch.exp(-torch.abs(a - b)))
         if not self.categorical:
             return out
         parts, end = [], 0
@@ -210,7 +225,17 @@ class DenseVAE(VAE):
                "latent_dim": self.latent_dim, "activation": self.activation, **self._lik_args}
         if self.categorical:  # absent when empty: configs of all-numeric models are as before
             cfg["categorical"] = [list(g) for g in self.categorical]
+        if self.marginal_floor > 0:  # absent when 0: configs written before the option are as before
+            cfg["marginal_floor"] = self.marginal_floor
         return cfg
+
+
+def check_marginal_floor(eps: Any, likelihood: str) -> None:
+    """``eps`` is a number in [0, 1), and 0 for a Bernoulli likelihood (whose data is not standardised)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 <= eps < 1:
+        raise ValueError(f"marginal_floor must be a number in [0, 1), got {eps!r}")
+    if eps > 0 and likelihood == "bernoulli":
+        raise ValueError("marginal_floor mixes a Gaussian likelihood with N(0, 1); it must be 0 with likelihood='bernoulli'")
 
 
 # a category's probability is at least CATEGORY_FLOOR / width: a category never seen in training
@@ -312,7 +337,8 @@ class ConvVAE(VAE):
 def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str, likelihood: str = "gaussian",
                     latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
                     conv_channels: tuple[int, ...] | None = None, min_scale: float | None = None,
-                    activation: str = "relu", categorical: tuple[tuple[int, int], ...] = ()) -> VAE:
+                    activation: str = "relu", categorical: tuple[tuple[int, int], ...] = (),
+                    marginal_floor: float = 0.0) -> VAE:
     """The network the estimator fits for inputs of ``event_shape``, its unset sizes by rule.
 
     Parameters
@@ -326,6 +352,7 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     likelihood, min_scale, activation : as ``DenseVAE`` / ``ConvVAE``.
     categorical : the one-hot groups of a table (``TablePreprocessor.categorical_groups``), each
         given a categorical likelihood (dense only).
+    marginal_floor : as ``DenseVAE`` (dense only: a conv network refuses anything but 0).
 
     Returns
     -------
@@ -333,6 +360,8 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     """
     floor = float(min_scale) if min_scale is not None else (0.05 if input_kind == "image" else 0.01)
     if kind == "conv":
+        if marginal_floor:
+            raise ValueError(f"marginal_floor applies to dense networks (tables); got {marginal_floor!r} for a conv one")
         c, h, w = event_shape
         return ConvVAE(c, h, w, latent_dim=int(latent_dim or 16), min_scale=floor,
                        channels=tuple(conv_channels) if conv_channels else None, likelihood=likelihood)
@@ -340,7 +369,7 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     hidden = tuple(hidden_sizes) if hidden_sizes else ((256, 128) if d > 100 else (64, 32))
     latent = int(latent_dim or min(16, max(2, d // 2)))
     return DenseVAE(d, hidden=hidden, latent_dim=latent, likelihood=likelihood, min_scale=floor, activation=activation,
-                    categorical=categorical)
+                    categorical=categorical, marginal_floor=marginal_floor)
 
 
 def build_model(config: dict[str, Any]) -> VAE:

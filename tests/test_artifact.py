@@ -574,3 +574,53 @@ def test_format_2_card_must_declare_exactly_the_one_hot_groups(saved, tmp_path, 
     edit_card(d, delete_at("architecture.categorical") if groups is None else set_at("architecture.categorical", groups))
     with pytest.raises(ModelCardError, match=r"architecture.categorical: expected"):
         load_detector(d)
+
+
+# -- format 3: the marginal floor ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def floor_saved(fitted, tmp_path_factory) -> Path:
+    _, df = fitted
+    out = tmp_path_factory.mktemp("floor") / "m"
+    VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.002).fit(df).save(out)
+    return out
+
+
+def test_a_model_with_a_marginal_floor_is_format_3_and_one_without_stays_format_2(fitted, floor_saved, tmp_path):
+    det, df = fitted
+    card = read_card(floor_saved)
+    assert card["format_version"] == 3 and card["architecture"]["marginal_floor"] == 0.002
+    assert card["params"]["marginal_floor"] == 0.002
+    loaded = load_detector(floor_saved)
+    assert loaded.model_.marginal_floor == 0.002
+    again = VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.002).fit(df)
+    assert np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
+    none = tmp_path / "none"
+    VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.0).fit(df).save(none)
+    assert read_card(none)["format_version"] == 2 and "marginal_floor" not in read_card(none)["architecture"]
+
+
+@pytest.mark.parametrize("change,match", [
+    (set_at("format_version", 2), r"format_version: expected 3 or more for architecture.marginal_floor"),
+    (set_at("architecture.marginal_floor", 1.0), r"architecture.marginal_floor: expected"),
+    (set_at("architecture.marginal_floor", 0), r"architecture.marginal_floor: expected"),
+    (set_at("architecture.marginal_floor", "0.002"), r"architecture.marginal_floor: expected"),
+    (set_at("params.marginal_floor", -1), r"params.marginal_floor: expected"),
+    (set_at("params.marginal_floor", 0.5), r"params.marginal_floor: expected 0.002 like architecture"),
+    (delete_at("architecture.marginal_floor"), r"params.marginal_floor: expected 0 like architecture"),
+])
+def test_a_tampered_marginal_floor_is_refused(floor_saved, tmp_path, change, match):
+    d = copy_of(floor_saved, tmp_path)
+    edit_card(d, change)
+    with pytest.raises(ModelCardError, match=match):
+        load_detector(d)
+
+
+def test_a_newer_release_reading_format_3_is_what_an_older_one_refuses(floor_saved, tmp_path, monkeypatch):
+    """A release that reads format 2 at most refuses a format 3 card, saying to upgrade (not a
+    misread model: the floor would otherwise be dropped silently and every score change)."""
+    from anomaly_vae import card as card_module
+
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(card_module, "FORMAT_VERSION", 2)
+    with pytest.raises(ArtifactError, match="written in model format 3.*upgrade anomaly-vae"):
+        load_detector(floor_saved)

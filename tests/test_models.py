@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -148,3 +149,70 @@ def test_categorical_groups_must_fit_the_features():
     for bad in ([(0, 0)], [(3, 3)], [(0, 3), (2, 2)]):
         with pytest.raises(ValueError, match="categorical groups"):
             DenseVAE(5, categorical=bad)
+
+
+def test_the_marginal_floor_is_the_stated_mixture_and_bounds_a_sharp_column():
+    """marginal_floor=eps: each numeric feature's log p is log((1 - eps) N(x; loc, sigma) + eps N(x; 0, 1)),
+    exactly (against float64), so a feature the decoder predicts sharply (sigma at its floor) costs
+    about -log(eps) + x^2 / 2 nats instead of x^2 / (2 sigma^2); categorical groups are untouched."""
+    import math
+
+    torch.manual_seed(0)
+    plain = DenseVAE(6, latent_dim=2, categorical=[(3, 3)])
+    floored = DenseVAE(6, latent_dim=2, categorical=[(3, 3)], marginal_floor=1e-3)
+    floored.load_state_dict(plain.state_dict())  # the floor adds no weights
+    x = torch.tensor([[0.1, -2.0, 40.0, 0.0, 1.0, 0.0], [3.0, 0.0, -1e5, 1.0, 0.0, 0.0]])
+    params = plain.decode(torch.zeros(2, 2))
+    with torch.no_grad():
+        a, b = plain.log_likelihood(x, params).double(), floored.log_likelihood(x, params).double()
+    xs = x.double()
+    expected = np.logaddexp(a.numpy() + math.log1p(-1e-3), math.log(1e-3) - 0.5 * math.log(2 * math.pi) - 0.5 * xs.numpy() ** 2)
+    np.testing.assert_allclose(b[:, :3].numpy(), expected[:, :3], rtol=1e-5)
+    assert torch.equal(a[:, 3:], b[:, 3:])  # the one-hot group keeps its categorical likelihood
+    assert (b[:, :3] >= a[:, :3] + math.log1p(-1e-3) - 1e-5).all()  # never much below the plain likelihood
+    # a sharp column (sigma at its floor of 0.01) and a value 40 standard units away
+    sharp = DenseVAE(1, latent_dim=1, min_scale=0.01, marginal_floor=1e-3)
+    with torch.no_grad():
+        sharp.likelihood.raw_scale.fill_(-30.0)  # sigma = 0.01 + softplus(-30): the floor
+        cost = -sharp.log_likelihood(torch.tensor([[40.0]]), torch.zeros(1, 1)).item()
+    assert cost == pytest.approx(-math.log(1e-3) + 0.5 * math.log(2 * math.pi) + 800.0, rel=1e-6)
+    assert build_model(floored.config()).marginal_floor == 1e-3 and "marginal_floor" not in plain.config()
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, 2, float("nan"), "0.001", True, np.array(1e-3)])
+def test_the_marginal_floor_must_be_a_number_in_0_1(eps):
+    with pytest.raises(ValueError, match="marginal_floor must be a number in"):
+        DenseVAE(3, marginal_floor=eps)
+    with pytest.raises(ValueError, match="marginal_floor must be a number in"):  # before any work
+        VAEAnomalyDetector(marginal_floor=eps, epochs=1).fit(np.random.RandomState(0).normal(size=(60, 3)))
+    with pytest.raises(ValueError, match="marginal_floor must be a number in"):
+        VAEAnomalyDetector(marginal_floor=None, epochs=1).fit(np.random.RandomState(0).normal(size=(60, 3)))
+
+
+def test_the_marginal_floor_is_refused_where_it_means_nothing(fashion_sample):
+    with pytest.raises(ValueError, match="bernoulli"):
+        DenseVAE(3, likelihood="bernoulli", marginal_floor=1e-3)
+    with pytest.raises(ValueError, match="dense networks"):
+        VAEAnomalyDetector(marginal_floor=1e-3, epochs=1, alpha=0.1).fit(fashion_sample[0][:100])
+
+
+def test_a_column_constant_in_training_does_not_drown_the_score_with_a_floor(cancer):
+    """The failure the floor is for: a column constant in training (sigma driven to its floor) and
+    a normal row with another value there. Without the floor that one column costs ~x^2 / (2 * 0.01^2)
+    nats and outranks every real anomaly; with it, about -log(eps) + x^2 / 2."""
+    from sklearn.metrics import roc_auc_score
+
+    train, rest, anomalous = cancer
+    train = train.assign(flag=0.0)
+    rest = rest.assign(flag=0.0)
+    rest.iloc[:10, rest.columns.get_loc("flag")] = 3.0  # normal rows, one odd value in the constant column
+    test = pd.concat([rest, anomalous.assign(flag=0.0)])
+    y = np.r_[np.zeros(len(rest)), np.ones(len(anomalous))]
+    kw = dict(epochs=30, alpha=0.05, random_state=0)
+    plain = VAEAnomalyDetector(marginal_floor=0.0, **kw).fit(train)
+    floored = VAEAnomalyDetector(marginal_floor=1e-3, **kw).fit(train)
+    plain_cost = plain.feature_scores(rest.iloc[:10])["flag"].to_numpy()
+    floor_cost = floored.feature_scores(rest.iloc[:10])["flag"].to_numpy()
+    assert plain_cost.min() > 1e4  # sigma at 0.01: ~45,000 nats for one value
+    assert floor_cost.max() < -np.log(1e-3) + 0.5 * np.log(2 * np.pi) + 4.5 + 1e-3
+    assert roc_auc_score(y, floored.anomaly_score(test)) > roc_auc_score(y, plain.anomaly_score(test)) + 0.02

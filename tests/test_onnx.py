@@ -147,6 +147,22 @@ def test_gaussian_shared_likelihood(cancer, tmp_path: Path) -> None:
     assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], det.anomaly_score(X))
 
 
+def test_a_marginal_floor_and_values_far_outside_training(cancer, tmp_path: Path) -> None:
+    """The floor's mixture in the graph, also where both of its parts underflow float32's exp (a value
+    thousands of standard deviations away): the graph's score stays finite and matches."""
+    train, rest, anomalous = cancer
+    det = VAEAnomalyDetector(marginal_floor=1e-3, alpha=0.05, **TINY).fit(train)
+    X = pd.concat([rest, anomalous]).copy()
+    X.iloc[:5, 3] *= 1e4  # far values in one column
+    X.iloc[5:10, 7] = -1e30
+    session, _ = export(det, tmp_path / "floor.onnx")
+    out = run(session, X.to_numpy(dtype=np.float64))
+    expected = det.anomaly_score(X)
+    assert expected[:10].min() > 1e4  # the far rows are far
+    assert_close(out["score"], expected)
+    assert_p_values(det, out, expected)
+
+
 def test_the_batch_dimension_is_dynamic(cancer_model: VAEAnomalyDetector, cancer, tmp_path: Path) -> None:
     """A row's score does not depend on the batch it comes in (1, 7, 200 or 1000 rows): within the
     tolerance (onnxruntime may pick another kernel for one row than for many)."""

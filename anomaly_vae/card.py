@@ -492,7 +492,7 @@ def _check_consistency(card: dict[str, Any]) -> None:
         expect(arch["n_features"] == width, "architecture.n_features",
                f"{width}, the width of input.preprocessing's output", arch["n_features"])
     floor = card["params"].get("marginal_floor")
-    if floor is not None:  # absent in cards written before the option
+    if "marginal_floor" in arch or floor is not None:  # both absent: no floor (and cards written before it)
         expect(floor == arch.get("marginal_floor", 0), "params.marginal_floor",
                f"{arch.get('marginal_floor', 0)} like architecture.marginal_floor (0 when absent)", floor)
     if "marginal_floor" in arch:

@@ -78,8 +78,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         columns; pixels in [0, 1]). None picks 0.01 for tables and 0.05 for images (see README).
     marginal_floor : weight in [0, 1) of each numeric column's marginal N(0, 1) (standardised units)
         in its likelihood, so that one column the network predicts sharply (say, one constant in
-        training) cannot dominate a score (``models.DenseVAE``). 0 (the default): off. Dense
-        networks only. Measured in benchmarks/results/quality-study.md, section 11: 0.01 helps
+        training) cannot dominate a score (``models.DenseVAE``). 0 (the default): off. Tables
+        only. Measured in benchmarks/results/quality-study.md, section 11: 0.01 helps
         small tables and tables with columns constant in training, and costs a little on others.
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
@@ -184,6 +184,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
+        for name in ("model", "score_kind", "activation", "likelihood", "objective", "kl_estimator", "lr_schedule",
+                     "device"):
+            # a str, not only equal to one: np.array("elbo") == "elbo", and it is not JSON when the model is saved
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.model not in ("auto", "dense", "conv"):
             raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
         if self.score_kind not in SCORES:
@@ -670,9 +675,22 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         for k, v in self.get_params().items():
             if isinstance(v, tuple):
                 v = list(v)
+            if isinstance(v, list):
+                v = [x.item() if isinstance(x, np.generic) else x for x in v]
+            if isinstance(v, np.generic):
+                v = v.item()  # numpy scalars (np.float32(0.1), np.int64(5)) as plain JSON numbers
             if k == "random_state" and not isinstance(v, (int, type(None))):
                 v = None  # a RandomState instance is not a reproducible setting; the seed used is in training
             params[k] = v
+        # settings added after format 2 are left out at their "off" values, so that a model without them
+        # loads in the releases that read format 2 (they refuse a parameter they do not know); the floor
+        # written is the network's, so that a set_params after fit cannot make params and architecture disagree
+        floor = float(getattr(self.model_, "marginal_floor", 0.0))
+        params.pop("marginal_floor", None)
+        if floor > 0:
+            params["marginal_floor"] = floor
+        if params.get("lr_schedule") == "constant":
+            del params["lr_schedule"]
         cal_scores = np.asarray(self.calibration_scores_)
         names = getattr(self, "feature_names_in_", None)
         sections = {

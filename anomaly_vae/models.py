@@ -352,12 +352,15 @@ def default_network(kind: str, event_shape: tuple[int, ...], *, input_kind: str,
     likelihood, min_scale, activation : as ``DenseVAE`` / ``ConvVAE``.
     categorical : the one-hot groups of a table (``TablePreprocessor.categorical_groups``), each
         given a categorical likelihood (dense only).
-    marginal_floor : as ``DenseVAE`` (dense only: a conv network refuses anything but 0).
+    marginal_floor : as ``DenseVAE``; tables only (images refuse anything but 0).
 
     Returns
     -------
     VAE : a freshly initialised ``DenseVAE`` or ``ConvVAE`` (the torch seed decides its weights).
     """
+    if marginal_floor and input_kind != "table":
+        raise ValueError(f"marginal_floor applies to tables (standardised columns), not to {input_kind} input; "
+                         f"got {marginal_floor!r}")
     floor = float(min_scale) if min_scale is not None else (0.05 if input_kind == "image" else 0.01)
     if kind == "conv":
         if marginal_floor:

@@ -28,6 +28,8 @@ def load_sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "sk_breast_cancer":
         X, target = skd.load_breast_cancer(return_X_y=True)
         return X.astype(np.float64), (target == 0).astype(int)  # 0 = malignant in scikit-learn
+    if name not in SKLEARN:
+        raise ValueError(f"unknown scikit-learn task {name!r}; known: {', '.join(SKLEARN)}")
     _, what, k = name.split("_")
     X, target = {"digits": skd.load_digits, "wine": skd.load_wine}[what](return_X_y=True)
     return X.astype(np.float64), (target != int(k)).astype(int)

@@ -109,20 +109,20 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
 
         floor = (ablations.marginal_floor(proto["_floor"], bool(proto.get("_floor_constant_only")))
                  if "_floor" in proto else contextlib.nullcontext())
-        floor.__enter__()
-        members = []
-        for m in range(int(proto.get("_members", 1))):
-            kw_m = {**kw, "random_state": seed if m == 0 else 1000 * (seed + 1) + m}
-            members.append(_fit(VAEAnomalyDetector, kw_m, train_x, f"{dataset} {key} {name}"))
-        fit_s = time.perf_counter() - t
-        if "_agg" in proto:
-            per = np.stack([ablations.aggregate_prior_scores(d, train_x, test_x, **proto["_agg"]) for d in members])
-        else:
-            per = np.stack([d.anomaly_score(test_x) for d in members])
-        scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
-        arrays = {"calibration": np.asarray(members[0].calibration_scores_),
-                  "reconstruction": members[0].anomaly_score(test_x, score="reconstruction")}
-        floor.__exit__(None, None, None)
+        with floor:  # the prototype's patch holds for this fit and its scoring only
+            members = []
+            for m in range(int(proto.get("_members", 1))):
+                kw_m = {**kw, "random_state": seed if m == 0 else 1000 * (seed + 1) + m}
+                members.append(_fit(VAEAnomalyDetector, kw_m, train_x, f"{dataset} {key} {name}"))
+            fit_s = time.perf_counter() - t
+            if "_agg" in proto:
+                per = np.stack([ablations.aggregate_prior_scores(d, train_x, test_x, **proto["_agg"]) for d in members])
+            else:
+                per = np.stack([d.anomaly_score(test_x) for d in members])
+            scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
+            arrays = {"reconstruction": members[0].anomaly_score(test_x, score="reconstruction")}
+            if len(members) == 1 and "_agg" not in proto:  # calibration scores of the score saved, else none
+                arrays["calibration"] = np.asarray(members[0].calibration_scores_)
     elif name == "IsolationForest":
         model = IsolationForest(random_state=seed).fit(s["train"])
         fit_s = time.perf_counter() - t

@@ -607,6 +607,7 @@ def test_a_model_with_a_marginal_floor_is_format_3_and_one_without_stays_format_
     (set_at("params.marginal_floor", -1), r"params.marginal_floor: expected"),
     (set_at("params.marginal_floor", 0.5), r"params.marginal_floor: expected 0.002 like architecture"),
     (delete_at("architecture.marginal_floor"), r"params.marginal_floor: expected 0 like architecture"),
+    (delete_at("params.marginal_floor"), r"params.marginal_floor: expected 0.002 like architecture"),
 ])
 def test_a_tampered_marginal_floor_is_refused(floor_saved, tmp_path, change, match):
     d = copy_of(floor_saved, tmp_path)
@@ -624,3 +625,60 @@ def test_a_newer_release_reading_format_3_is_what_an_older_one_refuses(floor_sav
     monkeypatch.setattr(card_module, "FORMAT_VERSION", 2)
     with pytest.raises(ArtifactError, match="written in model format 3.*upgrade anomaly-vae"):
         load_detector(floor_saved)
+
+
+# the parameters that releases reading format 2 know (anomaly-vae before lr_schedule and marginal_floor):
+# they refuse a card naming any other, so a model without the newer settings must not name them
+FORMAT_2_PARAMS = {
+    "model", "latent_dim", "hidden_sizes", "conv_channels", "activation", "likelihood", "score_kind", "n_score_samples",
+    "min_scale", "alpha", "contamination", "calibration_size", "validation_size", "epochs", "batch_size",
+    "learning_rate", "weight_decay", "beta", "objective", "mmd_weight", "kl_estimator", "kl_warmup_epochs",
+    "grad_clip", "patience", "max_categories", "random_state", "n_threads", "device", "verbose", "checkpoint_dir"}
+
+
+def test_a_model_without_the_newer_settings_names_only_parameters_older_releases_know(fitted, saved, image_saved):
+    for d in (saved, image_saved):
+        card = read_card(d)
+        assert card["format_version"] == 2 and set(card["params"]) <= FORMAT_2_PARAMS, set(card["params"]) - FORMAT_2_PARAMS
+    # and such a card loads here with the newer settings at their defaults
+    det = load_detector(saved)
+    assert det.lr_schedule == "constant" and det.marginal_floor == 0.0
+    assert np.array_equal(det.anomaly_score(fitted[1].iloc[:20]), fitted[0].anomaly_score(fitted[1].iloc[:20]))
+
+
+def test_save_writes_the_floor_the_network_has_after_set_params(fitted, tmp_path):
+    """set_params on a fitted detector changes a setting for the next fit, not the fitted network:
+    the card records the network's floor, so that params and architecture agree and the model loads."""
+    from sklearn.base import clone
+
+    _, df = fitted
+    det = VAEAnomalyDetector(epochs=2, random_state=0, marginal_floor=0.01).fit(df)
+    for later in (0.02, 0.0):
+        det.set_params(marginal_floor=later)
+        det.save(tmp_path / f"m{later}")
+        loaded = load_detector(tmp_path / f"m{later}")
+        assert loaded.marginal_floor == loaded.model_.marginal_floor == 0.01
+        assert np.array_equal(loaded.anomaly_score(df.iloc[:20]), det.anomaly_score(df.iloc[:20]))
+        assert clone(loaded).get_params()["marginal_floor"] == 0.01
+    plain = VAEAnomalyDetector(epochs=2, random_state=0).fit(df).set_params(marginal_floor=0.01)
+    plain.save(tmp_path / "plain")
+    assert "marginal_floor" not in read_card(tmp_path / "plain")["params"]
+    assert load_detector(tmp_path / "plain").model_.marginal_floor == 0.0
+
+
+def test_numpy_scalar_settings_are_saved_as_plain_numbers(fitted, tmp_path):
+    _, df = fitted
+    det = VAEAnomalyDetector(epochs=np.int64(2), alpha=np.float32(0.1), marginal_floor=np.float32(0.01),
+                             hidden_sizes=(np.int64(16), 8), random_state=np.int64(0)).fit(df)
+    det.save(tmp_path / "m")
+    params = read_card(tmp_path / "m")["params"]
+    assert params["epochs"] == 2 and params["alpha"] == pytest.approx(0.1) and params["hidden_sizes"] == [16, 8]
+    assert params["marginal_floor"] == pytest.approx(0.01) and params["random_state"] == 0
+    assert np.array_equal(load_detector(tmp_path / "m").anomaly_score(df.iloc[:20]), det.anomaly_score(df.iloc[:20]))
+
+
+@pytest.mark.parametrize("name,value", [("score_kind", "elbo"), ("model", "dense"), ("likelihood", "gaussian"),
+                                        ("activation", "relu"), ("device", "cpu")])
+def test_a_string_setting_given_as_a_numpy_array_is_refused_before_any_work(fitted, name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a string"):
+        VAEAnomalyDetector(**{name: np.array(value)}, epochs=1).fit(fitted[1])

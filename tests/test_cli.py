@@ -136,6 +136,20 @@ def test_info_shows_the_model_card(table_model: tuple[Path, subprocess.Completed
     assert json.loads(r.stdout)["format_version"] == 2
 
 
+def test_train_with_a_marginal_floor_and_info_shows_it(table: Path, tmp_path: Path) -> None:
+    out = tmp_path / "floored"
+    r = run("train", table, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
+            "--epochs", "2", "--marginal-floor", "0.01", "--quiet")
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model.json").read_text())
+    assert card["format_version"] == 3 and card["architecture"]["marginal_floor"] == 0.01
+    r = run("info", out)
+    assert r.returncode == 0 and "marginal floor 0.01" in r.stdout
+    for bad in ("1", "-0.1", "nan", "x"):
+        r = run("train", table, "--out", tmp_path / "no", "--marginal-floor", bad, "--quiet")
+        assert r.returncode == 2 and "marginal floor must be" in r.stderr
+
+
 def test_score_round_trip_matches_python_api_exactly(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
                                                      tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"

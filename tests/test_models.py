@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from anomaly_vae import ConvVAE, DenseVAE, VAEAnomalyDetector
-from anomaly_vae.models import build_model
+from anomaly_vae.models import build_model, default_network
 
 
 @pytest.mark.parametrize("c,h,w", [(1, 8, 8), (1, 28, 28), (3, 28, 28), (1, 64, 64), (3, 64, 64), (3, 9, 13), (1, 31, 17)])
@@ -192,8 +192,11 @@ def test_the_marginal_floor_must_be_a_number_in_0_1(eps):
 def test_the_marginal_floor_is_refused_where_it_means_nothing(fashion_sample):
     with pytest.raises(ValueError, match="bernoulli"):
         DenseVAE(3, likelihood="bernoulli", marginal_floor=1e-3)
+    for model in ("auto", "dense"):  # pixels in [0, 1] are not standardised: N(0, 1) is not their marginal
+        with pytest.raises(ValueError, match="marginal_floor applies to tables"):
+            VAEAnomalyDetector(model=model, marginal_floor=1e-3, epochs=1, alpha=0.1).fit(fashion_sample[0][:100])
     with pytest.raises(ValueError, match="dense networks"):
-        VAEAnomalyDetector(marginal_floor=1e-3, epochs=1, alpha=0.1).fit(fashion_sample[0][:100])
+        default_network("conv", (1, 8, 8), input_kind="table", marginal_floor=1e-3)
 
 
 def test_a_column_constant_in_training_does_not_drown_the_score_with_a_floor(cancer):

@@ -39,6 +39,16 @@ def _alpha(text: str) -> float:
     return v
 
 
+def _floor(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"marginal floor must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"marginal floor must be in [0, 1), got {text}")
+    return v
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -106,6 +116,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state there every epoch; a run "
                    "that finds a checkpoint there goes on from it")
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="decoder likelihood (default gaussian, learned sigma)")
+    p.add_argument("--marginal-floor", type=_floor, default=0.0, metavar="EPS", help="tables: mix each numeric "
+                   "column's likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column "
+                   "cannot dominate a score (default 0: off; 0.01 helps small tables)")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")
     p.add_argument("--id-column", metavar="COL", help="a column that identifies rows: not used as a feature")
     p.add_argument("--drop-columns", metavar="A,B", help="columns not to use as features")

@@ -184,8 +184,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
-        for name in ("model", "score_kind", "activation", "likelihood", "objective", "kl_estimator", "lr_schedule",
-                     "device"):
+        for name in ("model", "score_kind", "activation", "likelihood", "device"):  # the training ones: TrainConfig.check
             # a str, not only equal to one: np.array("elbo") == "elbo", and it is not JSON when the model is saved
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")

@@ -36,10 +36,6 @@ import quality  # noqa: E402
 OPS = ("sum", "mix", "max", "z")
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
 def load(folder: str) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
     """{(dataset, key): {saved name: arrays}} from ``quality.py --save-scores``."""
     out: dict[tuple[str, int], dict[str, dict[str, np.ndarray]]] = defaultdict(dict)
@@ -64,9 +60,9 @@ def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.nda
     """(scores, fit seconds of the members) of ``rule`` on one split; KeyError if a member is missing."""
     m = re.fullmatch(r"(\w+)\((.+)\)", rule)
     if not m or m.group(1) not in OPS:
-        arrays = saved[_safe(rule)]
+        arrays = saved[quality.file_name(rule)]
         return arrays["scores"], float(arrays.get("fit_seconds", np.nan))
-    op, members = m.group(1), [saved[_safe(n.strip())] for n in m.group(2).split(",")]
+    op, members = m.group(1), [saved[quality.file_name(n.strip())] for n in m.group(2).split(",")]
     fit = float(sum(a.get("fit_seconds", np.nan) for a in members))
     per = np.stack([_iqr_scaled(a) if op == "z" else a["scores"] for a in members])
     if op in ("sum", "z"):

@@ -25,6 +25,7 @@ seconds (mean, median, max).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -105,8 +106,6 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         train_x, test_x = ablations.prototype_data(proto, s["ours_train"], s["ours_test"])
         if "_steps" in proto:
             kw["epochs"] = ablations.epochs_for_steps(proto["_steps"], len(train_x), kw)
-        import contextlib
-
         floor = (ablations.marginal_floor(proto["_floor"], bool(proto.get("_floor_constant_only")))
                  if "_floor" in proto else contextlib.nullcontext())
         with floor:  # the prototype's patch holds for this fit and its scoring only
@@ -149,21 +148,23 @@ def _fit(cls: Any, kw: dict[str, Any], x: Any, what: str) -> Any:
 
     # too few rows for alpha=0.01's conformal threshold (18_Ionosphere: 112; sk_wine_2: 24): a larger alpha
     alphas = [kw.get("alpha", 0.01), 0.05, 0.2]
-    for i, alpha in enumerate(alphas):
+    for alpha, larger in zip(alphas, alphas[1:]):
         try:
             return cls(**{**kw, "alpha": alpha}).fit(x)
         except CalibrationError:
-            if i == len(alphas) - 1:
-                raise
-            print(f"{what}: too few rows for alpha={alpha}; fitted with alpha={alphas[i + 1]}")
-    raise AssertionError("unreachable")
+            print(f"{what}: too few rows for alpha={alpha}; fitted with alpha={larger}")
+    return cls(**{**kw, "alpha": alphas[-1]}).fit(x)
+
+
+def file_name(name: str) -> str:
+    """A detector's name as ``--save-scores`` writes it into file names (``KNN (k=5)`` -> ``KNN__k_5_``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def _save(folder: str | None, dataset: str, key: int, name: str, arrays: dict[str, np.ndarray]) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-        np.savez(Path(folder) / f"{dataset}__{key}__{safe}.npz", **arrays)
+        np.savez(Path(folder) / f"{dataset}__{key}__{file_name(name)}.npz", **arrays)
 
 
 def _init_worker(threads: int) -> None:

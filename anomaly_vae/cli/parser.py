@@ -29,24 +29,24 @@ BMP / TIFF / WebP images (recursive, sorted). Only regular files are read: a nam
 device is refused (in an image folder: an error row), never opened."""
 
 
-def _alpha(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"alpha must be a number in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1), got {text}")
-    return v
+def _in_unit_interval(what: str, zero_ok: bool) -> Callable[[str], float]:
+    """An argparse type: a number in (0, 1), or in [0, 1) when ``zero_ok``."""
+    interval = "[0, 1)" if zero_ok else "(0, 1)"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number in {interval}, got {text!r}") from None
+        if not (0 <= v < 1 if zero_ok else 0 < v < 1):
+            raise argparse.ArgumentTypeError(f"{what} must be in {interval}, got {text}")
+        return v
+
+    return parse
 
 
-def _floor(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"marginal floor must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"marginal floor must be in [0, 1), got {text}")
-    return v
+_alpha = _in_unit_interval("alpha", zero_ok=False)
+_floor = _in_unit_interval("marginal floor", zero_ok=True)
 
 
 def _positive(text: str) -> int:

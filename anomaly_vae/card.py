@@ -39,12 +39,15 @@ __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", 
            "Tagged", "Anything"]
 
 FORMAT_NAME = "anomaly-vae model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # format 2: a table model's categorical columns have a categorical likelihood,
 # declared in architecture.categorical; format 1 cards (no such field) load and score as before.
 # format 3: architecture.marginal_floor (a dense model's features mixed with their marginal N(0, 1));
 # written only by a model that has one, so that any other model stays format 2 (or 1) and loads in
 # the releases that read those
+# format 4: architecture.pair (a second network whose prior is the aggregate posterior of
+# architecture.pair.aggregate_prior training rows; the score is the sum of the two networks'),
+# written only by a model that has one (VAEAnomalyDetector(pair=True))
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
 
@@ -59,6 +62,7 @@ MAX_SCORE_SAMPLES = 1024  # each one is a decoder pass per row at scoring time
 MAX_THREADS = 1024  # torch.set_num_threads(1_000_000) crashes the process
 MAX_ROWS = 10**9
 MAX_TEXT = 10_000
+MAX_PRIOR_CODES = 10_000  # the aggregate prior's components: scoring holds (rows x samples x codes) numbers
 
 
 class CardProblem(Exception):
@@ -309,6 +313,7 @@ PARAMS = Params({
     "n_score_samples": Int(1, MAX_SCORE_SAMPLES, whole_floats=True),
     "min_scale": Opt(SCALE),
     "marginal_floor": Num(0, 1, hi_open=True),
+    "pair": Bool(),
     "alpha": FRACTION,
     "contamination": Opt(Num(0, 0.5, lo_open=True)),
     "calibration_size": FRACTION,
@@ -333,12 +338,16 @@ PARAMS = Params({
     "checkpoint_dir": Opt(Str(4096)),
 })
 
+DENSE = {"kind": Choice("dense"), "n_features": Int(1, MAX_FEATURES), "hidden": ListOf(SIZE, 0, MAX_LAYERS),
+         "latent_dim": SIZE, "activation": Choice(*ACTIVATIONS), "likelihood": LIKELIHOOD, "scale": SCALE,
+         "min_scale": SCALE}
+DENSE_OPTIONAL = {"categorical": ListOf(ListOf(Int(0, MAX_FEATURES), 2, 2), 1, MAX_COLUMNS),
+                  "marginal_floor": Num(0, 1, lo_open=True, hi_open=True)}
 ARCHITECTURE = Tagged("kind", {
-    "dense": Obj({"kind": Choice("dense"), "n_features": Int(1, MAX_FEATURES),
-                  "hidden": ListOf(SIZE, 0, MAX_LAYERS), "latent_dim": SIZE, "activation": Choice(*ACTIVATIONS),
-                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE},
-                 optional={"categorical": ListOf(ListOf(Int(0, MAX_FEATURES), 2, 2), 1, MAX_COLUMNS),
-                           "marginal_floor": Num(0, 1, lo_open=True, hi_open=True)}),
+    "dense": Obj(DENSE, optional={**DENSE_OPTIONAL,
+                                  # the second network of a pair: the same fields, and its prior's codes
+                                  "pair": Obj({**DENSE, "aggregate_prior": Int(1, MAX_PRIOR_CODES)},
+                                              optional=DENSE_OPTIONAL)}),
     "conv": Obj({"kind": Choice("conv"), "in_channels": Choice(1, 3), "height": SIDE, "width": SIDE,
                  "latent_dim": SIZE, "channels": ListOf(SIZE, 1, MAX_LAYERS), "hidden": SIZE,
                  "likelihood": LIKELIHOOD, "scale": SCALE, "min_scale": SCALE}),
@@ -500,6 +509,17 @@ def _check_consistency(card: dict[str, Any]) -> None:
                card["format_version"])
         expect(arch["likelihood"] != "bernoulli", "architecture.marginal_floor",
                "no marginal_floor with a bernoulli likelihood", arch["marginal_floor"])
+    pair, paired = arch.get("pair"), card["params"].get("pair")
+    if pair is not None or paired is not None:  # both absent: no pair (and cards written before it)
+        expect(paired is (pair is not None), "params.pair", f"{json.dumps(pair is not None)} like architecture.pair "
+               "(false when absent)", paired)
+    if pair is not None:
+        expect(card["format_version"] >= 4, "format_version", "4 or more for architecture.pair", card["format_version"])
+        mine = {k: v for k, v in arch.items() if k != "pair"}
+        theirs = {k: v for k, v in pair.items() if k != "aggregate_prior"}
+        for k in sorted({*mine, *theirs}):
+            expect(theirs.get(k) == mine.get(k), f"architecture.pair.{k}", f"{describe(mine.get(k))} like "
+                   f"architecture.{k} (a pair is one architecture twice)", theirs.get(k))
     if pre["kind"] == "table" and card["format_version"] >= 2:  # format 1: one-hot features were Gaussian
         expect(arch.get("categorical", []) == groups, "architecture.categorical",
                f"{json.dumps(groups)}, the one-hot groups of input.preprocessing", arch.get("categorical", []))

@@ -12,6 +12,7 @@ its fitted state (``fitted_state`` / ``from_fitted_state``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -37,7 +38,11 @@ from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VAEAnomalyDetector", "load_detector"]
+__all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE", "PAIR_CODES"]
+
+# pair=True: the long network's training (gradient updates at most, early-stopping patience in epochs) and
+# the training rows whose codes make its prior (quality-study.md, sections 10 and 12: measured, not tuned)
+PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
 
 
 @contextlib.contextmanager
@@ -81,6 +86,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         training) cannot dominate a score (``models.DenseVAE``). 0 (the default): off. Tables
         only. Measured in benchmarks/results/quality-study.md, section 11: 0.01 helps
         small tables and tables with columns constant in training, and costs a little on others.
+    pair : score with two networks from one training run (tables only): the network early-stopped
+        by ``epochs`` and ``patience`` as without the option, and the same run trained on to
+        ``PAIR_UPDATES`` gradient updates (early-stopped with patience ``PAIR_PATIENCE``) whose prior
+        is the aggregate posterior of up to ``PAIR_CODES`` training rows (a VampPrior whose
+        pseudo-inputs are training rows). The score is the sum of the two networks' scores, in
+        nats, calibrated as one score. The long network fits the many-mode tables the short one
+        under-fits, the short one keeps the tables where longer training models the anomalies too
+        (quality-study.md, sections 10 and 12). Costs: the fit runs to the longer of the two rules;
+        scoring costs about five times a single network's.
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -140,7 +154,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
         conv_channels: tuple[int, ...] | None = None, activation: str = "relu", likelihood: str = "gaussian",
         score_kind: str = "elbo",
-        n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float = 0.0,
+        n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float = 0.0, pair: bool = False,
         alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
@@ -159,6 +173,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.n_score_samples = n_score_samples
         self.min_scale = min_scale
         self.marginal_floor = marginal_floor
+        self.pair = pair
         self.alpha = alpha
         self.contamination = contamination
         self.calibration_size = calibration_size
@@ -197,6 +212,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if self.latent_dim is not None and int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         check_marginal_floor(self.marginal_floor, self.likelihood)
+        if not isinstance(self.pair, (bool, np.bool_)):
+            raise ValueError(f"pair must be True or False, got {self.pair!r}")
+        if self.pair:
+            if self.model == "conv":
+                raise ValueError("pair=True applies to dense networks (tables), not model='conv'")
+            if self.lr_schedule != "constant" or self.checkpoint_dir is not None:
+                raise ValueError("pair=True needs lr_schedule='constant' (the short network is a snapshot of the long "
+                                 "run) and no checkpoint_dir")
         if int(self.n_score_samples) < 1:
             raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
         if not 0.0 < float(self.calibration_size) < 1.0:
@@ -341,10 +364,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             x_train = t[train_idx].to(device)
             self.model_.likelihood.init_from_data(x_train)
             generator = torch.Generator().manual_seed(seed)
-            self.history_ = train(
-                self.model_, x_train, t[val_idx].to(device) if n_val else None,
-                self._train_config(), generator, verbose=int(self.verbose), checkpoint_dir=self.checkpoint_dir,
-            )
+            if self.pair:
+                self.history_ = self._train_pair(x_train, t[val_idx].to(device) if n_val else None, generator, seed)
+            else:
+                self.history_ = train(
+                    self.model_, x_train, t[val_idx].to(device) if n_val else None,
+                    self._train_config(), generator, verbose=int(self.verbose), checkpoint_dir=self.checkpoint_dir,
+                )
             self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
             self.calibration_scores_ = self._scores(t[cal_idx], self.score_kind)
             all_scores = self._scores(t, self.score_kind) if self.contamination is not None else None
@@ -356,6 +382,29 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         else:
             self.set_alpha(self.alpha)
         return self
+
+    def _train_pair(self, x_train: torch.Tensor, x_val: torch.Tensor | None, generator: torch.Generator,
+                    seed: int) -> list[dict[str, float]]:
+        """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` updates (patience
+        ``PAIR_PATIENCE``) while ``model_`` keeps the best weights of the run's first ``epochs`` epochs
+        (patience ``patience``), the network a fit without the pair ends with; then the long
+        network's prior becomes the aggregate posterior of up to ``PAIR_CODES`` training rows (never
+        calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair."""
+        if self.input_kind_ != "table":
+            raise ValueError("pair=True applies to tables (a dense network), not to images")
+        long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
+        cfg = self._train_config()
+        per_epoch = -(-x_train.shape[0] // cfg.batch_size)
+        cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES // per_epoch)), PAIR_PATIENCE
+        history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
+                        snapshot=(self.model_, int(self.epochs), int(self.patience)))
+        rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:PAIR_CODES]
+        with torch.no_grad():
+            mu, logvar = long.encode(x_train[torch.from_numpy(np.sort(rows))])
+        long.set_aggregate_prior(mu, logvar)
+        self.model_.attach_pair(long)
+        self.model_.eval()
+        return history
 
     def _calibration_rows(self, n: int) -> int:
         """Rows held out for calibration: ``calibration_size`` of ``n``, raised to the number the
@@ -690,6 +739,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             params["marginal_floor"] = floor
         if params.get("lr_schedule") == "constant":
             del params["lr_schedule"]
+        params.pop("pair", None)
+        if "pair" in self.model_.config():  # the network's, like the floor
+            params["pair"] = True
         cal_scores = np.asarray(self.calibration_scores_)
         names = getattr(self, "feature_names_in_", None)
         sections = {
@@ -728,6 +780,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                                   strict=True)
         except (RuntimeError, ValueError) as err:  # not expected after the checks: the same message if it happens
             raise ArtifactError(f"the weights do not fit the architecture in the card: {err}") from None
+        for member in model.members:
+            if getattr(member, "aggregate_prior", 0) and not (torch.isfinite(member.prior_mu).all()
+                                               and torch.isfinite(member.prior_logvar).all()):
+                raise ArtifactError("model.safetensors: the aggregate prior's codes (model.second.prior_mu, "
+                                    "model.second.prior_logvar) are not all finite")
         model.eval()
         det.model_ = model
         inp = card["input"]

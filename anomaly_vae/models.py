@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .objectives import LOG_2PI, kl_standard_normal, log_normal, log_standard_normal, make_likelihood, mc_elbo
+from .objectives import (LOG_2PI, kl_standard_normal, log_normal, log_normal_mixture, log_standard_normal,
+                         make_likelihood, mc_elbo)
 
 __all__ = ["VAE", "VAEPass", "DenseVAE", "ConvVAE", "build_model", "default_network"]
 
@@ -41,6 +42,8 @@ class VAEPass:
     logvar: torch.Tensor
     z: torch.Tensor
     log_px_elements: torch.Tensor
+    prior_mu: torch.Tensor | None = None  # (M, k): the aggregate prior's codes; None: the N(0, I) prior
+    prior_logvar: torch.Tensor | None = None
 
     @property
     def log_px(self) -> torch.Tensor:
@@ -50,7 +53,9 @@ class VAEPass:
 
     @property
     def log_pz(self) -> torch.Tensor:
-        """log p(z) under the standard normal prior: (*S, B)."""
+        """log p(z) under the prior (standard normal, or the aggregate posterior's mixture): (*S, B)."""
+        if self.prior_mu is not None:
+            return log_normal_mixture(self.z, self.prior_mu, self.prior_logvar)
         return log_standard_normal(self.z)
 
     @property
@@ -61,11 +66,17 @@ class VAEPass:
     @property
     def log_weights(self) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x), the importance weights of IWAE: (*S, B)."""
+        if self.prior_mu is not None:
+            return self.log_px + self.log_pz - self.log_qz
         return mc_elbo(self.log_px, self.z, self.mu, self.logvar)
 
     @property
     def kl(self) -> torch.Tensor:
-        """KL(q(z|x) || p(z)), analytic: (B,)."""
+        """KL(q(z|x) || p(z)): analytic under the N(0, I) prior; under the aggregate prior, which has
+        no closed form, the Monte-Carlo mean of log q(z|x) - log p(z) over the drawn z: (B,)."""
+        if self.prior_mu is not None:
+            diff = self.log_qz - self.log_pz  # (*S, B)
+            return diff.reshape(-1, diff.shape[-1]).mean(dim=0)
         return kl_standard_normal(self.mu, self.logvar)
 
 
@@ -110,7 +121,13 @@ class VAE(nn.Module):
         z = mu if eps is None else self.reparameterize(mu, logvar, eps)  # (*S, B, k)
         params = self.decode(z)  # (*S, B, *event)
         target = x if params.shape == x.shape else x.unsqueeze(0).expand_as(params)  # one op for all K draws
-        return VAEPass(mu, logvar, z, self.log_likelihood(target, params))
+        return VAEPass(mu, logvar, z, self.log_likelihood(target, params), getattr(self, "prior_mu", None),
+                       getattr(self, "prior_logvar", None))
+
+    @property
+    def members(self) -> tuple[VAE, ...]:
+        """The networks whose scores add up to this model's score: itself, and its pair (``DenseVAE``)."""
+        return (self,)
 
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -147,6 +164,13 @@ class DenseVAE(VAE):
         units. A feature the decoder predicts sharply (one constant in training, sigma at its floor)
         then costs at most about -log(eps) + x^2 / 2 nats, not x^2 / (2 sigma^2): the numeric
         counterpart of ``CATEGORY_FLOOR``. 0 (the default here) is the plain ``likelihood``.
+    aggregate_prior : M > 0: the prior p(z) is the aggregate posterior of M training rows,
+        (1/M) sum_m q(z | x_m), held as buffers ``prior_mu`` and ``prior_logvar`` (M, k) that
+        ``set_aggregate_prior`` fills after training (a VampPrior whose pseudo-inputs are training
+        rows; Tomczak and Welling 2018); 0 (the default): N(0, I).
+    pair : the ``config()`` of a second network, the same as this one's but for ``aggregate_prior``,
+        held as ``second``; the model's score is then the sum of the two networks' scores
+        (``members``). Built by ``VAEAnomalyDetector(pair=True)``: see its docstring.
     """
 
     kind = "dense"
@@ -162,6 +186,8 @@ class DenseVAE(VAE):
         activation: str = "relu",
         categorical: tuple[tuple[int, int], ...] | list[list[int]] = (),
         marginal_floor: float = 0.0,
+        aggregate_prior: int = 0,
+        pair: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_marginal_floor(marginal_floor, likelihood)
@@ -189,6 +215,40 @@ class DenseVAE(VAE):
                 raise ValueError(f"categorical groups must be ordered, disjoint, at least 1 wide and inside the "
                                  f"{self.n_features} features; got {list(self.categorical)}")
             end = a + w
+        if type(aggregate_prior) is not int or aggregate_prior < 0:
+            raise ValueError(f"aggregate_prior must be an integer >= 0 (training codes), got {aggregate_prior!r}")
+        self.aggregate_prior = int(aggregate_prior)
+        if aggregate_prior:  # filled by set_aggregate_prior, or by the saved weights
+            self.register_buffer("prior_mu", torch.zeros(aggregate_prior, self.latent_dim))
+            self.register_buffer("prior_logvar", torch.zeros(aggregate_prior, self.latent_dim))
+        if pair is not None:
+            self.attach_pair(build_model(pair))
+
+    def set_aggregate_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Make the prior the mixture of the posteriors N(mu_m, exp(logvar_m)) (M, k) each (codes of
+        training rows, from ``encode``): buffers, saved with the weights."""
+        if mu.ndim != 2 or mu.shape != logvar.shape or mu.shape[1] != self.latent_dim or mu.shape[0] < 1:
+            raise ValueError(f"the aggregate prior needs codes (M >= 1, {self.latent_dim}) for mu and logvar, got "
+                             f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+        if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
+            raise ValueError("the aggregate prior's codes must be finite")
+        self.register_buffer("prior_mu", mu.detach().float().clone())
+        self.register_buffer("prior_logvar", logvar.detach().float().clamp(LOGVAR_MIN, LOGVAR_MAX).clone())
+        self.aggregate_prior = int(mu.shape[0])
+
+    def attach_pair(self, second: DenseVAE) -> None:
+        """Hold ``second`` as this model's pair: it must be this network but for its aggregate prior."""
+        mine = {k: v for k, v in self.config().items() if k != "pair"}
+        theirs = {k: v for k, v in second.config().items() if k != "aggregate_prior"} if isinstance(second, DenseVAE) else None
+        if theirs != mine or "aggregate_prior" in mine:  # equal dicts: neither has a pair of its own
+            raise ValueError("a pair is two networks of the same architecture (the second may have an aggregate "
+                             f"prior, the first none); got {mine} and {second.config()}")
+        self.second = second
+
+    @property
+    def members(self) -> tuple[VAE, ...]:
+        second = getattr(self, "second", None)
+        return (self,) if second is None else (self, second)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # (..., d)
@@ -227,6 +287,11 @@ class DenseVAE(VAE):
             cfg["categorical"] = [list(g) for g in self.categorical]
         if self.marginal_floor > 0:  # absent when 0: configs written before the option are as before
             cfg["marginal_floor"] = self.marginal_floor
+        if self.aggregate_prior:  # absent when 0, as the floor
+            cfg["aggregate_prior"] = self.aggregate_prior
+        second = getattr(self, "second", None)
+        if second is not None:
+            cfg["pair"] = second.config()
         return cfg
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "GaussianLikelihood",
     "LIKELIHOODS",
     "make_likelihood",
+    "log_normal_mixture",
     "sum_event",
     "kl_standard_normal",
     "log_standard_normal",
@@ -136,6 +137,19 @@ def log_normal(x: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> to
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I), summed over the last dimension: (..., k) -> (...)."""
     return (-0.5 * LOG_2PI - 0.5 * z**2).sum(dim=-1)
+
+
+def log_normal_mixture(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log (1/M) sum_m N(z; mu_m, diag(exp(logvar_m))), the density of an equal mixture of M diagonal
+    Gaussians: ``z`` (..., k), ``mu`` and ``logvar`` (M, k) -> (...).
+
+    The squared distances come from three matrix products in float64 (z^2 / var, z mu / var and
+    mu^2 / var): memory (..., M), not (..., M, k), and no float32 cancellation between the large
+    terms of a narrow component."""
+    zd, mud, inv = z.double(), mu.double(), torch.exp(-logvar.double())  # (..., k), (M, k), (M, k)
+    sq = (zd * zd) @ inv.T - 2.0 * (zd @ (mud * inv).T) + (mud * mud * inv).sum(dim=-1)  # (..., M)
+    comp = -0.5 * (mu.shape[-1] * LOG_2PI + logvar.double().sum(dim=-1) + sq.clamp_min(0.0))
+    return (torch.logsumexp(comp, dim=-1) - math.log(mu.shape[0])).to(z.dtype)
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,17 @@ def _finite(scores: np.ndarray, what: str) -> np.ndarray:
 def block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -> torch.Tensor:
     """The scores of one batch ``x`` (B, *event) as a float32 tensor (B,), uncapped: the torch
     computation behind ``score_samples`` (which runs it per fixed block and caps the result), and
-    the one ``onnx`` traces into its graph, so that the two cannot drift apart."""
+    the one ``onnx`` traces into its graph, so that the two cannot drift apart. A model with a pair
+    (``model.members``) scores the sum of its networks' scores, each with the same noise."""
+    first, *others = model.members
+    out = _network_scores(first, x, score, noise)
+    for other in others:
+        out = out + _network_scores(other, x, score, noise)
+    return out
+
+
+def _network_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -> torch.Tensor:
+    """``block_scores`` of one network."""
     if score == "reconstruction":
         return -model(x).log_px  # z = posterior mean
     p = model(x, noise.unsqueeze(1))  # the same K draws for every row: z (K, B, k)
@@ -144,11 +154,16 @@ def score_samples(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor, 
 @torch.no_grad()
 def feature_scores(model: VAE, x: torch.Tensor, workers: int = 1) -> np.ndarray:
     """Per-element -log p(x | z = posterior mean): float64 array (N, *event) whose sum over the
-    event dimensions is the ``"reconstruction"`` score (before capping, see ``SCORE_MAX``)."""
+    event dimensions is the ``"reconstruction"`` score (before capping, see ``SCORE_MAX``); a pair's
+    is the sum of its networks'."""
     device = next(model.parameters()).device
 
     def per_element(blk: torch.Tensor) -> torch.Tensor:
-        return -model(blk).log_px_elements  # z = posterior mean
+        first, *others = model.members
+        out = -first(blk).log_px_elements  # z = posterior mean
+        for other in others:
+            out = out - other(blk).log_px_elements
+        return out
 
     was_training = model.training
     model.eval()

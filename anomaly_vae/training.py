@@ -92,7 +92,8 @@ def loss_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig,
 
 def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: TrainConfig,
           generator: torch.Generator, verbose: int = 0,
-          checkpoint_dir: str | os.PathLike[str] | None = None) -> list[dict[str, float]]:
+          checkpoint_dir: str | os.PathLike[str] | None = None,
+          snapshot: tuple[VAE, int, int] | None = None) -> list[dict[str, float]]:
     """Fit ``model`` in place; returns the history (one dict of mean terms per epoch). The best
     weights by validation loss (training loss when there is no validation set) are restored.
 
@@ -104,8 +105,20 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     schedule, which spans the epochs).
 
     With ``lr_schedule="cosine"`` the step decays over ``epochs``: set them to the length you mean to
-    train; early stopping still applies, and a run it stops early ends with a step barely decayed."""
+    train; early stopping still applies, and a run it stops early ends with a step barely decayed.
+
+    ``snapshot=(other, epochs, patience)``: a second early-stopping rule on the same run. ``other``
+    (a network of the same architecture) ends with the best weights of the run's first ``epochs``
+    epochs by the same validation loss, stopped after ``patience`` epochs without improvement, as if
+    ``model`` had been trained with those two settings; training goes on until both rules have
+    stopped. Not with a cosine schedule (the run would not be the shorter run's prefix) or a
+    checkpoint."""
     cfg.check()
+    if snapshot is not None:
+        if cfg.lr_schedule != "constant" or checkpoint_dir is not None:
+            raise ValueError("a snapshot rule needs the constant step and no checkpoint_dir")
+        if int(snapshot[1]) < 1 or int(snapshot[2]) < 1:
+            raise ValueError(f"a snapshot rule needs epochs and patience >= 1, got {snapshot[1:]}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n, k = x_train.shape[0], model.latent_dim
     history: list[dict[str, float]] = []
@@ -118,8 +131,10 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
         for row in history:  # written before the step was in the history: it was the constant one
             row.setdefault("lr", epoch_learning_rate(cfg, int(row["epoch"]) - 1))
         log.info("resuming from %s after epoch %d", ckpt, first)
-    bar = tqdm(range(first, cfg.epochs if not stopped else first), desc="training", unit="epoch",
-               disable=verbose <= 0, leave=verbose > 1, initial=first, total=cfg.epochs)
+    snap = _Rule(int(snapshot[1]), int(snapshot[2])) if snapshot is not None else None
+    last = max(cfg.epochs, snap.epochs) if snap is not None else cfg.epochs
+    bar = tqdm(range(first, last if not stopped else first), desc="training", unit="epoch",
+               disable=verbose <= 0, leave=verbose > 1, initial=first, total=last)
     for epoch in bar:
         beta = cfg.beta * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs) if cfg.kl_warmup_epochs else cfg.beta
         lr = epoch_learning_rate(cfg, epoch)
@@ -155,23 +170,51 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
         if verbose > 1:
             log.info("epoch %d: %s", epoch + 1, row)
         # during KL warm-up the objective changes each epoch: do not compare or stop yet
-        if epoch + 1 >= cfg.kl_warmup_epochs:
+        if epoch + 1 >= cfg.kl_warmup_epochs and not stopped:
             if metric < best - cfg.min_delta * abs(best if math.isfinite(best) else metric):
                 best, since_best = metric, 0
                 best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
             else:
                 since_best += 1
                 stopped = since_best >= cfg.patience
+        if snap is not None:
+            stopped = stopped or epoch + 1 >= cfg.epochs  # the main rule's last epoch: only the snapshot's go on
+            snap.update(epoch, metric if epoch + 1 >= cfg.kl_warmup_epochs else None, model, cfg.min_delta)
         if ckpt is not None:
             _save_checkpoint(ckpt, epoch + 1, model, opt, generator, fingerprint, history, best, best_state,
                              since_best, stopped)
-        if stopped:
+        if stopped and (snap is None or snap.stopped):
             break
     bar.close()
+    if snapshot is not None:
+        snapshot[0].load_state_dict(snap.best_state if snap.best_state is not None else model.state_dict())
+        snapshot[0].eval()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+class _Rule:
+    """The early-stopping state of a snapshot rule (``train``'s own rule keeps its state inline)."""
+
+    def __init__(self, epochs: int, patience: int) -> None:
+        self.epochs, self.patience = epochs, patience
+        self.best, self.best_state, self.since_best, self.stopped = math.inf, None, 0, False
+
+    def update(self, epoch: int, metric: float | None, model: VAE, min_delta: float) -> None:
+        """After epoch ``epoch`` (0-based) with validation ``metric`` (None: not compared, KL warm-up)."""
+        if self.stopped:
+            return
+        if metric is None:
+            pass
+        elif metric < self.best - min_delta * abs(self.best if math.isfinite(self.best) else metric):
+            self.best, self.since_best = metric, 0
+            self.best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+        else:
+            self.since_best += 1
+            self.stopped = self.since_best >= self.patience
+        self.stopped = self.stopped or epoch + 1 >= self.epochs
 
 
 @torch.no_grad()

@@ -75,6 +75,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "floor1e-2_agg_s3k": {"_floor": 1e-2, "_steps": 3000, "patience": 30, "_agg": {}},
     "agg_s3k_mf1e-2": {"marginal_floor": 0.01, "_steps": 3000, "patience": 30, "_agg": {}},
     "mf1e-2": {"marginal_floor": 0.01},
+    # session 8: the pair of sections 10 and 12 built into the package (one run, the codes of training rows only)
+    "pair": {"pair": True},
+    "pair_mf1e-2": {"pair": True, "marginal_floor": 0.01},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
     "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},

@@ -682,3 +682,66 @@ def test_numpy_scalar_settings_are_saved_as_plain_numbers(fitted, tmp_path):
 def test_a_string_setting_given_as_a_numpy_array_is_refused_before_any_work(fitted, name, value):
     with pytest.raises(ValueError, match=f"{name} must be a string"):
         VAEAnomalyDetector(**{name: np.array(value)}, epochs=1).fit(fitted[1])
+
+
+# -- format 4: the pair -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pair_saved(fitted, tmp_path_factory) -> Path:
+    _, df = fitted
+    out = tmp_path_factory.mktemp("pair") / "m"
+    VAEAnomalyDetector(epochs=3, random_state=0, pair=True).fit(df.iloc[:400]).save(out)
+    return out
+
+
+def test_a_pair_is_format_4_and_loads_to_the_same_scores(fitted, pair_saved):
+    _, df = fitted
+    card = read_card(pair_saved)
+    assert card["format_version"] == 4 and card["params"]["pair"] is True
+    assert card["architecture"]["pair"] == {**{k: v for k, v in card["architecture"].items() if k != "pair"},
+                                            "aggregate_prior": card["training"]["summary"]["n_train"]}
+    tensors = load_file(str(pair_saved / "model.safetensors"))
+    assert tensors["model.second.prior_mu"].shape == (card["architecture"]["pair"]["aggregate_prior"],
+                                                       card["architecture"]["latent_dim"])
+    loaded = load_detector(pair_saved)
+    again = VAEAnomalyDetector(epochs=3, random_state=0, pair=True).fit(df.iloc[:400])
+    assert loaded.pair is True and np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
+
+
+@pytest.mark.parametrize("change,match", [
+    (set_at("format_version", 3), r"format_version: expected 4 or more for architecture.pair"),
+    (set_at("params.pair", False), r"params.pair: expected true like architecture.pair"),
+    (delete_at("params.pair"), r"params.pair: expected true like architecture.pair"),
+    (set_at("params.pair", "true"), r"params.pair: expected"),
+    (delete_at("architecture.pair"), r"params.pair: expected false like architecture.pair"),
+    (set_at("architecture.pair.latent_dim", 2), r"architecture.pair.latent_dim: expected .* like architecture"),
+    (set_at("architecture.pair.marginal_floor", 0.1), r"architecture.pair.marginal_floor: expected null like"),
+    (delete_at("architecture.pair.aggregate_prior"), r"architecture.pair.aggregate_prior: missing"),
+    (set_at("architecture.pair.aggregate_prior", 0), r"architecture.pair.aggregate_prior: expected"),
+    (set_at("architecture.pair.aggregate_prior", 10**6), r"architecture.pair.aggregate_prior: expected"),
+    (set_at("architecture.pair.aggregate_prior", 5), r"model.second.prior_mu: expected shape \[5, "),
+    (set_at("architecture.pair.pair", {}), r"architecture.pair.pair: unknown field"),
+])
+def test_a_tampered_pair_is_refused(pair_saved, tmp_path, change, match):
+    d = copy_of(pair_saved, tmp_path)
+    edit_card(d, change)
+    with pytest.raises(ModelCardError, match=match):
+        load_detector(d)
+
+
+def test_a_pair_whose_codes_are_not_finite_is_refused(pair_saved, tmp_path):
+    d = copy_of(pair_saved, tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors["model.second.prior_logvar"][3, 0] = float("nan")
+    save_file(tensors, str(d / "fresh.safetensors"))
+    write_weights(d, (d / "fresh.safetensors").read_bytes())
+    with pytest.raises(ArtifactError, match="aggregate prior's codes .* are not all finite"):
+        load_detector(d)
+
+
+def test_a_release_reading_format_3_refuses_a_pair(pair_saved, monkeypatch):
+    from anomaly_vae import card as card_module
+
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 3)
+    monkeypatch.setattr(card_module, "FORMAT_VERSION", 3)
+    with pytest.raises(ArtifactError, match="written in model format 4.*upgrade anomaly-vae"):
+        load_detector(pair_saved)

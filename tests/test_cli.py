@@ -501,3 +501,16 @@ def test_fifo_as_the_input_file_is_refused_not_waited_on(table_model: tuple[Path
         pytest.fail("the job waited for a writer on the FIFO")
     assert r.returncode == 1
     assert "in.csv: not a regular file but a named pipe (FIFO); not opened" in r.stderr
+
+
+def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pair"
+    r = run("train", table, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
+            "--epochs", "2", "--pair", "--quiet")
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model.json").read_text())
+    assert card["format_version"] == 4 and card["params"]["pair"] is True
+    r = run("info", out)
+    assert r.returncode == 0 and "a pair: a second network with the aggregate prior of" in r.stdout, r.stdout
+    r = run("score", out, table, "--out", tmp_path / "s.csv", "--id-column", "id")
+    assert r.returncode == 0, r.stderr

@@ -214,3 +214,61 @@ def test_bad_parameters_are_named(cancer, param, value, match):
     with pytest.raises(ValueError, match=match):
         VAEAnomalyDetector(**{param: value}).fit(cancer[0])
 
+
+
+# -- pair=True: two networks from one run, one score ---------------------------------------------
+@pytest.fixture(scope="module")
+def pair_model(cancer):
+    return VAEAnomalyDetector(pair=True, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+
+
+def test_a_pair_is_the_plain_fit_plus_a_long_network_and_scores_their_sum(cancer, pair_model):
+    from anomaly_vae.detector import PAIR_CODES
+    from anomaly_vae.models import build_model
+    from anomaly_vae.scoring import score_samples
+
+    plain = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    first, second = pair_model.model_.members
+    sd = first.state_dict()
+    # the first network is the plain fit's, bit for bit (a snapshot of the same run)
+    assert all(torch.equal(v, sd[k]) for k, v in plain.model_.state_dict().items())
+    assert second.aggregate_prior == min(PAIR_CODES, pair_model.fit_info_["n_train"])  # training rows only
+    assert pair_model.fit_info_["epochs_run"] > 5  # the long network trained on
+    X = pd.concat([cancer[1], cancer[2]])
+    x = torch.from_numpy(pair_model.preprocess(X))
+    alone = build_model({k: v for k, v in first.config().items() if k != "pair"})
+    alone.load_state_dict({k: v for k, v in sd.items() if not k.startswith("second.")})
+    for score in ("elbo", "reconstruction", "iwae"):
+        parts = score_samples(alone, x, score, pair_model.noise_) + score_samples(second, x, score, pair_model.noise_)
+        assert np.allclose(pair_model.anomaly_score(X, score=score), parts, rtol=1e-6)
+    assert np.allclose(pair_model.feature_scores(X).sum(axis=1), pair_model.anomaly_score(X, score="reconstruction"),
+                       rtol=1e-5)
+    y = np.r_[np.zeros(len(cancer[1])), np.ones(len(cancer[2]))]
+    assert roc_auc_score(y, pair_model.anomaly_score(X)) > 0.9
+    # one calibration of the summed score: the threshold is a rank of the calibration rows' sums
+    assert pair_model.threshold_ in pair_model.calibration_scores_
+
+
+def test_a_pair_is_deterministic_and_independent_of_the_batch(cancer, pair_model):
+    again = VAEAnomalyDetector(pair=True, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    X = pd.concat([cancer[1], cancer[2]])
+    s = pair_model.anomaly_score(X)
+    assert np.array_equal(again.anomaly_score(X), s)
+    assert np.array_equal(np.concatenate([pair_model.anomaly_score(X.iloc[i:i + 7]) for i in range(0, len(X), 7)]), s)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"pair": "yes"}, "pair must be True or False"),
+    ({"pair": 1}, "pair must be True or False"),
+    ({"pair": True, "model": "conv"}, "pair=True applies to dense networks"),
+    ({"pair": True, "lr_schedule": "cosine"}, "pair=True needs lr_schedule='constant'"),
+    ({"pair": True, "checkpoint_dir": "ck"}, "pair=True needs lr_schedule='constant'.*no checkpoint_dir"),
+])
+def test_pair_settings_that_cannot_work_are_refused_before_any_work(cancer, kw, match):
+    with pytest.raises(ValueError, match=match):
+        VAEAnomalyDetector(epochs=1, **kw).fit(cancer[0])
+
+
+def test_a_pair_on_images_is_refused(fashion_sample):
+    with pytest.raises(ValueError, match="pair=True applies to tables"):
+        VAEAnomalyDetector(pair=True, epochs=1, alpha=0.2).fit(fashion_sample[0][:60])

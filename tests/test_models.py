@@ -219,3 +219,73 @@ def test_a_column_constant_in_training_does_not_drown_the_score_with_a_floor(can
     assert plain_cost.min() > 1e4  # sigma at 0.01: ~45,000 nats for one value
     assert floor_cost.max() < -np.log(1e-3) + 0.5 * np.log(2 * np.pi) + 4.5 + 1e-3
     assert roc_auc_score(y, floored.anomaly_score(test)) > roc_auc_score(y, plain.anomaly_score(test)) + 0.02
+
+
+# -- the aggregate prior and the pair ---------------------------------------------------------------
+def test_the_aggregate_prior_is_the_mixture_of_the_codes_posteriors():
+    """log p(z) = log (1/M) sum_m N(z; mu_m, exp(logvar_m)), against a float64 sum over components
+    (the package computes it from matrix products), including narrow components and far z."""
+    from anomaly_vae.objectives import log_normal_mixture
+
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(50, 4, generator=g) * 2, torch.rand(50, 4, generator=g) * 8 - 11  # sigma 0.004..0.2
+    z = torch.cat([torch.randn(3, 7, 4, generator=g) * 2, mu[:1].expand(1, 7, 4) + 1e-3, torch.full((1, 7, 4), 40.0)])
+    zd, md, lv = z.double().unsqueeze(-2), mu.double(), logvar.double()
+    comp = (-0.5 * (np.log(2 * np.pi) + lv + (zd - md) ** 2 / lv.exp())).sum(-1)
+    expected = torch.logsumexp(comp, dim=-1) - np.log(50)
+    got = log_normal_mixture(z, mu, logvar)
+    assert got.shape == (5, 7) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, rtol=1e-6, atol=1e-3)
+
+
+def test_a_network_with_an_aggregate_prior_scores_the_elbo_under_that_prior():
+    torch.manual_seed(0)
+    net = DenseVAE(5, hidden=(8,), latent_dim=3)
+    x = torch.randn(6, 5)
+    with torch.no_grad():
+        codes = net.encode(torch.randn(20, 5))
+    net.set_aggregate_prior(*codes)
+    eps = torch.randn(4, 1, 3)
+    p = net(x, eps)
+    from anomaly_vae.objectives import log_normal_mixture
+
+    assert torch.allclose(p.log_pz, log_normal_mixture(p.z, *codes))
+    assert torch.allclose(p.kl, (p.log_qz - p.log_pz).mean(0))
+    assert torch.allclose(p.log_weights, p.log_px + p.log_pz - p.log_qz)
+    assert net.config()["aggregate_prior"] == 20 and "aggregate_prior" not in DenseVAE(5).config()
+    rebuilt = build_model(net.config())
+    rebuilt.load_state_dict(net.state_dict())
+    assert torch.equal(rebuilt(x, eps).kl, p.kl)
+
+
+@pytest.mark.parametrize("mu,logvar,match", [
+    (torch.zeros(4, 2), torch.zeros(4, 2), r"codes \(M >= 1, 3\)"),
+    (torch.zeros(0, 3), torch.zeros(0, 3), r"codes \(M >= 1, 3\)"),
+    (torch.zeros(4, 3), torch.zeros(5, 3), r"codes \(M >= 1, 3\)"),
+    (torch.full((4, 3), float("nan")), torch.zeros(4, 3), "must be finite"),
+])
+def test_aggregate_prior_codes_are_checked(mu, logvar, match):
+    with pytest.raises(ValueError, match=match):
+        DenseVAE(5, latent_dim=3).set_aggregate_prior(mu, logvar)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, True, "10"])
+def test_aggregate_prior_size_must_be_a_count(bad):
+    with pytest.raises(ValueError, match="aggregate_prior must be an integer"):
+        DenseVAE(5, aggregate_prior=bad)
+
+
+def test_a_pair_is_one_architecture_twice():
+    first, second = DenseVAE(5, latent_dim=3), DenseVAE(5, latent_dim=3, aggregate_prior=7)
+    first.attach_pair(second)
+    assert first.members == (first, second) and second.members == (second,)
+    cfg = first.config()
+    assert cfg["pair"] == {**DenseVAE(5, latent_dim=3).config(), "aggregate_prior": 7}
+    rebuilt = build_model(cfg)
+    assert rebuilt.config() == cfg and set(rebuilt.state_dict()) == set(first.state_dict())
+    for other in (DenseVAE(5, latent_dim=2), DenseVAE(5, latent_dim=3, marginal_floor=0.01),
+                  ConvVAE(1, 8, 8, latent_dim=3)):
+        with pytest.raises(ValueError, match="a pair is two networks of the same architecture"):
+            DenseVAE(5, latent_dim=3).attach_pair(other)
+    with pytest.raises(ValueError, match="a pair is two networks"):  # the first network has the plain prior
+        DenseVAE(5, latent_dim=3, aggregate_prior=2).attach_pair(DenseVAE(5, latent_dim=3))

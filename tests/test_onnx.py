@@ -303,3 +303,15 @@ def test_cli_export_usage_and_model_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "only with --format onnx" in r.stderr
     r = cli("export", tmp_path / "no-model", "--format", "onnx", "--out", tmp_path / "x.onnx")
     assert r.returncode == 1 and "not a model directory" in r.stderr
+
+
+def test_a_pair_scores_the_sum_of_its_networks_in_the_graph(cancer, tmp_path: Path) -> None:
+    train, rest, anomalous = cancer
+    det = VAEAnomalyDetector(pair=True, marginal_floor=1e-2, alpha=0.05, **TINY).fit(train)
+    X = pd.concat([rest, anomalous])
+    for score in ("elbo", "reconstruction", "iwae"):
+        session, _ = export(det, tmp_path / f"pair-{score}.onnx", score=score)
+        assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], det.anomaly_score(X, score=score))
+    session, _ = export(det, tmp_path / "pair.onnx")
+    out = run(session, X.to_numpy(dtype=np.float64))
+    assert_p_values(det, out, det.anomaly_score(X))

@@ -149,3 +149,43 @@ def test_a_checkpoint_written_before_the_schedule_option_resumes(cancer, tmp_pat
     assert np.array_equal(resumed.anomaly_score(X), full.anomaly_score(X))
     resumed.save(str(tmp_path / "model"))
     assert np.array_equal(load_detector(str(tmp_path / "model")).anomaly_score(X), full.anomaly_score(X))
+
+
+def test_a_snapshot_rule_ends_with_the_weights_of_the_shorter_run(cancer):
+    """train(long, snapshot=(short, epochs, patience)): ``short`` gets exactly the weights a run with
+    those settings ends with, ``long`` those of the run with its own: one run, two rules."""
+    from anomaly_vae import DenseVAE
+    from anomaly_vae.training import train
+
+    x = torch.from_numpy(((cancer[0] - cancer[0].mean()) / cancer[0].std()).to_numpy(np.float32, copy=True))
+    x_train, x_val = x[:220], x[220:]
+
+    def fresh() -> DenseVAE:
+        torch.manual_seed(0)
+        return DenseVAE(x.shape[1], latent_dim=4)
+
+    def run(epochs: int, patience: int) -> DenseVAE:
+        net = fresh()
+        train(net, x_train, x_val, TrainConfig(epochs=epochs, patience=patience), torch.Generator().manual_seed(1))
+        return net
+
+    for long_rule, short_rule in (((60, 30), (8, 2)), ((5, 30), (40, 3))):  # the snapshot's run shorter, then longer
+        long, short = fresh(), fresh()
+        history = train(long, x_train, x_val, TrainConfig(epochs=long_rule[0], patience=long_rule[1]),
+                        torch.Generator().manual_seed(1), snapshot=(short, *short_rule))
+        assert len(history) >= min(long_rule[0], short_rule[0])
+        for got, expected in ((long, run(*long_rule)), (short, run(*short_rule))):
+            assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), expected.state_dict().values()))
+
+
+def test_a_snapshot_rule_is_refused_where_the_run_is_not_the_shorter_runs_prefix(cancer, tmp_path):
+    from anomaly_vae import DenseVAE
+    from anomaly_vae.training import train
+
+    x = torch.zeros(20, 3)
+    for cfg, kw in ((TrainConfig(epochs=3, lr_schedule="cosine"), {}),
+                    (TrainConfig(epochs=3), {"checkpoint_dir": tmp_path})):
+        with pytest.raises(ValueError, match="a snapshot rule needs the constant step and no checkpoint_dir"):
+            train(DenseVAE(3), x, None, cfg, torch.Generator(), snapshot=(DenseVAE(3), 2, 1), **kw)
+    with pytest.raises(ValueError, match="epochs and patience >= 1"):
+        train(DenseVAE(3), x, None, TrainConfig(epochs=3), torch.Generator(), snapshot=(DenseVAE(3), 0, 1))

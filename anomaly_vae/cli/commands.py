@@ -87,6 +87,8 @@ def train(args: argparse.Namespace) -> int:
         params["checkpoint_dir"] = args.checkpoint_dir
     if args.marginal_floor:
         params["marginal_floor"] = args.marginal_floor
+    if args.pair:
+        params["pair"] = True
     result = train_job(args.data, args.out, opts, params, test_size=args.test_size, seed=args.seed)
     det, info = result.detector, result.detector.fit_info_
     print(f"trained {det.model_.kind} VAE on {args.data}")
@@ -275,7 +277,9 @@ def info(args: argparse.Namespace) -> int:
     shape = arch.get("hidden") or arch.get("channels")
     print(f"  architecture         {arch['kind']} VAE, latent {arch['latent_dim']}, layers {shape}, "
           f"likelihood {arch.get('likelihood')}"
-          + (f", marginal floor {arch['marginal_floor']:g}" if arch.get("marginal_floor") else ""))
+          + (f", marginal floor {arch['marginal_floor']:g}" if arch.get("marginal_floor") else "")
+          + (f"; a pair: a second network with the aggregate prior of {arch['pair']['aggregate_prior']} training rows"
+             if arch.get("pair") else ""))
     print(f"  score                {score['name']} ({score['units']}, higher = more anomalous, "
           f"{score['n_score_samples']} fixed noise samples)")
     print(f"  threshold            {_fmt(cal['threshold'], '.4g')} ({cal['method']}, alpha {_fmt(cal['alpha'], 'g')}, "

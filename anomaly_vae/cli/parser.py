@@ -119,6 +119,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--marginal-floor", type=_floor, default=0.0, metavar="EPS", help="tables: mix each numeric "
                    "column's likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column "
                    "cannot dominate a score (default 0: off; 0.01 helps small tables)")
+    p.add_argument("--pair", action="store_true", help="tables: score with two networks from one run, the "
+                   "early-stopped one and one trained on to 3000 updates with the training rows' aggregate posterior "
+                   "as its prior; the score is their sum (better on tables with many modes, about 5x slower scoring)")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")
     p.add_argument("--id-column", metavar="COL", help="a column that identifies rows: not used as a feature")
     p.add_argument("--drop-columns", metavar="A,B", help="columns not to use as features")

@@ -41,7 +41,7 @@ from .card import (FORMAT_NAME, FORMAT_VERSION, MAX_CARD_BYTES, CardProblem, Cho
                    describe, parse_card, parse_json)
 from .exceptions import ArtifactError, ModelCardError
 from .io import atomic_output
-from .models import build_model
+from .models import LOGVAR_MAX, LOGVAR_MIN, build_model
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,27 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     p = Path(path)
     card = _checked_card(p)
     weights = _check_weights_file(p, card)
-    return card, load_file(str(weights))
+    tensors = load_file(str(weights))
+    _check_values(tensors, str(weights))
+    return card, tensors
+
+
+MAX_PRIOR_MEAN = 1e6  # an aggregate prior's code means; a trained encoder's are in the tens
+
+
+def _check_values(tensors: dict[str, torch.Tensor], file: str) -> None:
+    """What the header cannot say: every number finite (a NaN weight would make every score
+    ``SCORE_MAX``), and an aggregate prior's codes in the range its writer keeps them
+    (``models.LOGVAR_MIN`` .. ``LOGVAR_MAX``; means within ``MAX_PRIOR_MEAN``). ``ModelCardError``."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelCardError(file, name, "expected finite numbers, found NaN or infinity")
+        if name.endswith(".prior_logvar") and t.numel() and not (LOGVAR_MIN <= float(t.min()) and float(t.max()) <= LOGVAR_MAX):
+            raise ModelCardError(file, name, f"expected log-variances in [{LOGVAR_MIN:g}, {LOGVAR_MAX:g}], got "
+                                             f"{float(t.min()):g} .. {float(t.max()):g}")
+        if name.endswith(".prior_mu") and t.numel() and float(t.abs().max()) > MAX_PRIOR_MEAN:
+            raise ModelCardError(file, name, f"expected code means within +-{MAX_PRIOR_MEAN:g}, got "
+                                             f"{float(t.abs().max()):g}")
 
 
 # -- the BentoML model store ---------------------------------------------------------------------

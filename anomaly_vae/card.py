@@ -63,6 +63,7 @@ MAX_THREADS = 1024  # torch.set_num_threads(1_000_000) crashes the process
 MAX_ROWS = 10**9
 MAX_TEXT = 10_000
 MAX_PRIOR_CODES = 10_000  # the aggregate prior's components: scoring holds (rows x samples x codes) numbers
+MAX_PRIOR_WORK = 2**18  # score.n_score_samples x the codes: 128 MB of float64 a 64-row block (16 x 1000 by default)
 
 
 class CardProblem(Exception):
@@ -515,6 +516,9 @@ def _check_consistency(card: dict[str, Any]) -> None:
                "(false when absent)", paired)
     if pair is not None:
         expect(card["format_version"] >= 4, "format_version", "4 or more for architecture.pair", card["format_version"])
+        k, m = card["score"]["n_score_samples"], pair["aggregate_prior"]
+        expect(k * m <= MAX_PRIOR_WORK, "architecture.pair.aggregate_prior", f"at most {MAX_PRIOR_WORK // k} codes "
+               f"with score.n_score_samples {k} (their product at most {MAX_PRIOR_WORK})", m)
         mine = {k: v for k, v in arch.items() if k != "pair"}
         theirs = {k: v for k, v in pair.items() if k != "aggregate_prior"}
         for k in sorted({*mine, *theirs}):

@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration as cal
 from .artifact import read_model, save_model
+from .card import MAX_PRIOR_WORK
 from .exceptions import ArtifactError, CalibrationError, InputError
 from .models import ACTIVATIONS, VAE, build_model, check_marginal_floor, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
@@ -43,6 +44,12 @@ __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE
 # pair=True: the long network's training (gradient updates at most, early-stopping patience in epochs) and
 # the training rows whose codes make its prior (quality-study.md, sections 10 and 12: measured, not tuned)
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
+
+
+def pair_codes(n_score_samples: int) -> int:
+    """The training rows whose codes make a pair's aggregate prior: ``PAIR_CODES``, fewer where
+    ``n_score_samples`` x codes would pass ``card.MAX_PRIOR_WORK`` (the numbers a row's prior holds)."""
+    return max(1, min(PAIR_CODES, MAX_PRIOR_WORK // max(1, n_score_samples)))
 
 
 @contextlib.contextmanager
@@ -93,8 +100,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         pseudo-inputs are training rows). The score is the sum of the two networks' scores, in
         nats, calibrated as one score. The long network fits the many-mode tables the short one
         under-fits, the short one keeps the tables where longer training models the anomalies too
-        (quality-study.md, sections 10 and 12). Costs: the fit runs to the longer of the two rules;
-        scoring costs about five times a single network's.
+        (quality-study.md, sections 10 and 12). The second rule is a budget of updates, not of
+        epochs: on a table of more than about 3800 training rows (batch 128) it is fewer epochs
+        than the first network's 100. Costs: the fit runs to the longer of the two rules; scoring
+        costs about five times a single network's; an ONNX graph of a pair holds batch x
+        ``n_score_samples`` x codes numbers (feed it batches of at most a few thousand rows).
+        The second network fits its training rows more closely than new ones, so a
+        ``contamination`` threshold (a quantile of the fit data's scores) is lower than with one
+        network; the conformal threshold (calibration rows, never trained on) is not affected.
+        Gaussian likelihoods only (``likelihood="bernoulli"`` is refused).
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -217,6 +231,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if self.pair:
             if self.model == "conv":
                 raise ValueError("pair=True applies to dense networks (tables), not model='conv'")
+            if self.likelihood == "bernoulli":  # standardised columns are not in [0, 1]: the long run exploits it
+                raise ValueError("pair=True needs a Gaussian likelihood: table columns are standardised, not in [0, 1] "
+                                 "as the bernoulli likelihood assumes")
             if self.lr_schedule != "constant" or self.checkpoint_dir is not None:
                 raise ValueError("pair=True needs lr_schedule='constant' (the short network is a snapshot of the long "
                                  "run) and no checkpoint_dir")
@@ -298,7 +315,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             else:
                 df = X
         if not isinstance(X, pd.DataFrame):
-            arr = validate_data(self, X, dtype=None, ensure_all_finite="allow-nan", reset=reset)
+            arr = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=reset)  # infinity: InputError below, with its row
             if arr.dtype.kind not in "biufO":
                 arr = arr.astype(object)
             df = as_table(arr, columns=None if reset else self.preprocessor_.names)
@@ -398,7 +415,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES // per_epoch)), PAIR_PATIENCE
         history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
                         snapshot=(self.model_, int(self.epochs), int(self.patience)))
-        rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:PAIR_CODES]
+        # the codes scored against each of the K noise draws of a row: K x M numbers a row, bounded
+        rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:pair_codes(int(self.n_score_samples))]
         with torch.no_grad():
             mu, logvar = long.encode(x_train[torch.from_numpy(np.sort(rows))])
         long.set_aggregate_prior(mu, logvar)
@@ -780,11 +798,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                                   strict=True)
         except (RuntimeError, ValueError) as err:  # not expected after the checks: the same message if it happens
             raise ArtifactError(f"the weights do not fit the architecture in the card: {err}") from None
-        for member in model.members:
-            if getattr(member, "aggregate_prior", 0) and not (torch.isfinite(member.prior_mu).all()
-                                               and torch.isfinite(member.prior_logvar).all()):
-                raise ArtifactError("model.safetensors: the aggregate prior's codes (model.second.prior_mu, "
-                                    "model.second.prior_logvar) are not all finite")
         model.eval()
         det.model_ = model
         inp = card["input"]

@@ -214,7 +214,10 @@ class _Rule:
         else:
             self.since_best += 1
             self.stopped = self.since_best >= self.patience
-        self.stopped = self.stopped or epoch + 1 >= self.epochs
+        if epoch + 1 >= self.epochs and not self.stopped:
+            self.stopped = True
+            if self.best_state is None:  # its epochs all in KL warm-up: the weights of its last one, as train's rule
+                self.best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
 
 
 @torch.no_grad()

@@ -728,14 +728,38 @@ def test_a_tampered_pair_is_refused(pair_saved, tmp_path, change, match):
         load_detector(d)
 
 
-def test_a_pair_whose_codes_are_not_finite_is_refused(pair_saved, tmp_path):
+@pytest.mark.parametrize("name,value,match", [
+    ("model.second.prior_logvar", float("nan"), "expected finite numbers, found NaN or infinity"),
+    ("model.second.prior_mu", float("inf"), "expected finite numbers, found NaN or infinity"),
+    ("model.second.prior_logvar", -1e30, r"expected log-variances in \[-12, 8\], got -1e\+30"),
+    ("model.second.prior_logvar", 9.0, r"expected log-variances in \[-12, 8\]"),
+    ("model.second.prior_mu", 3e38, r"expected code means within \+-1e\+06, got 3e\+38"),
+    ("model.encoder.0.weight", float("nan"), "expected finite numbers"),  # any network's weights, pair or not
+    ("model.second.decoder.1.bias", float("-inf"), "expected finite numbers"),
+])
+def test_a_pair_whose_tensors_hold_impossible_values_is_refused(pair_saved, tmp_path, name, value, match):
+    """Values the header cannot show: a NaN weight, or a code a writer never makes (its log-variance
+    is clamped), would mark every row anomalous; refused, naming the file and tensor."""
     d = copy_of(pair_saved, tmp_path)
     tensors = load_file(str(d / "model.safetensors"))
-    tensors["model.second.prior_logvar"][3, 0] = float("nan")
+    tensors[name].view(-1)[3] = value
     save_file(tensors, str(d / "fresh.safetensors"))
     write_weights(d, (d / "fresh.safetensors").read_bytes())
-    with pytest.raises(ArtifactError, match="aggregate prior's codes .* are not all finite"):
+    with pytest.raises(ModelCardError, match=rf"model\.safetensors: {re.escape(name)}: {match}"):
         load_detector(d)
+
+
+def test_a_pair_card_bounds_the_work_of_its_prior(pair_saved, tmp_path):
+    """n_score_samples x codes is what a row's aggregate prior holds at scoring: bounded by the card."""
+    from anomaly_vae.card import MAX_PRIOR_WORK
+    from anomaly_vae.detector import PAIR_CODES, pair_codes
+
+    d = copy_of(pair_saved, tmp_path)
+    edit_card(d, lambda c: (set_at("score.n_score_samples", 64)(c), set_at("architecture.pair.aggregate_prior", 5000)(c)))
+    with pytest.raises(ModelCardError, match=r"architecture.pair.aggregate_prior: expected at most 4096 codes with "
+                                             r"score.n_score_samples 64"):
+        load_detector(d)
+    assert pair_codes(16) == PAIR_CODES and pair_codes(1024) == MAX_PRIOR_WORK // 1024 == 256 and pair_codes(10**9) == 1
 
 
 def test_a_release_reading_format_3_refuses_a_pair(pair_saved, monkeypatch):

@@ -261,6 +261,7 @@ def test_a_pair_is_deterministic_and_independent_of_the_batch(cancer, pair_model
     ({"pair": "yes"}, "pair must be True or False"),
     ({"pair": 1}, "pair must be True or False"),
     ({"pair": True, "model": "conv"}, "pair=True applies to dense networks"),
+    ({"pair": True, "likelihood": "bernoulli"}, "pair=True needs a Gaussian likelihood"),
     ({"pair": True, "lr_schedule": "cosine"}, "pair=True needs lr_schedule='constant'"),
     ({"pair": True, "checkpoint_dir": "ck"}, "pair=True needs lr_schedule='constant'.*no checkpoint_dir"),
 ])
@@ -272,3 +273,22 @@ def test_pair_settings_that_cannot_work_are_refused_before_any_work(cancer, kw, 
 def test_a_pair_on_images_is_refused(fashion_sample):
     with pytest.raises(ValueError, match="pair=True applies to tables"):
         VAEAnomalyDetector(pair=True, epochs=1, alpha=0.2).fit(fashion_sample[0][:60])
+
+
+def test_an_infinite_cell_in_an_array_names_its_row_and_column(cancer_model, cancer):
+    """Fitted on an array, given an array (or a DataFrame): the same InputError as for a model fitted
+    on a DataFrame (scikit-learn's own check said only 'Input X contains infinity'); ``anomaly_score_rows``
+    keeps going and reports the row."""
+    X = cancer[1].to_numpy()[:6].copy()
+    X[4, 2] = np.inf
+    det = VAEAnomalyDetector(epochs=2, random_state=0, alpha=0.05).fit(cancer[0].to_numpy())
+    for given in (X, pd.DataFrame(X)):
+        with pytest.raises(InputError, match=r"column '.*', row 4: value inf is not finite"):
+            det.anomaly_score(given)
+        scores, errors = det.anomaly_score_rows(given)
+        assert errors[4] is not None and "not finite" in errors[4] and all(e is None for i, e in enumerate(errors) if i != 4)
+        assert np.isfinite(scores[[0, 1, 2, 3, 5]]).all()
+    bad = cancer[0].to_numpy().copy()
+    bad[7, 2] = -np.inf
+    with pytest.raises(InputError, match=r"row 7: value -inf is not finite"):
+        VAEAnomalyDetector(epochs=1).fit(bad)

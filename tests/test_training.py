@@ -164,17 +164,21 @@ def test_a_snapshot_rule_ends_with_the_weights_of_the_shorter_run(cancer):
         torch.manual_seed(0)
         return DenseVAE(x.shape[1], latent_dim=4)
 
-    def run(epochs: int, patience: int) -> DenseVAE:
+    def run(epochs: int, patience: int, warmup: int) -> DenseVAE:
         net = fresh()
-        train(net, x_train, x_val, TrainConfig(epochs=epochs, patience=patience), torch.Generator().manual_seed(1))
+        train(net, x_train, x_val, TrainConfig(epochs=epochs, patience=patience, kl_warmup_epochs=warmup),
+              torch.Generator().manual_seed(1))
         return net
 
-    for long_rule, short_rule in (((60, 30), (8, 2)), ((5, 30), (40, 3))):  # the snapshot's run shorter, then longer
+    # the snapshot's run shorter, then longer; then a snapshot whose epochs are all KL warm-up (no comparison:
+    # it ends with the weights of its last epoch, as a run of its own would)
+    for long_rule, short_rule, warmup in (((60, 30), (8, 2), 0), ((5, 30), (40, 3), 0), ((30, 5), (4, 2), 6)):
         long, short = fresh(), fresh()
-        history = train(long, x_train, x_val, TrainConfig(epochs=long_rule[0], patience=long_rule[1]),
+        history = train(long, x_train, x_val, TrainConfig(epochs=long_rule[0], patience=long_rule[1],
+                                                          kl_warmup_epochs=warmup),
                         torch.Generator().manual_seed(1), snapshot=(short, *short_rule))
         assert len(history) >= min(long_rule[0], short_rule[0])
-        for got, expected in ((long, run(*long_rule)), (short, run(*short_rule))):
+        for got, expected in ((long, run(*long_rule, warmup)), (short, run(*short_rule, warmup))):
             assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), expected.state_dict().values()))
 
 

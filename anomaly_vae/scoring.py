@@ -81,7 +81,9 @@ def _run_blocks(fn, x: torch.Tensor, device: torch.device, workers: int) -> list
 
     def one(item: tuple[torch.Tensor, int]) -> torch.Tensor:
         blk, n = item
-        with single_thread():
+        # no_grad here too: autograd's mode is per thread, and a pool thread does not inherit the caller's
+        # (with it on, every block's result kept its whole forward graph alive until the last block was done)
+        with single_thread(), torch.no_grad():
             return fn(blk)[:n].cpu()
 
     if device.type != "cpu":

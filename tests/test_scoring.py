@@ -135,3 +135,18 @@ def test_memory_is_bounded_by_the_block(table_model, monkeypatch):
     monkeypatch.setattr(det.model_, "encode", spy)
     det.anomaly_score(X)
     assert set(seen) == {BLOCK} and len(seen) == -(-len(X) // BLOCK)
+
+
+def test_blocks_scored_on_pool_threads_keep_no_autograd_graph(image_model):
+    """Autograd's mode is per thread: a pool thread scoring a block does not inherit the caller's
+    no_grad, so without its own every block's result held its forward graph (tens of MB for an
+    image block) until the last block was done. The results carry no graph, whatever the workers."""
+    from anomaly_vae import scoring
+
+    det, images = image_model
+    x = torch.from_numpy(det.preprocess(images[:3 * BLOCK]))
+    for workers in (1, 2):
+        with torch.no_grad():  # as score_samples runs them: the caller's mode is not the pool threads'
+            out = scoring._run_blocks(lambda blk: scoring.block_scores(det.model_, blk, "elbo", det.noise_), x,
+                                      torch.device("cpu"), workers)
+        assert len(out) == 3 and all(t.grad_fn is None and not t.requires_grad for t in out)

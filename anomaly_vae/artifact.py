@@ -349,7 +349,8 @@ def _check_values(tensors: dict[str, torch.Tensor], file: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelCardError(file, name, "expected finite numbers, found NaN or infinity")
-        if name.endswith(".prior_logvar") and t.numel() and not (LOGVAR_MIN <= float(t.min()) and float(t.max()) <= LOGVAR_MAX):
+        if (name.endswith(".prior_logvar") and t.numel()
+                and not LOGVAR_MIN <= float(t.min()) <= float(t.max()) <= LOGVAR_MAX):
             raise ModelCardError(file, name, f"expected log-variances in [{LOGVAR_MIN:g}, {LOGVAR_MAX:g}], got "
                                              f"{float(t.min()):g} .. {float(t.max()):g}")
         if name.endswith(".prior_mu") and t.numel() and float(t.abs().max()) > MAX_PRIOR_MEAN:

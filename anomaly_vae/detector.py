@@ -103,8 +103,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         (quality-study.md, sections 10 and 12). The second rule is a budget of updates, not of
         epochs: on a table of more than about 3800 training rows (batch 128) it is fewer epochs
         than the first network's 100. Costs: the fit runs to the longer of the two rules; scoring
-        costs about five times a single network's; an ONNX graph of a pair holds batch x
-        ``n_score_samples`` x codes numbers (feed it batches of at most a few thousand rows).
+        is about 4-5 times slower than a single network's on two cores (the aggregate prior's
+        ``n_score_samples`` x codes latent densities a row; benchmarks/results/cli_throughput.md);
+        an ONNX graph of a pair holds batch x ``n_score_samples`` x codes numbers (feed it batches
+        of at most a few thousand rows).
         The second network fits its training rows more closely than new ones, so a
         ``contamination`` threshold (a quantile of the fit data's scores) is lower than with one
         network; the conformal threshold (calibration rows, never trained on) is not affected.
@@ -315,7 +317,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             else:
                 df = X
         if not isinstance(X, pd.DataFrame):
-            arr = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=reset)  # infinity: InputError below, with its row
+            # infinity passes here: the preprocessor's InputError names its row and column
+            arr = validate_data(self, X, dtype=None, ensure_all_finite=False, reset=reset)
             if arr.dtype.kind not in "biufO":
                 arr = arr.astype(object)
             df = as_table(arr, columns=None if reset else self.preprocessor_.names)

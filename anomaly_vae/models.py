@@ -239,7 +239,8 @@ class DenseVAE(VAE):
     def attach_pair(self, second: DenseVAE) -> None:
         """Hold ``second`` as this model's pair: it must be this network but for its aggregate prior."""
         mine = {k: v for k, v in self.config().items() if k != "pair"}
-        theirs = {k: v for k, v in second.config().items() if k != "aggregate_prior"} if isinstance(second, DenseVAE) else None
+        theirs = ({k: v for k, v in second.config().items() if k != "aggregate_prior"}
+                  if isinstance(second, DenseVAE) else None)
         if theirs != mine or "aggregate_prior" in mine:  # equal dicts: neither has a pair of its own
             raise ValueError("a pair is two networks of the same architecture (the second may have an aggregate "
                              f"prior, the first none); got {mine} and {second.config()}")

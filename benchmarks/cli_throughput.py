@@ -9,7 +9,8 @@ command line runs as a real subprocess (its own rate, its wall time with start-u
 RSS from wait4), beside the same rows already in memory: the raw model forward (the network on
 the preprocessed tensor), the Python API (`anomaly_score` on the DataFrame) and, for scale,
 IsolationForest.score_samples and pandas.read_csv alone. A CSV of a quarter of the rows is
-scored too: peak RSS must be flat in the input size.
+scored too: peak RSS must be flat in the input size. A `pair=True` model of the same table is
+scored too (its forward and the command), against the same single-network forward.
 
 Writes benchmarks/results/cli_throughput.md.
 """
@@ -104,6 +105,16 @@ def tables(args: argparse.Namespace, work: Path) -> list[list[str]]:
         ["IsolationForest.score_samples, in memory (for scale)", f"{n:,}", f"{n / forest_s:,.0f}", "", ""],
     ]
     rows.append(["peak RSS, full / quarter", "", "", "", f"{rss_full / rss_q:.2f}x"])
+    # pair=True: two networks and the aggregate prior's K x M latent densities a row
+    pair = VAEAnomalyDetector(epochs=30, random_state=0, pair=True).fit(normal)
+    pair.save(work / "pair-model")
+    pair_raw = raw_forward_rate(pair, big, n)
+    res_pair = cli_score(work / "pair-model", csv, work / "p.csv")
+    rows += [
+        ["`pair=True`: raw model forward, rows in memory", f"{n:,}", f"{pair_raw:,.0f}", f"{pair_raw / raw:.2f}", ""],
+        ["`pair=True`: `anomaly-vae score` CSV -> CSV", f"{n:,}", f"{res_pair['rate']:,.0f}", f"{res_pair['rate'] / raw:.2f}",
+         ""],
+    ]
     return rows
 
 

@@ -755,7 +755,8 @@ def test_a_pair_card_bounds_the_work_of_its_prior(pair_saved, tmp_path):
     from anomaly_vae.detector import PAIR_CODES, pair_codes
 
     d = copy_of(pair_saved, tmp_path)
-    edit_card(d, lambda c: (set_at("score.n_score_samples", 64)(c), set_at("architecture.pair.aggregate_prior", 5000)(c)))
+    edit_card(d, lambda c: (set_at("score.n_score_samples", 64)(c),
+                            set_at("architecture.pair.aggregate_prior", 5000)(c)))
     with pytest.raises(ModelCardError, match=r"architecture.pair.aggregate_prior: expected at most 4096 codes with "
                                              r"score.n_score_samples 64"):
         load_detector(d)

@@ -286,7 +286,8 @@ def test_an_infinite_cell_in_an_array_names_its_row_and_column(cancer_model, can
         with pytest.raises(InputError, match=r"column '.*', row 4: value inf is not finite"):
             det.anomaly_score(given)
         scores, errors = det.anomaly_score_rows(given)
-        assert errors[4] is not None and "not finite" in errors[4] and all(e is None for i, e in enumerate(errors) if i != 4)
+        assert errors[4] is not None and "not finite" in errors[4]
+        assert all(e is None for i, e in enumerate(errors) if i != 4)
         assert np.isfinite(scores[[0, 1, 2, 3, 5]]).all()
     bad = cancer[0].to_numpy().copy()
     bad[7, 2] = -np.inf

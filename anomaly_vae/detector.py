@@ -1,6 +1,6 @@
 """``VAEAnomalyDetector``: the scikit-learn-style estimator that composes the core modules.
 
-Why this module is longer than the others (about 700 lines): it is one class, the package's public
+Why this module is longer than the others (about 850 lines): it is one class, the package's public
 estimator, and most of its length is the documentation of its public methods. Everything with a
 purpose of its own lives elsewhere and is called from here: the input rules in ``preprocessing``,
 the networks and their default sizes in ``models``, the fit loop in ``training``, the scores in

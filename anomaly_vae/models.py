@@ -8,6 +8,13 @@ constructor arguments as JSON-safe values so a saved model can be rebuilt from i
 ``model(x, eps)`` is *the* VAE pass (``VAEPass``): encode, draw z, decode, per-element
 log-likelihood, and the latent densities. Training's loss terms (``training.loss_terms``) and
 every score (``scoring``) are computed from it, so the two cannot drift apart.
+
+Why this module is longer than the others (about 450 lines): every variant of the model that a
+saved file can describe is built here from its ``config()``, because the card check builds the
+network on PyTorch's meta device to know which tensors a weights file must hold. So the dense
+network's categorical groups, its marginal floor, its aggregate prior and its pair (a second
+network whose scores add to its own, ``members``) live beside the two networks and the VAE pass
+rather than in modules of their own.
 """
 
 from __future__ import annotations

@@ -504,13 +504,16 @@ def test_fifo_as_the_input_file_is_refused_not_waited_on(table_model: tuple[Path
 
 
 def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small.csv"  # 400 rows: the pair's long network trains to 3000 updates whatever --epochs says
+    pd.read_csv(table).iloc[:400].to_csv(small, index=False)
     out = tmp_path / "pair"
-    r = run("train", table, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
-            "--epochs", "2", "--pair", "--quiet")
+    r = run("train", small, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
+            "--epochs", "2", "--pair", "--alpha", "0.05", "--quiet")
     assert r.returncode == 0, r.stderr
     card = json.loads((out / "model.json").read_text())
     assert card["format_version"] == 4 and card["params"]["pair"] is True
     r = run("info", out)
     assert r.returncode == 0 and "a pair: a second network with the aggregate prior of" in r.stdout, r.stdout
-    r = run("score", out, table, "--out", tmp_path / "s.csv", "--id-column", "id")
+    r = run("score", out, small, "--out", tmp_path / "s.csv", "--id-column", "id")
     assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 400

@@ -109,10 +109,15 @@ def block_scores(model: VAE, x: torch.Tensor, score: str, noise: torch.Tensor) -
     computation behind ``score_samples`` (which runs it per fixed block and caps the result), and
     the one ``onnx`` traces into its graph, so that the two cannot drift apart. A model with a pair
     (``model.members``) scores the sum of its networks' scores, each with the same noise."""
+    return _summed_over_members(model, lambda net: _network_scores(net, x, score, noise))
+
+
+def _summed_over_members(model: VAE, fn) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """``fn(network)`` summed over ``model.members`` (the model alone, or the two networks of a pair)."""
     first, *others = model.members
-    out = _network_scores(first, x, score, noise)
+    out = fn(first)
     for other in others:
-        out = out + _network_scores(other, x, score, noise)
+        out = out + fn(other)
     return out
 
 
@@ -161,11 +166,7 @@ def feature_scores(model: VAE, x: torch.Tensor, workers: int = 1) -> np.ndarray:
     device = next(model.parameters()).device
 
     def per_element(blk: torch.Tensor) -> torch.Tensor:
-        first, *others = model.members
-        out = -first(blk).log_px_elements  # z = posterior mean
-        for other in others:
-            out = out - other(blk).log_px_elements
-        return out
+        return _summed_over_members(model, lambda net: -net(blk).log_px_elements)  # z = posterior mean
 
     was_training = model.training
     model.eval()

@@ -171,9 +171,9 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             log.info("epoch %d: %s", epoch + 1, row)
         # during KL warm-up the objective changes each epoch: do not compare or stop yet
         if epoch + 1 >= cfg.kl_warmup_epochs and not stopped:
-            if metric < best - cfg.min_delta * abs(best if math.isfinite(best) else metric):
+            if _improves(metric, best, cfg.min_delta):
                 best, since_best = metric, 0
-                best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+                best_state = _copy_state(model)
             else:
                 since_best += 1
                 stopped = since_best >= cfg.patience
@@ -187,7 +187,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             break
     bar.close()
     if snapshot is not None:
-        snapshot[0].load_state_dict(snap.best_state if snap.best_state is not None else model.state_dict())
+        snapshot[0].load_state_dict(snap.best_state)  # set at the latest when its last epoch ended
         snapshot[0].eval()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -208,16 +208,26 @@ class _Rule:
             return
         if metric is None:
             pass
-        elif metric < self.best - min_delta * abs(self.best if math.isfinite(self.best) else metric):
+        elif _improves(metric, self.best, min_delta):
             self.best, self.since_best = metric, 0
-            self.best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+            self.best_state = _copy_state(model)
         else:
             self.since_best += 1
             self.stopped = self.since_best >= self.patience
         if epoch + 1 >= self.epochs and not self.stopped:
             self.stopped = True
             if self.best_state is None:  # its epochs all in KL warm-up: the weights of its last one, as train's rule
-                self.best_state = {key: v.detach().clone() for key, v in model.state_dict().items()}
+                self.best_state = _copy_state(model)
+
+
+def _improves(metric: float, best: float, min_delta: float) -> bool:
+    """Early stopping's test: ``metric`` beats ``best`` by more than ``min_delta`` of it."""
+    return metric < best - min_delta * abs(best if math.isfinite(best) else metric)
+
+
+def _copy_state(model: VAE) -> dict[str, torch.Tensor]:
+    """A copy of the weights, as the best so far."""
+    return {key: v.detach().clone() for key, v in model.state_dict().items()}
 
 
 @torch.no_grad()

@@ -78,18 +78,21 @@ class RequestGuard:
             with anyio.CancelScope(deadline=deadline):
                 read_all = await self._drain(scope, receive, 0)
             return await self._reject(send, endpoint, *problem, close=not read_all)
-        body, size, disconnected = None, 0, False
+        body, size, disconnected, complete = None, 0, False, False
         with anyio.CancelScope(deadline=deadline) as body_time:
-            body, size, disconnected = await self._read_body(receive)
+            body, size, disconnected, complete = await self._read_body(receive)
         if body_time.cancelled_caught:
             return await self._reject(send, endpoint, 408, "timeout",
                                       f"the request body did not arrive within {self.body_timeout_s:g} s", close=True)
         if disconnected:  # the client went away before sending its whole body: nobody to answer
             return
         if body is None:
-            read_all = False
-            with anyio.CancelScope(deadline=deadline):
-                read_all = await self._drain(scope, receive, size)
+            # the message that crossed the limit may have been the last: then there is nothing to
+            # drain, and waiting for more held the answer until the body deadline (30 s)
+            read_all = complete
+            if not complete:
+                with anyio.CancelScope(deadline=deadline):
+                    read_all = await self._drain(scope, receive, size)
             return await self._reject(send, endpoint, 413, "too_large", self._too_large(None), close=not read_all)
         if rule.file_fields:
             problem = await self._check_files(scope, body, rule.file_fields)
@@ -152,20 +155,22 @@ class RequestGuard:
         got = f" (Content-Length {length})" if length is not None else ""
         return f"request body over the limit of {self.max_body_bytes} bytes{got}; send fewer rows per request"
 
-    async def _read_body(self, receive: Any) -> tuple[bytes | None, int, bool]:
-        """(body, or None when over the limit; bytes read; whether the client went away)."""
+    async def _read_body(self, receive: Any) -> tuple[bytes | None, int, bool, bool]:
+        """(body, or None when over the limit; bytes read; whether the client went away; whether
+        the whole body was read)."""
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None, size, True
+                return None, size, True, False
             chunk = message.get("body", b"")
             size += len(chunk)
+            last = not message.get("more_body", False)
             if size > self.max_body_bytes:
-                return None, size, False
+                return None, size, False, last
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks), size, False
+            if last:
+                return b"".join(chunks), size, False, True
 
     async def _drain(self, scope: Scope, receive: Any, size: int) -> bool:
         """Read and drop the rest of the body (``size`` bytes of it read already), up to

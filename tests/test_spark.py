@@ -255,12 +255,29 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     assert "key k005: column 'f02': expected a number, got 'abc'" in run.stdout
     got = _read(tmp_path / "out.parquet")
     assert sorted(got["key"]) == sorted(rows["key"])
+    # a wrong output name, input path or model is said before Spark starts (no JVM log lines)
     bad = subprocess.run([*cmd, "--out", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "must end in .csv or .parquet" in bad.stderr
     missing = subprocess.run([*cmd[:5], str(tmp_path / "nope.csv"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
                              capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1 and "anomaly-vae: error:" in missing.stderr
-    assert "Traceback" not in missing.stderr
+    assert missing.returncode == 1
+    assert f"anomaly-vae: error: {tmp_path / 'nope.csv'}: no such file or directory" in missing.stderr
+    no_model = subprocess.run([*cmd[:4], str(tmp_path), *cmd[5:], "--out", str(tmp_path / "o.csv")],
+                              capture_output=True, text=True, timeout=300)
+    assert no_model.returncode == 1 and "model.json" in no_model.stderr
+    for r in (bad, missing, no_model):
+        assert "Traceback" not in r.stderr and "log4j" not in r.stderr and not (tmp_path / "o.csv").exists()
+
+
+def test_only_a_local_master_reads_paths_without_a_scheme_from_this_disk(monkeypatch):
+    from anomaly_vae.spark.job import reads_local_files
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    assert reads_local_files(None) and reads_local_files("local[2]") and reads_local_files("local")
+    assert not reads_local_files("spark://host:7077") and not reads_local_files("yarn")
+    assert not reads_local_files("local[2]", {"spark.hadoop.fs.defaultFS": "hdfs://nn:8020"})
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1234")  # under spark-submit: its master, unknown here
+    assert not reads_local_files(None)
 
 
 def test_an_output_that_holds_or_is_not_a_spark_output_is_refused_and_nothing_is_lost(spark, table, tmp_path):

@@ -163,9 +163,12 @@ def spark_score(args: argparse.Namespace) -> int:
     from ..exceptions import InputError
     from ..spark import session
     from ..spark import spark_score as job
+    from ..spark.job import check_job, reads_local_files
 
     if args.explain < 0:
         raise UsageError(f"--explain must be >= 0, got {args.explain}")
+    # a wrong path, output name or model is said before Spark's JVM starts (seconds)
+    check_job(args.model_dir, args.data, args.out, args.alpha, local=reads_local_files(args.master, dict(args.conf)))
     # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
     # call a signal interrupts: keep this command's handlers (clean exit 128 + signal) and its quiet
     logging.getLogger("py4j").setLevel(logging.CRITICAL)

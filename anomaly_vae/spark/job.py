@@ -185,6 +185,20 @@ def _output_format(out: str) -> str:
     raise InputError(f"{out}: the output's name must end in .csv or .parquet (a directory of part files)")
 
 
+def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *,
+              local: bool = False) -> tuple[str, VAEAnomalyDetector]:
+    """The checks of ``spark_score`` that need no Spark, so that a command line can make them
+    before it starts one (seconds): the output's format (returned), the input and output paths,
+    and the model, loaded and checked (returned). ``local``: the job runs on this machine
+    (``local[...]`` master), so a local input path that does not exist is refused here too; on
+    a cluster a path without a scheme may name the cluster's file system."""
+    fmt_out = _output_format(out)
+    _check_paths(data, out)
+    if local and ("://" not in data or data.startswith("file:")) and not os.path.lexists(local_path(data)):
+        raise FileNotFoundError(f"{data}: no such file or directory")
+    return fmt_out, driver_detector(model_dir, alpha)
+
+
 def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_column: str | None = None,
                 explain: int = 0, score: str | None = None, alpha: float | None = None, sep: str | None = None,
                 partitions: int | None = None, multiline: bool = False,
@@ -196,9 +210,7 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     start = time.perf_counter()
     from pyspark.sql import functions as F
 
-    fmt_out = _output_format(out)
-    _check_paths(data, out)
-    det = driver_detector(model_dir, alpha)  # for the summary; score_dataframe / score_images check it in full
+    fmt_out, det = check_job(model_dir, data, out, alpha)  # det for the summary; the scorers check it in full
     images = det.input_kind_ == "image"  # the model says what the data is
     skipped = 0
     if images:
@@ -315,6 +327,20 @@ class _Staging:
 
 # --- the command ---------------------------------------------------------------------------------
 
+def _default_master(master: str | None) -> str | None:
+    """``master``, else ``local[*]`` when not under ``spark-submit`` (None: the one it set)."""
+    if master is None and not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return "local[*]"
+    return master
+
+
+def reads_local_files(master: str | None, conf: dict[str, str] | None = None) -> bool:
+    """Whether ``session(master, conf)`` reads a path without a scheme from this machine's disk:
+    a ``local[...]`` master and no other default file system set."""
+    master = _default_master(master)
+    return master is not None and master.startswith("local") and "spark.hadoop.fs.defaultFS" not in (conf or {})
+
+
 def session(master: str | None = None, conf: dict[str, str] | None = None, app: str = "anomaly-vae spark-score") -> SparkSession:
     """A SparkSession for the job: ``master`` (None: the one ``spark-submit`` set, else ``local[*]``),
     Arrow on, the Python of this process on the executors when local, extra ``conf`` on top."""
@@ -322,8 +348,7 @@ def session(master: str | None = None, conf: dict[str, str] | None = None, app: 
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app)
-    if master is None and not os.environ.get("PYSPARK_GATEWAY_PORT"):  # not under spark-submit
-        master = "local[*]"
+    master = _default_master(master)
     if master is not None:
         builder = builder.master(master)
     if master is not None and master.startswith("local"):

@@ -83,7 +83,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     activation : nonlinearity of the dense network's hidden layers: "relu" (default), "tanh", "elu"
         or "leaky_relu".
     likelihood : "gaussian" (learned variance per feature, the default), "gaussian-shared",
-        "gaussian-fixed" (MSE) or "bernoulli" (data in [0, 1]).
+        "gaussian-fixed" (MSE) or "bernoulli" (images only: pixels in [0, 1]; a table's standardised
+        columns are not, and ``fit`` refuses it there).
     score_kind : default anomaly score: "elbo" (negative ELBO), "reconstruction" or "iwae"; all in nats.
     n_score_samples : Monte-Carlo samples for "elbo" and "iwae", drawn once at fit time and stored.
     min_scale : floor on a learned Gaussian sigma, in the units the network sees (standardised
@@ -365,6 +366,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         x = self._prepare(X, reset=True)
+        if self.likelihood == "bernoulli" and self.input_kind_ == "table":
+            # standardised columns are not in [0, 1]: there the Bernoulli "likelihood" has no upper
+            # bound, and training drove scores to +-1e10 nats
+            raise InputError("likelihood='bernoulli' is for images (pixels in [0, 1]); a table's numeric columns are "
+                             "standardised (mean 0, sd 1), where it is not a likelihood: use a Gaussian one")
         n = x.shape[0]
         if n < 10:
             raise InputError(f"need at least 10 samples to fit (training, validation and calibration splits), "

@@ -270,6 +270,19 @@ def test_pair_settings_that_cannot_work_are_refused_before_any_work(cancer, kw, 
         VAEAnomalyDetector(epochs=1, **kw).fit(cancer[0])
 
 
+def test_a_bernoulli_likelihood_on_a_table_is_refused_and_on_images_fits(cancer, fashion_sample):
+    """Standardised columns are not in [0, 1]: a table fitted with the Bernoulli likelihood scored
+    +-1e10 nats after a long run. Images (pixels in [0, 1]) keep it, dense or conv."""
+    from anomaly_vae import InputError
+
+    for X in (cancer[0], cancer[0].to_numpy()):
+        with pytest.raises(InputError, match="likelihood='bernoulli' is for images"):
+            VAEAnomalyDetector(epochs=1, likelihood="bernoulli").fit(X)
+    for model in ("dense", "conv"):
+        det = VAEAnomalyDetector(epochs=1, likelihood="bernoulli", model=model, alpha=0.2, random_state=0)
+        assert np.isfinite(det.fit(fashion_sample[0][:60]).anomaly_score(fashion_sample[0][60:70])).all()
+
+
 def test_a_pair_on_images_is_refused(fashion_sample):
     with pytest.raises(ValueError, match="pair=True applies to tables"):
         VAEAnomalyDetector(pair=True, epochs=1, alpha=0.2).fit(fashion_sample[0][:60])

@@ -6,7 +6,8 @@ package: ``_steps`` (epochs for about that many gradient updates), ``_members`` 
 seeds), ``_tails`` (asinh of heavy-tailed columns), ``_agg`` (the aggregate-posterior prior at
 scoring), ``_floor`` (each numeric column's marginal N(0, 1) mixed into its likelihood; with
 ``_floor_constant_only``, only for the columns constant in training; the package's
-``marginal_floor`` option since). None of them won across the board; see the study."""
+``marginal_floor`` option since), ``_background`` (images: the likelihood ratio against a model
+of perturbed images). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "img_cos50": {"epochs": 50, "lr_schedule": "cosine"},
     "img_c16_cos30": {"conv_channels": [16, 32], "epochs": 30, "lr_schedule": "cosine"},
     "img_c16_cos50": {"conv_channels": [16, 32], "epochs": 50, "lr_schedule": "cosine"},
+    # session 9, images: the likelihood ratio of Ren et al. (2019): score = -ELBO of the model minus
+    # -ELBO of a background model, the same recipe fitted on the training images with each pixel
+    # replaced by a uniform random value with probability mu (it learns the background statistics
+    # and not the semantics; their difference keeps the semantics)
+    "img_c16_lr0.2": {"conv_channels": [16, 32], "_background": 0.2},
     # session 7, tables: each numeric column's Gaussian mixed with the column's marginal N(0, 1) (standardised
     # units) at weight eps, in training and scoring: a column the decoder predicts sharply (one constant in
     # training) costs at most about -log(eps) + x^2 / 2 nats instead of x^2 / (2 sigma^2)
@@ -78,6 +84,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # session 8: the pair of sections 10 and 12 built into the package (one run, the codes of training rows only)
     "pair": {"pair": True},
     "pair_mf1e-2": {"pair": True, "marginal_floor": 0.01},
+    # session 9: the pair with wider or narrower networks (both members; the tables' default is (64, 32))
+    "pair_mf1e-2_h128": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [128, 64]},
+    "pair_mf1e-2_h32": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [32, 16]},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
     "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},
@@ -214,3 +223,15 @@ def aggregate_prior_scores(det: Any, train: Any, test: Any, n_exemplars: int = 1
                 log_pz = torch.logaddexp(log_pz + math.log(1 - mix), p.log_pz + math.log(mix))
             out.append(-(p.log_px + log_pz - p.log_qz).mean(0))
         return torch.cat(out).double().numpy()
+
+
+def perturbed_images(images: Any, mu: float, seed: int) -> Any:
+    """``images`` (uint8) with each pixel replaced by a uniform random value in [0, 255] with
+    probability ``mu``: the background model's training set (Ren et al. 2019, section 4)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = np.array(images, dtype=np.uint8, copy=True)
+    hit = rng.random(x.shape) < mu
+    x[hit] = rng.integers(0, 256, size=int(hit.sum()), dtype=np.uint8)
+    return x

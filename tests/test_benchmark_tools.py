@@ -58,3 +58,18 @@ def test_the_command_writes_the_table(saved, tmp_path):
     aurocs = [float(c.strip(" *")) for c in row.split("|")[2:-1]]
     assert len(aurocs) == 3 and aurocs[0] == 1.0 and aurocs[2] < 0.9
     assert "| fit s, mean | 2.0 | 2.5 | 0.5 |" in text
+
+
+def test_the_background_models_images_are_perturbed_at_the_rate_asked():
+    """``ablations.perturbed_images`` (the likelihood-ratio prototype): about ``mu`` of the pixels
+    replaced by uniform levels, the input left alone, the same images for the same seed."""
+    import ablations
+
+    images = np.full((50, 28, 28), 7, dtype=np.uint8)
+    noisy = ablations.perturbed_images(images, 0.2, seed=3)
+    assert noisy.dtype == np.uint8 and noisy.shape == images.shape and (images == 7).all()
+    changed = (noisy != 7).mean()  # a replaced pixel keeps 7 with probability 1/256
+    assert 0.19 < changed < 0.21
+    assert noisy[noisy != 7].min() < 40 and noisy[noisy != 7].max() > 215  # uniform over the levels
+    assert np.array_equal(noisy, ablations.perturbed_images(images, 0.2, seed=3))
+    assert np.array_equal(ablations.perturbed_images(images, 0.0, seed=3), images)

@@ -290,6 +290,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             image = is_image_input(X)
             if self.model == "conv" and not image:
                 raise InputError(f"model='conv' needs images (N, H, W[, C]), got a table of shape {np.shape(X)}")
+            if self.likelihood == "bernoulli" and not image:
+                # standardised columns are not in [0, 1]: there the Bernoulli "likelihood" has no
+                # upper bound, and training drove scores to +-1e10 nats
+                raise InputError("likelihood='bernoulli' is for images (pixels in [0, 1]); a table's numeric columns "
+                                 "are standardised (mean 0, sd 1), where it is not a likelihood: use a Gaussian one")
             self.input_kind_ = "image" if image else "table"
         if self.input_kind_ == "image":
             if not is_image_input(X):
@@ -366,11 +371,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         x = self._prepare(X, reset=True)
-        if self.likelihood == "bernoulli" and self.input_kind_ == "table":
-            # standardised columns are not in [0, 1]: there the Bernoulli "likelihood" has no upper
-            # bound, and training drove scores to +-1e10 nats
-            raise InputError("likelihood='bernoulli' is for images (pixels in [0, 1]); a table's numeric columns are "
-                             "standardised (mean 0, sd 1), where it is not a likelihood: use a Gaussian one")
         n = x.shape[0]
         if n < 10:
             raise InputError(f"need at least 10 samples to fit (training, validation and calibration splits), "

@@ -87,6 +87,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # session 9: the pair with wider or narrower networks (both members; the tables' default is (64, 32))
     "pair_mf1e-2_h128": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [128, 64]},
     "pair_mf1e-2_h32": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [32, 16]},
+    "pair_mf1e-2_h256": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [256, 128]},
+    "h128": {"hidden_sizes": [128, 64]},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
     "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},
@@ -230,8 +232,12 @@ def perturbed_images(images: Any, mu: float, seed: int) -> Any:
     probability ``mu``: the background model's training set (Ren et al. 2019, section 4)."""
     import numpy as np
 
+    if not 0.0 <= float(mu) <= 1.0:
+        raise ValueError(f"mu is a probability in [0, 1], got {mu!r}")
+    x = np.array(images, copy=True)
+    if x.dtype != np.uint8:  # float pixels in [0, 1] would all become 0
+        raise ValueError(f"perturbed_images takes uint8 images (0-255 levels), got {x.dtype}")
     rng = np.random.default_rng(seed)
-    x = np.array(images, dtype=np.uint8, copy=True)
     hit = rng.random(x.shape) < mu
     x[hit] = rng.integers(0, 256, size=int(hit.sum()), dtype=np.uint8)
     return x

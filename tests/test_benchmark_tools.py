@@ -73,3 +73,6 @@ def test_the_background_models_images_are_perturbed_at_the_rate_asked():
     assert noisy[noisy != 7].min() < 40 and noisy[noisy != 7].max() > 215  # uniform over the levels
     assert np.array_equal(noisy, ablations.perturbed_images(images, 0.2, seed=3))
     assert np.array_equal(ablations.perturbed_images(images, 0.0, seed=3), images)
+    for bad, match in ((images / 255.0, "uint8"), (images, 1.5), (images, -0.1), (images, float("nan"))):
+        with pytest.raises(ValueError, match=match if isinstance(match, str) else "probability"):
+            ablations.perturbed_images(bad, 0.2 if isinstance(match, str) else match, seed=0)

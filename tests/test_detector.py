@@ -280,7 +280,11 @@ def test_a_bernoulli_likelihood_on_a_table_is_refused_and_on_images_fits(cancer,
             VAEAnomalyDetector(epochs=1, likelihood="bernoulli").fit(X)
     for model in ("dense", "conv"):
         det = VAEAnomalyDetector(epochs=1, likelihood="bernoulli", model=model, alpha=0.2, random_state=0)
-        assert np.isfinite(det.fit(fashion_sample[0][:60]).anomaly_score(fashion_sample[0][60:70])).all()
+        scores = det.fit(fashion_sample[0][:60]).anomaly_score(fashion_sample[0][60:70])
+        assert np.isfinite(scores).all()
+        with pytest.raises(InputError, match="is for images"):  # refused before the fitted model is touched
+            det.set_params(model="auto").fit(cancer[0])
+        assert np.array_equal(det.anomaly_score(fashion_sample[0][60:70]), scores)
 
 
 def test_a_pair_on_images_is_refused(fashion_sample):

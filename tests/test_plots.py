@@ -111,8 +111,11 @@ def test_draw_dispatches_by_kind_and_refuses_options_that_do_not_fit(image_det, 
 def test_plot_command_draws_every_kind(image_det, table_det, tmp_path: Path, capsys) -> None:
     """The first case through the installed executable, the others through ``cli.main`` in this
     process (the same code, without a process start and torch import each: 44 s -> about 10 s)."""
+    import matplotlib.pyplot as plt
+
     from anomaly_vae.cli import main
 
+    open_before = len(plt.get_fignums())
     det, images, labels = image_det
     root = tmp_path / "images"
     for i in range(40):
@@ -149,3 +152,4 @@ def test_plot_command_draws_every_kind(image_det, table_det, tmp_path: Path, cap
     assert main(["plot", str(tmp_path / "imodel"), "latent", "--out", str(tmp_path / "x.png")]) == 2
     assert "plot latent needs DATA" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+    assert len(plt.get_fignums()) == open_before  # each figure closed once written (20 open is a warning)

@@ -265,17 +265,33 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     no_model = subprocess.run([*cmd[:4], str(tmp_path), *cmd[5:], "--out", str(tmp_path / "o.csv")],
                               capture_output=True, text=True, timeout=300)
     assert no_model.returncode == 1 and "model.json" in no_model.stderr
-    for r in (bad, missing, no_model):
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "gone.csv")
+    dangling = subprocess.run([*cmd[:5], str(tmp_path / "dangling.csv"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
+                              capture_output=True, text=True, timeout=300)
+    assert dangling.returncode == 1 and "dangling.csv: no such file or directory" in dangling.stderr
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "a.png").write_bytes(b"")
+    images = subprocess.run([*cmd[:5], str(tmp_path / "pictures"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
+                            capture_output=True, text=True, timeout=300)
+    assert images.returncode == 1 and "is a folder of images, but this model scores tables" in images.stderr
+    for r in (bad, missing, no_model, dangling, images):
         assert "Traceback" not in r.stderr and "log4j" not in r.stderr and not (tmp_path / "o.csv").exists()
 
 
 def test_only_a_local_master_reads_paths_without_a_scheme_from_this_disk(monkeypatch):
     from anomaly_vae.spark.job import reads_local_files
 
-    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    for v in ("PYSPARK_GATEWAY_PORT", "HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CONF_DIR", "SPARK_HOME"):
+        monkeypatch.delenv(v, raising=False)
     assert reads_local_files(None) and reads_local_files("local[2]") and reads_local_files("local")
     assert not reads_local_files("spark://host:7077") and not reads_local_files("yarn")
+    # anything that could name another default file system or master: Spark decides
     assert not reads_local_files("local[2]", {"spark.hadoop.fs.defaultFS": "hdfs://nn:8020"})
+    assert not reads_local_files("local[2]", {"spark.hadoop.fs.default.name": "hdfs://nn:8020"})
+    assert not reads_local_files(None, {"spark.master": "yarn"})
+    monkeypatch.setenv("HADOOP_CONF_DIR", "/etc/hadoop/conf")
+    assert not reads_local_files("local[2]")
+    monkeypatch.delenv("HADOOP_CONF_DIR")
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1234")  # under spark-submit: its master, unknown here
     assert not reads_local_files(None)
 
@@ -369,3 +385,8 @@ def test_image_names_with_url_characters_and_empty_files_match_the_cli(spark, fa
     assert got["path"].tolist() == want["path"].tolist()
     assert got["error"].fillna("").tolist() == want["error"].fillna("").tolist()
     assert summary.rows == 7 and summary.errors == 1
+    # the folder as a file: URI names the images the same (file:/x named them by absolute path)
+    for k, uri in enumerate((f"file:{folder}", f"file://{folder}")):
+        spark_score(spark, str(tmp_path / "model"), uri, str(tmp_path / f"uri{k}.parquet"))
+        by_uri = _read(tmp_path / f"uri{k}.parquet").sort_values("path").reset_index(drop=True)
+        assert by_uri["path"].tolist() == want["path"].tolist(), uri

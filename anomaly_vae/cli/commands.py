@@ -312,11 +312,14 @@ def plot(args: argparse.Namespace) -> int:
                          normal_label=args.normal_label, seed=args.seed)
     except plots.PlotOptionError as err:  # no DATA, or --pair, --row or labels that do not fit it
         raise UsageError(str(err)) from None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, format=out.suffix[1:].lower() or "png")  # by the target's suffix, not the temporary's
-    w, h = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    try:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, format=out.suffix[1:].lower() or "png")  # by the target's suffix, not the temporary's
+        w, h = (int(v) for v in fig.get_size_inches() * fig.dpi)
+    finally:  # pyplot keeps every figure until closed: a caller of main() would collect them
+        plots.pyplot().close(fig)
     print(f"wrote {out} ({kind}, {w}x{h} pixels)")
     return EXIT_OK
 

@@ -195,9 +195,12 @@ def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[
     is_image = ext.isin(*IMAGE_SUFFIXES) & ~hidden
     names = explain_columns(det, explain)
     schema = result_schema("path", names)
-    root = local_path(os.path.abspath(folder) if "://" not in folder else folder).rstrip("/") + "/"
+    local = "://" not in folder or folder.startswith("file:")
+    # the local path first: abspath of "file:/x" made it relative to the working directory, and the
+    # output named every image by its absolute path instead of its path within the folder
+    root = (os.path.abspath(local_path(folder)) if local else folder).rstrip("/") + "/"
     empty_rows: list[tuple[object, ...]] = []
-    if "://" not in folder or folder.startswith("file:"):  # listed as `score` lists it (skipped files too)
+    if local:  # listed as `score` lists it (skipped files too)
         from ..io.images import list_images
 
         paths, skipped = list_images(local_path(folder))

@@ -194,9 +194,13 @@ def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *
     a cluster a path without a scheme may name the cluster's file system."""
     fmt_out = _output_format(out)
     _check_paths(data, out)
-    if local and ("://" not in data or data.startswith("file:")) and not os.path.lexists(local_path(data)):
-        raise FileNotFoundError(f"{data}: no such file or directory")
-    return fmt_out, driver_detector(model_dir, alpha)
+    det = driver_detector(model_dir, alpha)
+    if local and ("://" not in data or data.startswith("file:")):
+        if not os.path.exists(local_path(data)):  # a dangling link too
+            raise FileNotFoundError(f"{data}: no such file or directory")
+        if det.input_kind_ == "table":
+            _format_of(data)  # a folder of images, or of files that are not tables, for a table model
+    return fmt_out, det
 
 
 def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_column: str | None = None,
@@ -335,10 +339,20 @@ def _default_master(master: str | None) -> str | None:
 
 
 def reads_local_files(master: str | None, conf: dict[str, str] | None = None) -> bool:
-    """Whether ``session(master, conf)`` reads a path without a scheme from this machine's disk:
-    a ``local[...]`` master and no other default file system set."""
-    master = _default_master(master)
-    return master is not None and master.startswith("local") and "spark.hadoop.fs.defaultFS" not in (conf or {})
+    """Whether ``session(master, conf)`` surely reads a path without a scheme from this machine's
+    disk: a ``local[...]`` master, and nothing that could set another default file system or
+    master (a ``fs.default*`` or ``spark.master`` setting in ``conf``, a Hadoop, YARN or Spark
+    configuration directory, a ``spark-defaults.conf``). When unsure: False, and Spark decides."""
+    conf = conf or {}
+    master = _default_master(conf.get("spark.master", master))
+    if master is None or not master.startswith("local"):
+        return False
+    if any("fs.default" in key for key in conf):
+        return False
+    if any(os.environ.get(v) for v in ("HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CONF_DIR")):
+        return False
+    home = os.environ.get("SPARK_HOME")
+    return not (home and Path(home, "conf", "spark-defaults.conf").exists())
 
 
 def session(master: str | None = None, conf: dict[str, str] | None = None, app: str = "anomaly-vae spark-score") -> SparkSession:

@@ -88,6 +88,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pair_mf1e-2_h128": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [128, 64]},
     "pair_mf1e-2_h32": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [32, 16]},
     "pair_mf1e-2_h256": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [256, 128]},
+    "pair_mf1e-2_h512": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [512, 256]},
     "h128": {"hidden_sizes": [128, 64]},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},

@@ -175,10 +175,20 @@ def _save(folder: str | None, dataset: str, key: int, name: str, arrays: dict[st
 
 
 def _init_worker(threads: int) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    parent = os.getppid()
+
+    def exit_with_the_parent() -> None:  # a killed run's workers went on fitting for many minutes
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_the_parent, daemon=True).start()
 
 
 # -- tables of results ----------------------------------------------------------------------------------

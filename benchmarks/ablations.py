@@ -89,6 +89,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pair_mf1e-2_h32": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [32, 16]},
     "pair_mf1e-2_h256": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [256, 128]},
     "pair_mf1e-2_h512": {"pair": True, "marginal_floor": 0.01, "hidden_sizes": [512, 256]},
+    # the long member alone, wide (prototype: the aggregate prior at scoring), for combine.py's
+    # sum(floor1e-2, floor1e-2_agg_s3k_h256): a narrow early-stopped member and a wide long one
+    "floor1e-2_agg_s3k_h256": {"_floor": 1e-2, "_steps": 3000, "patience": 30, "_agg": {}, "hidden_sizes": [256, 128]},
     "h128": {"hidden_sizes": [128, 64]},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},

@@ -15,7 +15,8 @@ from ..artifact import JSON_NAME, WEIGHTS_NAME
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
-from .worker import CORRUPT_COLUMN, ROW_COLUMN, CsvLayout, card_digest, glob_escaped, image_scorer, local_path, table_scorer
+from .worker import (CORRUPT_COLUMN, ROW_COLUMN, CsvLayout, card_digest, glob_escaped, image_scorer, local_path,
+                     on_another_file_system, table_scorer)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -195,7 +196,7 @@ def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[
     is_image = ext.isin(*IMAGE_SUFFIXES) & ~hidden
     names = explain_columns(det, explain)
     schema = result_schema("path", names)
-    local = "://" not in folder or folder.startswith("file:")
+    local = not on_another_file_system(folder)
     # the local path first: abspath of "file:/x" made it relative to the working directory, and the
     # output named every image by its absolute path instead of its path within the folder
     root = (os.path.abspath(local_path(folder)) if local else folder).rstrip("/") + "/"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..batch import BatchSummary
 from ..exceptions import InputError
 from .frames import BATCH_BYTES, driver_detector, score_dataframe, score_images
-from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path
+from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path, on_another_file_system
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -82,13 +82,13 @@ def _check_names(path: str, names: list[str]) -> None:
 def _check_paths(data: str, out: str) -> None:
     """Refuse an output that is, holds or sits inside the input, and local paths Spark would misread."""
     for what, p in (("input", data), ("output", out)):
-        if "://" in p and not p.startswith("file:"):
+        if on_another_file_system(p):
             continue
         name = Path(local_path(p)).name
         if ":" in local_path(p):
             raise InputError(f"{p}: Spark's file system cannot read a local path with ':' in it ({name}); "
                              f"rename the {what} or link to it under another name")
-    if "://" in data and not data.startswith("file:") or "://" in out and not out.startswith("file:"):
+    if on_another_file_system(data) or on_another_file_system(out):
         if data.rstrip("/") == out.rstrip("/"):
             raise InputError(f"{out}: the output is the input; give another --out")
         return
@@ -100,7 +100,7 @@ def _check_paths(data: str, out: str) -> None:
 
 def _first_part(path: str) -> Path | None:
     """The local file a path names, or the first part file (by name) of a local directory."""
-    if "://" in path and not path.startswith("file:"):
+    if on_another_file_system(path):
         return None
     p = Path(local_path(path))
     if p.is_dir():
@@ -137,7 +137,7 @@ def _format_of(path: str, spark: SparkSession | None = None) -> str:
 
     p = Path(local_path(path))
     names = [p.name]
-    remote = "://" in path and not path.startswith("file:")
+    remote = on_another_file_system(path)
     if remote and spark is not None and not p.name.lower().endswith((".parquet", ".parq", ".pq", ".csv", ".tsv")):
         jvm = spark.sparkContext._jvm
         target = jvm.org.apache.hadoop.fs.Path(path)
@@ -195,7 +195,7 @@ def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *
     fmt_out = _output_format(out)
     _check_paths(data, out)
     det = driver_detector(model_dir, alpha)
-    if local and ("://" not in data or data.startswith("file:")):
+    if local and not on_another_file_system(data):
         if not os.path.exists(local_path(data)):  # a dangling link too
             raise FileNotFoundError(f"{data}: no such file or directory")
         if det.input_kind_ == "table":
@@ -290,7 +290,7 @@ class _Staging:
         self.tmp_name = f".{self.target.getName()}.part-{uuid.uuid4().hex[:12]}"
         self.tmp = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), self.tmp_name)
         self.tmp_str = self.tmp.toString()
-        self._local_tmp = None if "://" in out and not out.startswith("file:") else (
+        self._local_tmp = None if on_another_file_system(out) else (
             Path(local_path(out.rstrip("/"))).parent / self.tmp_name)
         if self.fs.exists(self.target):
             if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(

@@ -196,6 +196,12 @@ def local_path(uri: str) -> str:
     return uri
 
 
+def on_another_file_system(path: str) -> bool:
+    """Whether ``path`` names a file system other than this machine's by its scheme (hdfs://,
+    s3a://, ...); a ``file:`` URI and a path without a scheme are local."""
+    return "://" in path and not path.startswith("file:")
+
+
 def relative(uri: str, root: str) -> str:
     """A file's path relative to the scored folder (POSIX), as ``anomaly-vae score`` names it."""
     path = local_path(uri)
@@ -204,6 +210,6 @@ def relative(uri: str, root: str) -> str:
 
 def glob_escaped(path: str) -> str:
     """A local path with Hadoop's glob characters escaped, so that Spark reads that very file."""
-    if "://" in path and not path.startswith("file:"):
+    if on_another_file_system(path):
         return path
     return "".join("\\" + ch if ch in "[]{}*?" else ch for ch in path)

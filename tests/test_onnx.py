@@ -271,18 +271,7 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def cli_here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``cli`` through ``anomaly_vae.cli.main`` in this process: the same code without a process
-    start and a torch import (4 s) each."""
-    from anomaly_vae.cli import main
-
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out, err)
-
-
-def test_cli_export_format_onnx(cancer_model: VAEAnomalyDetector, cancer, tmp_path: Path, capsys) -> None:
+def test_cli_export_format_onnx(cancer_model: VAEAnomalyDetector, cancer, tmp_path: Path, cli_here) -> None:
     """The first export through the installed executable, the rest in this process."""
     cancer_model.save(tmp_path / "model")
     out = tmp_path / "onnx" / "cancer.onnx"
@@ -294,26 +283,26 @@ def test_cli_export_format_onnx(cancer_model: VAEAnomalyDetector, cancer, tmp_pa
     X = cancer[2]
     assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], cancer_model.anomaly_score(X))
 
-    r = cli_here(capsys, "export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "p.onnx", "--prepared-input",
+    r = cli_here("export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "p.onnx", "--prepared-input",
             "--no-p-value", "--score", "reconstruction")
     assert r.returncode == 0, r.stderr
     assert "input float32 [N, 30]" in r.stdout and "outputs              score\n" in r.stdout
 
     # a hostile review overwrote the model's own weights with --out MODEL_DIR/model.safetensors (exit 0)
     weights = (tmp_path / "model" / "model.safetensors").read_bytes()
-    r = cli_here(capsys, "export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "model" / "model.safetensors")
+    r = cli_here("export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "model" / "model.safetensors")
     assert r.returncode == 2 and "inside the model directory" in r.stderr
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == weights
-    r = cli_here(capsys, "export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "onnx")  # a directory
+    r = cli_here("export", tmp_path / "model", "--format", "onnx", "--out", tmp_path / "onnx")  # a directory
     assert r.returncode == 1 and "is a directory" in r.stderr
 
 
-def test_cli_export_usage_and_model_errors(tmp_path: Path, capsys) -> None:
+def test_cli_export_usage_and_model_errors(tmp_path: Path, cli_here) -> None:
     r = cli("export", tmp_path, "--format", "onnx")
     assert r.returncode == 2 and "--format onnx needs --out" in r.stderr
-    r = cli_here(capsys, "export", tmp_path, "--out", tmp_path / "x.onnx")  # --out without --format onnx
+    r = cli_here("export", tmp_path, "--out", tmp_path / "x.onnx")  # --out without --format onnx
     assert r.returncode == 2 and "only with --format onnx" in r.stderr
-    r = cli_here(capsys, "export", tmp_path / "no-model", "--format", "onnx", "--out", tmp_path / "x.onnx")
+    r = cli_here("export", tmp_path / "no-model", "--format", "onnx", "--out", tmp_path / "x.onnx")
     assert r.returncode == 1 and "not a model directory" in r.stderr
 
 

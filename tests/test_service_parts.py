@@ -132,7 +132,6 @@ def test_an_early_answer_reads_the_body_first_so_that_a_plain_client_can_read_it
     assert status == 413 and left == 2 and headers["connection"] == "close"
 
 
-
 def test_a_body_whose_last_message_crosses_the_limit_is_answered_at_once() -> None:
     """The guard drained after the message that crossed the limit even when it was the last one,
     and waited for more until the body deadline (30 s) before answering 413."""
@@ -140,6 +139,7 @@ def test_a_body_whose_last_message_crosses_the_limit_is_answered_at_once() -> No
     status, headers, counted, left = guarded(JSON, [b" " * 60, b" " * 60], body_timeout_s=10)
     assert (status, left, counted) == (413, 0, ["too_large"]) and "connection" not in headers
     assert time.monotonic() - t0 < 5
+
 
 def test_a_request_with_two_content_types_is_refused() -> None:
     """The guard read the last Content-Type header, Starlette and BentoML the first: a pickle

@@ -246,33 +246,33 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     pytest.importorskip("pyspark")
     det, model, rows = table
     rows.to_csv(tmp_path / "in.csv", index=False)
-    cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"),
-           "--master", "local[2]", "--id-column", "key", "--partitions", "3", "--quiet",
-           "--conf", "spark.ui.enabled=false"]
-    run = subprocess.run([*cmd, "--out", str(tmp_path / "out.parquet")], capture_output=True, text=True, timeout=300)
+
+    def spark_cli(data, out, model_dir=model):
+        cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model_dir), str(data), "--out", str(out),
+               "--master", "local[2]", "--id-column", "key", "--partitions", "3", "--quiet",
+               "--conf", "spark.ui.enabled=false"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    run = spark_cli(tmp_path / "in.csv", tmp_path / "out.parquet")
     assert run.returncode == 3, run.stderr[-2000:]  # two rows with errors, as `anomaly-vae score`
     assert f"scored 298 of 300 rows from {tmp_path / 'in.csv'}" in run.stdout
     assert "key k005: column 'f02': expected a number, got 'abc'" in run.stdout
     got = _read(tmp_path / "out.parquet")
     assert sorted(got["key"]) == sorted(rows["key"])
     # a wrong output name, input path or model is said before Spark starts (no JVM log lines)
-    bad = subprocess.run([*cmd, "--out", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
+    bad = spark_cli(tmp_path / "in.csv", tmp_path / "out.json")
     assert bad.returncode == 1 and "must end in .csv or .parquet" in bad.stderr
-    missing = subprocess.run([*cmd[:5], str(tmp_path / "nope.csv"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
-                             capture_output=True, text=True, timeout=300)
+    missing = spark_cli(tmp_path / "nope.csv", tmp_path / "o.csv")
     assert missing.returncode == 1
     assert f"anomaly-vae: error: {tmp_path / 'nope.csv'}: no such file or directory" in missing.stderr
-    no_model = subprocess.run([*cmd[:4], str(tmp_path), *cmd[5:], "--out", str(tmp_path / "o.csv")],
-                              capture_output=True, text=True, timeout=300)
+    no_model = spark_cli(tmp_path / "in.csv", tmp_path / "o.csv", model_dir=tmp_path)
     assert no_model.returncode == 1 and "model.json" in no_model.stderr
     (tmp_path / "dangling.csv").symlink_to(tmp_path / "gone.csv")
-    dangling = subprocess.run([*cmd[:5], str(tmp_path / "dangling.csv"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
-                              capture_output=True, text=True, timeout=300)
+    dangling = spark_cli(tmp_path / "dangling.csv", tmp_path / "o.csv")
     assert dangling.returncode == 1 and "dangling.csv: no such file or directory" in dangling.stderr
     (tmp_path / "pictures").mkdir()
     (tmp_path / "pictures" / "a.png").write_bytes(b"")
-    images = subprocess.run([*cmd[:5], str(tmp_path / "pictures"), *cmd[6:], "--out", str(tmp_path / "o.csv")],
-                            capture_output=True, text=True, timeout=300)
+    images = spark_cli(tmp_path / "pictures", tmp_path / "o.csv")
     assert images.returncode == 1 and "is a folder of images, but this model scores tables" in images.stderr
     for r in (bad, missing, no_model, dangling, images):
         assert "Traceback" not in r.stderr and "log4j" not in r.stderr and not (tmp_path / "o.csv").exists()

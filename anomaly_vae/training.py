@@ -145,8 +145,9 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
         order = torch.randperm(n, generator=generator)
         for b, start in enumerate(range(0, n, cfg.batch_size)):
             x = x_train[order[start : start + cfg.batch_size]]
-            eps = torch.randn(x.shape[0], k, generator=generator)
-            prior = torch.randn(x.shape[0], k, generator=generator) if cfg.objective == "mmd" else None
+            # drawn on the CPU generator, whatever the device: the same draws on a GPU (and no-op moves on a CPU)
+            eps = torch.randn(x.shape[0], k, generator=generator).to(x.device)
+            prior = torch.randn(x.shape[0], k, generator=generator).to(x.device) if cfg.objective == "mmd" else None
             terms = loss_terms(model, x, eps, cfg, beta, prior)
             if not torch.isfinite(terms["loss"]):
                 raise TrainingDivergedError(
@@ -238,8 +239,9 @@ def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int
     total = 0.0
     for start in range(0, x.shape[0], 1024):
         xb = x[start : start + 1024]
-        eps = torch.randn(xb.shape[0], model.latent_dim, generator=g)
-        prior = torch.randn(xb.shape[0], model.latent_dim, generator=g) if cfg.objective == "mmd" else None
+        eps = torch.randn(xb.shape[0], model.latent_dim, generator=g).to(xb.device)
+        prior = (torch.randn(xb.shape[0], model.latent_dim, generator=g).to(xb.device) if cfg.objective == "mmd"
+                 else None)
         total += loss_terms(model, xb, eps, cfg, cfg.beta, prior)["loss"].item() * xb.shape[0]
     value = total / x.shape[0]
     if not math.isfinite(value):

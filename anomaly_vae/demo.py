@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .detector import VAEAnomalyDetector
+from .io.tables import EXACT_FLOATS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cardio.csv"
 
@@ -40,7 +41,7 @@ def run_demo(data: Path = DATA, alpha: float = 0.01, seed: int = 0, epochs: int 
     if not Path(data).is_file():
         raise FileNotFoundError(f"{data} not found: the demo needs the repository's data/ folder")
     start = time.perf_counter()
-    df = pd.read_csv(data)
+    df = pd.read_csv(data, **EXACT_FLOATS)
     features, is_anomaly = df.drop(columns="label"), (df["label"] == "anomaly").to_numpy()
     rng = np.random.RandomState(seed)
     normal = np.flatnonzero(~is_anomaly)

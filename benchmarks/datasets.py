@@ -126,7 +126,9 @@ def throughput_table(root: Path, rows: int, work: Path) -> tuple["pd.DataFrame",
     ``work``: "csv", "quarter" (a CSV of the first quarter) and "parquet")."""
     import pandas as pd
 
-    cardio = pd.read_csv(root / "data" / "cardio.csv")
+    from anomaly_vae.io.tables import EXACT_FLOATS
+
+    cardio = pd.read_csv(root / "data" / "cardio.csv", **EXACT_FLOATS)
     cardio["site"] = np.random.RandomState(0).choice(["north", "south", "east", "west"], len(cardio))
     normal = cardio[cardio.label == "normal"].drop(columns="label")
     reps = int(np.ceil(rows / len(cardio)))

@@ -269,9 +269,10 @@ def cases(table: str, image: str, row: list[float], image_rows: np.ndarray) -> l
 
 def run(repeat: int) -> tuple[list[tuple[str, str, Counter]], dict[str, object]]:
     from anomaly_vae import VAEAnomalyDetector
+    from anomaly_vae.io.tables import EXACT_FLOATS
 
     work = Path(tempfile.mkdtemp(prefix="anomaly-vae-hostile-"))
-    cardio = pd.read_csv(ROOT / "data" / "cardio.csv")
+    cardio = pd.read_csv(ROOT / "data" / "cardio.csv", **EXACT_FLOATS)
     normal = cardio[cardio["label"] == "normal"].drop(columns=["label"])
     table_det = VAEAnomalyDetector(epochs=5, random_state=0).fit(normal.iloc[:1200])
     table_det.save(work / "table")

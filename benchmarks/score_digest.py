@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anomaly_vae import VAEAnomalyDetector, load_detector  # noqa: E402
+from anomaly_vae.io.tables import EXACT_FLOATS  # noqa: E402
 
 
 def _h(a: object) -> str:
@@ -77,7 +78,7 @@ def _cli_outputs(det: VAEAnomalyDetector, data: Path, tag: str, *extra: str) -> 
 
 def run() -> dict[str, str]:
     torch.set_num_threads(2)
-    df = pd.read_csv(ROOT / "data" / "cardio.csv")
+    df = pd.read_csv(ROOT / "data" / "cardio.csv", **EXACT_FLOATS)
     X = df.drop(columns="label")
     dense = VAEAnomalyDetector(epochs=30, random_state=0).fit(X.iloc[:900])
     out = _digests(dense, X, "dense")

@@ -169,9 +169,10 @@ def main() -> None:
         sys.exit("needs ApacheBench: apt-get install apache2-utils")
     from anomaly_vae import VAEAnomalyDetector
     from anomaly_vae.instances import instances_to_input, score_input
+    from anomaly_vae.io.tables import EXACT_FLOATS
 
     work = Path(tempfile.mkdtemp(prefix="anomaly-vae-load-"))
-    cardio = pd.read_csv(ROOT / "data" / "cardio.csv")
+    cardio = pd.read_csv(ROOT / "data" / "cardio.csv", **EXACT_FLOATS)
     normal = cardio[cardio["label"] == "normal"].drop(columns=["label"])
     det = VAEAnomalyDetector(epochs=20, random_state=0).fit(normal.iloc[:1200])
     det.save(work / "model")

@@ -44,8 +44,10 @@ def cli_here(capsys: pytest.CaptureFixture[str]):
 
 @pytest.fixture(scope="session")
 def cardio() -> pd.DataFrame:
-    """ADBench cardio (real, 1831 rows, 21 numeric features + a 'label' column)."""
-    return pd.read_csv(DATA / "cardio.csv")
+    """ADBench cardio (real, 1831 rows, 21 numeric features + a 'label' column), read exactly."""
+    from anomaly_vae.io.tables import EXACT_FLOATS
+
+    return pd.read_csv(DATA / "cardio.csv", **EXACT_FLOATS)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 from anomaly_vae import InputError, VAEAnomalyDetector
 from anomaly_vae.batch import score_to_file
 from anomaly_vae.io import open_data
+from anomaly_vae.io.tables import EXACT_FLOATS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,9 @@ def test_extreme_value_row_is_scored_and_flagged_not_left_empty(table_model, car
     X.to_csv(src, index=False) if suffix == ".csv" else X.to_parquet(src, index=False)
     with open_data(src, batch_size=16) as reader:
         summary = score_to_file(table_model, reader, tmp_path / f"out{suffix}")
-    out = pd.read_csv(summary.output) if suffix == ".csv" else pd.read_parquet(summary.output)
+    # round_trip: the written scores as Python reads them (pandas' default parser can be an ulp off)
+    out = (pd.read_csv(summary.output, **EXACT_FLOATS) if suffix == ".csv"
+           else pd.read_parquet(summary.output))
     assert len(out) == 40 and summary.errors == 0 and summary.scored == 40
     assert np.isfinite(out["score"]).all() and out["error"].isna().all()
     assert out["is_anomaly"].iloc[[3, 7, 9]].astype(bool).all()
@@ -44,7 +47,7 @@ def test_integer_beyond_float64_in_a_csv_is_an_error_row_not_a_crash(table_model
     lines.write_text("\n".join([rows[0], rows[1], ",".join(cells), rows[3]]) + "\n")
     with open_data(lines, batch_size=batch_size) as reader:
         summary = score_to_file(table_model, reader, tmp_path / "out.csv")
-    out = pd.read_csv(summary.output)
+    out = pd.read_csv(summary.output, **EXACT_FLOATS)
     assert len(out) == 3 and summary.errors == 1
     assert "column 'f03'" in out["error"].iloc[1] and "beyond float64" in out["error"].iloc[1]
     assert np.isfinite(out["score"].iloc[[0, 2]]).all()

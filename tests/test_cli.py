@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from anomaly_vae import load_detector
+from anomaly_vae.io.tables import EXACT_FLOATS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from procstat import peak_rss_mib  # noqa: E402
@@ -155,8 +156,8 @@ def test_score_round_trip_matches_python_api_exactly(table: Path, table_model: t
     out = tmp_path / "scores.csv"
     r = run("score", table_model[0], table, "--out", out, "--id-column", "id", "--batch-size", "500", "--quiet")
     assert r.returncode == 0, r.stderr
-    res = pd.read_csv(out)
-    df = pd.read_csv(table)
+    res = pd.read_csv(out, **EXACT_FLOATS)
+    df = pd.read_csv(table, **EXACT_FLOATS)
     assert list(res.columns) == ["id", "score", "p_value", "is_anomaly", "threshold", "error"]
     assert res["id"].tolist() == df["id"].tolist()  # one row per input row, in order
     det = load_detector(table_model[0])
@@ -170,12 +171,12 @@ def test_score_round_trip_matches_python_api_exactly(table: Path, table_model: t
 
 def test_score_columns_in_another_order_give_the_same_scores(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
                                                              tmp_path: Path) -> None:
-    df = pd.read_csv(table).head(300)
+    df = pd.read_csv(table, **EXACT_FLOATS).head(300)
     shuffled = tmp_path / "shuffled.csv"
     df[list(reversed(df.columns))].to_csv(shuffled, index=False)
     r = run("score", table_model[0], shuffled, "--out", tmp_path / "s.csv", "--quiet")
     assert r.returncode == 0, r.stderr
-    res = pd.read_csv(tmp_path / "s.csv")
+    res = pd.read_csv(tmp_path / "s.csv", **EXACT_FLOATS)
     assert res["row"].tolist() == list(range(300))
     np.testing.assert_array_equal(res["score"], load_detector(table_model[0]).anomaly_score(df))
 
@@ -198,7 +199,7 @@ def test_bad_rows_are_flagged_and_nothing_is_lost(table: Path, table_model: tupl
     out = tmp_path / "bad-scores.csv"
     r = run("score", table_model[0], bad, "--out", out, "--id-column", "id", "--quiet")
     assert r.returncode == 3, r.stderr  # documented: some rows had errors
-    res = pd.read_csv(out, keep_default_na=False)
+    res = pd.read_csv(out, keep_default_na=False, **EXACT_FLOATS)
     assert len(res) == 40
     errors = dict(zip(range(40), res["error"]))
     assert "column 'f02': expected a number, got '12;5'" in errors[3]
@@ -210,14 +211,14 @@ def test_bad_rows_are_flagged_and_nothing_is_lost(table: Path, table_model: tupl
     for i in range(40):
         assert (res.loc[i, "score"] == "") == (i in flagged)
     assert "rows with errors     4" in r.stdout
-    good = pd.read_csv(table).head(40).drop(index=list(flagged))
+    good = pd.read_csv(table, **EXACT_FLOATS).head(40).drop(index=list(flagged))
     np.testing.assert_array_equal(res.loc[[i for i in range(40) if i not in flagged], "score"].astype(float),
                                   load_detector(table_model[0]).anomaly_score(good))
 
 
 def test_missing_column_is_a_clear_fatal_error_and_keeps_an_old_output(
         table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
-    df = pd.read_csv(table).head(20).drop(columns=["f07"])
+    df = pd.read_csv(table, **EXACT_FLOATS).head(20).drop(columns=["f07"])
     path = tmp_path / "missing.csv"
     df.to_csv(path, index=False)
     out = tmp_path / "out.csv"
@@ -279,7 +280,7 @@ def test_calibrate_rechooses_the_threshold_without_retraining(table: Path, table
     model = tmp_path / "m"
     shutil.copytree(table_model[0], model)
     before = load_detector(model)
-    df = pd.read_csv(table)
+    df = pd.read_csv(table, **EXACT_FLOATS)
     normal = df[df.label == "normal"].sample(600, random_state=1)
     path = tmp_path / "new-normal.csv"
     normal.to_csv(path, index=False)
@@ -296,7 +297,7 @@ def test_calibrate_rechooses_the_threshold_without_retraining(table: Path, table
 def test_parquet_and_tsv_inputs_and_parquet_output(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
                                                    tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    df = pd.read_csv(table).head(200)
+    df = pd.read_csv(table, **EXACT_FLOATS).head(200)
     expected = load_detector(table_model[0]).anomaly_score(df)
     df.to_parquet(tmp_path / "t.parquet")
     df.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
@@ -327,7 +328,7 @@ def test_image_folder_with_a_corrupt_file(png_folders: Path, image_model: Path, 
     out = tmp_path / "scores.csv"
     r = run("score", image_model, folder, "--out", out, "--explain", "3", "--quiet")
     assert r.returncode == 3, r.stderr
-    res = pd.read_csv(out, keep_default_na=False)
+    res = pd.read_csv(out, keep_default_na=False, **EXACT_FLOATS)
     assert res["path"].tolist() == ["a0.png", "a1.png", "a2.png", "b/colour.jpg", "b/garbage.png", "b/truncated.png"]
     err = dict(zip(res["path"], res["error"]))
     assert "truncated" in err["b/truncated.png"] and "not an image" in err["b/garbage.png"]
@@ -353,7 +354,7 @@ def test_image_model_refuses_a_table(image_model: Path, table: Path, tmp_path: P
 def test_memory_is_flat_in_the_input_size(table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]],
                                           tmp_path: Path) -> None:
     """Streaming: a CSV 4x larger must not need more than 1.2x the memory (peak RSS of the process)."""
-    df = pd.read_csv(table)
+    df = pd.read_csv(table, **EXACT_FLOATS)
     small, big = tmp_path / "small.csv", tmp_path / "big.csv"
     pd.concat([df] * 30, ignore_index=True).to_csv(small, index=False)  # 55k rows
     pd.concat([df] * 120, ignore_index=True).to_csv(big, index=False)  # 220k rows, ~60 MB
@@ -482,7 +483,7 @@ def test_fifo_in_an_image_folder_is_an_error_row_not_a_hang(image_model: Path, f
     except subprocess.TimeoutExpired:
         pytest.fail("the job hung on the FIFO")
     assert r.returncode == 3, r.stderr  # done, one row with an error
-    res = pd.read_csv(out, keep_default_na=False)
+    res = pd.read_csv(out, keep_default_na=False, **EXACT_FLOATS)
     assert res["path"].tolist() == ["a0.png", "a1.png", "x.png"]
     assert res["error"].tolist()[:2] == ["", ""] and res["score"].tolist()[2] == ""
     assert res["error"][2].endswith("x.png: not a regular file but a named pipe (FIFO); not opened")
@@ -505,7 +506,7 @@ def test_fifo_as_the_input_file_is_refused_not_waited_on(table_model: tuple[Path
 
 def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.csv"  # 400 rows: the pair's long network trains to 3000 updates whatever --epochs says
-    pd.read_csv(table).iloc[:400].to_csv(small, index=False)
+    pd.read_csv(table, **EXACT_FLOATS).iloc[:400].to_csv(small, index=False)
     out = tmp_path / "pair"
     r = run("train", small, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
             "--epochs", "2", "--pair", "--alpha", "0.05", "--quiet")
@@ -516,4 +517,4 @@ def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
     assert r.returncode == 0 and "a pair: a second network with the aggregate prior of" in r.stdout, r.stdout
     r = run("score", out, small, "--out", tmp_path / "s.csv", "--id-column", "id")
     assert r.returncode == 0, r.stderr
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 400
+    assert len(pd.read_csv(tmp_path / "s.csv", **EXACT_FLOATS)) == 400

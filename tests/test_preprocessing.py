@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from anomaly_vae import InputError, VAEAnomalyDetector
+from anomaly_vae.io.tables import EXACT_FLOATS
 
 FAST = dict(epochs=30, random_state=0)
 
@@ -37,6 +38,21 @@ def test_infinity_is_an_error(cancer_model, cancer):
     X.iloc[2, 0] = np.inf
     with pytest.raises(InputError, match="column 'mean radius', row 2.*not finite"):
         cancer_model.anomaly_score(X)
+
+
+def test_text_beyond_float64_is_not_finite_whichever_pandas(cancer_model, cancer):
+    """'1e999' and a 400-digit integer as text were "expected a number" on pandas 3.1 and "not finite"
+    on 2.2 (so a Spark job and the command line disagreed on one row); both are now "not finite",
+    and text that is no number stays "expected a number"."""
+    X = cancer[2].iloc[:6].astype(object)
+    X.iloc[:, 0] = ["1e999", "-" + "9" * 400, "abc", "inf", "1_000", "14.5"]
+    scores, errors = cancer_model.anomaly_score_rows(X)
+    for i in (0, 1):
+        assert "column 'mean radius'" in errors[i] and "is not finite" in errors[i] and "beyond float64" in errors[i]
+    assert errors[2].endswith("expected a number, got 'abc'")
+    assert "is not finite" in errors[3]
+    assert errors[4].endswith("expected a number, got '1_000'")  # Python's float() would take it; pandas does not
+    assert errors[5] is None and np.isfinite(scores[5])
 
 
 def test_constant_column_does_not_divide_by_zero(cancer):
@@ -160,7 +176,7 @@ def test_extra_columns_are_ignored_on_every_face(cardio, tmp_path):
     extra.to_csv(tmp_path / "in.csv", index=False)
     summary = score_file(det, tmp_path / "in.csv", tmp_path / "out.csv")  # CLI / batch
     assert summary.errors == 0
-    assert np.allclose(pd.read_csv(tmp_path / "out.csv")["score"], expected, rtol=1e-12)
+    assert np.allclose(pd.read_csv(tmp_path / "out.csv", **EXACT_FLOATS)["score"], expected, rtol=1e-12)
 
 
 def test_a_missing_column_is_an_error_on_every_face(cardio, tmp_path):

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from anomaly_vae import VAEAnomalyDetector, load_detector
 from anomaly_vae.io import load_image
+from anomaly_vae.io.tables import EXACT_FLOATS
 
 from .servicekit import metric, serving
 
@@ -298,7 +299,7 @@ def test_score_csv_rows_that_cannot_be_scored(client: TestClient, table: pd.Data
     assert "2 of 40 rows could not be scored (id p00005: column 'f02': expected a number, got 'high'" in r.json()["error"]
     r = client.post("/score_csv", files={"file": ("x.csv", data, "text/csv")}, data={"on_error": "column"})
     assert r.status_code == 200 and r.headers["x-rows-failed"] == "2"
-    out = pd.read_csv(io.BytesIO(r.content))
+    out = pd.read_csv(io.BytesIO(r.content), **EXACT_FLOATS)
     assert len(out) == 40 and out["row"].tolist() == list(range(40))
     assert out["error"].notna().tolist() == [i in (5, 9) for i in range(40)]
     assert np.isnan(out.loc[5, "score"]) and out["score"].notna().sum() == 38

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.scoring import CROSS_CPU_ATOL, CROSS_CPU_RTOL
+from anomaly_vae.io.tables import EXACT_FLOATS
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,8 @@ def _read(path: Path) -> pd.DataFrame:
     assert parts, f"no part files in {path}"
     if path.suffix == ".parquet":
         return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    return pd.concat([pd.read_csv(p, dtype={"error": str, "key": str}) for p in parts], ignore_index=True)
+    return pd.concat([pd.read_csv(p, dtype={"error": str, "key": str}, **EXACT_FLOATS) for p in parts],
+                     ignore_index=True)
 
 
 def _same_scores(got: pd.DataFrame, want: pd.DataFrame, key: str) -> None:
@@ -127,7 +129,7 @@ def test_spark_score_equals_anomaly_vae_score(spark, table, tmp_path, src, dst, 
     score_file(det, data, want_path)
     summary = spark_score(spark, str(model), str(data), str(tmp_path / f"out{dst}"), partitions=partitions, explain=2)
     got = _read(tmp_path / f"out{dst}")
-    want = pd.read_parquet(want_path) if dst == ".parquet" else pd.read_csv(want_path)
+    want = pd.read_parquet(want_path) if dst == ".parquet" else pd.read_csv(want_path, **EXACT_FLOATS)
     assert list(got.columns) == ["row", "score", "p_value", "is_anomaly", "threshold", "error",
                                  "top1_feature", "top1_nats", "top2_feature", "top2_nats"]
     _same_scores(got, want, "row")

@@ -102,7 +102,9 @@ def table_records(pre: TablePreprocessor, rows: Sequence[Sequence[Any]], label: 
     values = _check_values(pre, rows, label)
     if pre.all_numeric:
         return pre.transform_numeric(values)
-    df = pd.DataFrame(np.array(rows, dtype=object).reshape(len(rows), len(pre.columns)), columns=pre.names)
+    # dtype=object: no type inference, which pandas 2.2 and 3.0 fail on a huge integer (a category's text here)
+    values = np.array(rows, dtype=object).reshape(len(rows), len(pre.columns))
+    df = pd.DataFrame(values, columns=pre.names, dtype=object)
     for col in pre.columns:
         if col["type"] == "numeric":
             df[col["name"]] = df[col["name"]].astype(np.float64)

@@ -262,6 +262,9 @@ class TablePreprocessor:
             for i in np.flatnonzero(bad_text):
                 if isinstance(raw[i], str) and not raw[i].strip():
                     bad_text[i] = False
+                elif isinstance(raw[i], str) and np.isinf(f := _to_float(raw[i])):
+                    # "1e999" or a 400-digit integer: beyond float64 (pandas 3.1 gives NaN, 2.2 infinity)
+                    v[i], bad_text[i] = f, False
             for i in np.flatnonzero(bad_text):
                 if errors[i] is None:
                     errors[i] = (name, f"expected a number, got {raw[i]!r}")

@@ -383,7 +383,18 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         InputError : data that cannot be used (fewer than 10 samples, infinity, all-missing column, ...).
         CalibrationError : too few samples for ``alpha`` (see ``calibration_size``).
         TrainingDivergedError : the loss became NaN or infinite.
+
+        A fit that raises (or is interrupted) leaves the detector as it was: a fitted one scores as before.
         """
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X: Any) -> "VAEAnomalyDetector":
         self._check_params()
         x = self._prepare(X, reset=True)
         n = x.shape[0]

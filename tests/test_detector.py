@@ -287,6 +287,27 @@ def test_a_bernoulli_likelihood_on_a_table_is_refused_and_on_images_fits(cancer,
         assert np.array_equal(det.anomaly_score(fashion_sample[0][60:70]), scores)
 
 
+def test_a_refused_refit_leaves_the_fitted_detector_as_it_was(cancer, fashion_sample):
+    """Fewer than 10 rows, a table for a fitted image model, an infinite cell, too few rows for alpha:
+    each used to leave a half-reset detector (the input kind, schema or column names of the refused
+    data beside the old network)."""
+    from anomaly_vae import CalibrationError, InputError
+
+    images = fashion_sample[0]
+    det = VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=0).fit(images[:60])
+    scores, state = det.anomaly_score(images[60:70]), dict(det.__dict__)
+    bad_table = cancer[0].iloc[:40].copy()
+    bad_table.iloc[3, 1] = np.inf
+    for X, error in ((cancer[0].iloc[:5], InputError), (images[:5], InputError), (bad_table, InputError),
+                     (cancer[0].iloc[:30], CalibrationError)):
+        with pytest.raises(error):
+            det.set_params(alpha=0.01 if error is CalibrationError else 0.2).fit(X)
+        assert det.__dict__.keys() == state.keys() and all(det.__dict__[k] is v for k, v in state.items()
+                                                            if k not in ("alpha",))
+        assert det.input_kind_ == "image" and not hasattr(det, "feature_names_in_")
+        assert np.array_equal(det.anomaly_score(images[60:70]), scores)
+
+
 def test_a_pair_on_images_is_refused(fashion_sample):
     with pytest.raises(ValueError, match="pair=True applies to tables"):
         VAEAnomalyDetector(pair=True, epochs=1, alpha=0.2).fit(fashion_sample[0][:60])

@@ -298,6 +298,24 @@ def test_only_a_local_master_reads_paths_without_a_scheme_from_this_disk(monkeyp
     assert not reads_local_files(None)
 
 
+def test_paths_spark_would_misread_are_refused_before_it_starts(tmp_path):
+    """No JVM: an empty path and a file: URI with a host (which was told it had a ':' in its name)."""
+    from anomaly_vae import InputError
+    from anomaly_vae.spark.job import _check_paths
+
+    out = str(tmp_path / "o.csv")
+    with pytest.raises(InputError, match="^the input path is empty$"):
+        _check_paths("", out)
+    with pytest.raises(InputError, match="the output path is empty"):
+        _check_paths(str(tmp_path), " ")
+    with pytest.raises(InputError, match=r"a file: URI with a host \('localhost'\).*give the input as file:///PATH"):
+        _check_paths("file://localhost/tmp/in.csv", out)
+    with pytest.raises(InputError, match=r"with ':' in it \(a:b.csv\)"):
+        _check_paths(str(tmp_path / "a:b.csv"), out)
+    _check_paths("file:///tmp/in.csv", out)  # and a plain path: no error
+    _check_paths("/tmp/in.csv", out)
+
+
 def test_an_output_that_holds_or_is_not_a_spark_output_is_refused_and_nothing_is_lost(spark, table, tmp_path):
     from anomaly_vae import InputError
     from anomaly_vae.spark import spark_score

@@ -82,8 +82,14 @@ def _check_names(path: str, names: list[str]) -> None:
 def _check_paths(data: str, out: str) -> None:
     """Refuse an output that is, holds or sits inside the input, and local paths Spark would misread."""
     for what, p in (("input", data), ("output", out)):
+        if not p.strip():
+            raise InputError(f"the {what} path is empty")
         if on_another_file_system(p):
             continue
+        if p.startswith("file://") and not p.startswith("file:///"):
+            host = p[len("file://"):].split("/", 1)[0]
+            raise InputError(f"{p}: a file: URI with a host ({host!r}) is not a local path Spark reads; give the "
+                             f"{what} as file:///PATH or a plain path")
         name = Path(local_path(p)).name
         if ":" in local_path(p):
             raise InputError(f"{p}: Spark's file system cannot read a local path with ':' in it ({name}); "

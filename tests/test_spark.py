@@ -316,6 +316,18 @@ def test_paths_spark_would_misread_are_refused_before_it_starts(tmp_path):
     _check_paths("/tmp/in.csv", out)
 
 
+def test_an_alpha_the_calibration_cannot_serve_stops_the_job_before_spark_starts(table, tmp_path):
+    """It was a warning before Spark started (13 s) and the error after."""
+    from anomaly_vae import CalibrationError
+    from anomaly_vae.spark.job import check_job
+
+    _, model, rows = table
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(CalibrationError, match="alpha=1e-05 needs at least 99999 calibration samples"):
+        check_job(str(model), str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), 1e-5, local=True)
+    assert check_job(str(model), str(tmp_path / "in.csv"), str(tmp_path / "o.csv"), 0.05, local=True)[0] == "csv"
+
+
 def test_an_output_that_holds_or_is_not_a_spark_output_is_refused_and_nothing_is_lost(spark, table, tmp_path):
     from anomaly_vae import InputError
     from anomaly_vae.spark import spark_score

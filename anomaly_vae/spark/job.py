@@ -195,12 +195,13 @@ def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *
               local: bool = False) -> tuple[str, VAEAnomalyDetector]:
     """The checks of ``spark_score`` that need no Spark, so that a command line can make them
     before it starts one (seconds): the output's format (returned), the input and output paths,
-    and the model, loaded and checked (returned). ``local``: the job runs on this machine
+    and the model, loaded and checked, with a usable threshold at ``alpha`` (returned). ``local``: the job runs on this machine
     (``local[...]`` master), so a local input path that does not exist is refused here too; on
     a cluster a path without a scheme may name the cluster's file system."""
     fmt_out = _output_format(out)
     _check_paths(data, out)
     det = driver_detector(model_dir, alpha)
+    det.check_threshold()  # an alpha the calibration cannot serve: before Spark starts, not after
     if local and not on_another_file_system(data):
         if not os.path.exists(local_path(data)):  # a dangling link too
             raise FileNotFoundError(f"{data}: no such file or directory")

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the package itself asks only for torch>=2.6, which 2.13.0 satisfies.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-slow bench-quality bench-service clean
+.PHONY: demo test test-slow test-pandas bench-quality bench-service clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -m slow
+
+# The tests whose paths depend on the pandas version (CSV parsing, huge integers, JSON records), again on
+# pandas releases that parse differently from the one installed: each put first on the path, no deps
+PANDAS_OTHERS ?= 2.2.3 3.0.6
+PANDAS_TESTS := tests/test_io.py tests/test_batch.py tests/test_preprocessing.py tests/test_instances.py
+test-pandas: $(VENV)/.installed
+	set -e; for v in $(PANDAS_OTHERS); do \
+	    $(BIN)/pip install --quiet --upgrade --no-deps --target $(VENV)/pandas-$$v "pandas==$$v" pytz tzdata; \
+	    echo "pandas $$v:"; PYTHONPATH=$(VENV)/pandas-$$v $(BIN)/python -m pytest -q -p no:cacheprovider $(PANDAS_TESTS); \
+	done
 
 bench-quality: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[bench]"

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,19 +67,30 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+_CUDNN_LOCK = threading.Lock()
+_cudnn: dict[str, Any] = {"fits": 0, "before": None}  # CUDA fits running now; the setting before the first
+
+
 @contextlib.contextmanager
 def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
     """On a CUDA device, cuDNN's deterministic algorithms (its default convolution gradients are
-    not: two fits of one seed differed in AUROC's third decimal), then the previous setting."""
+    not: two fits of one seed differed in AUROC's third decimal), then the previous setting, once
+    the last of the CUDA fits that overlap in this process has ended (the flags are process-wide)."""
     if device.type != "cuda":
         yield
         return
-    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    with _CUDNN_LOCK:
+        if _cudnn["fits"] == 0:
+            _cudnn["before"] = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        _cudnn["fits"] += 1
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
     finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+        with _CUDNN_LOCK:
+            _cudnn["fits"] -= 1
+            if _cudnn["fits"] == 0:
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = _cudnn["before"]
 
 
 class VAEAnomalyDetector(OutlierMixin, BaseEstimator):

@@ -35,6 +35,31 @@ def test_extreme_value_row_is_scored_and_flagged_not_left_empty(table_model, car
     np.testing.assert_array_equal(out["score"].to_numpy(), table_model.anomaly_score(X))
 
 
+def test_a_huge_integer_in_an_unused_column_changes_no_other_row(cardio, tmp_path):
+    """Hostile review: on pandas 2.2 / 3.0 (``make test-pandas``) one 400-digit integer made the whole
+    block text, so a bool column was 'expected a number' on every row, and ids lost or kept their
+    leading zeros depending on the block. Only the column that holds it is read as text now, and ids
+    are read as written in every block."""
+    X = cardio[cardio.label == "normal"].drop(columns="label").iloc[:, :6].copy()
+    X["flag"] = np.arange(len(X)) % 3 == 0
+    det = VAEAnomalyDetector(epochs=2, random_state=0).fit(X)
+    rows = X.iloc[:50].copy()
+    rows.insert(0, "id", [f"{i:03d}" for i in range(50)])
+    rows["junk"] = ""
+    rows.to_csv(tmp_path / "clean.csv", index=False)
+    rows.loc[rows.index[4], "junk"] = "9" * 400
+    rows.to_csv(tmp_path / "huge.csv", index=False)
+    outs = []
+    for name in ("clean", "huge"):
+        with open_data(tmp_path / f"{name}.csv", batch_size=16, id_column="id") as reader:
+            summary = score_to_file(det, reader, tmp_path / f"{name}-out.csv", id_name="id")
+        assert summary.errors == 0
+        outs.append(pd.read_csv(summary.output, dtype={"id": str}, **EXACT_FLOATS))
+    assert outs[0]["id"].tolist() == outs[1]["id"].tolist() == [f"{i:03d}" for i in range(50)]
+    np.testing.assert_array_equal(outs[0]["score"], outs[1]["score"])
+    np.testing.assert_array_equal(outs[0]["score"], det.anomaly_score(X.iloc[:50]))
+
+
 @pytest.mark.parametrize("batch_size", [1, 16384])
 def test_integer_beyond_float64_in_a_csv_is_an_error_row_not_a_crash(table_model, cardio, tmp_path, batch_size):
     """Hostile review of issue 10: a 400-digit integer in a CSV cell raised OverflowError (a CLI

@@ -287,6 +287,32 @@ def test_a_bernoulli_likelihood_on_a_table_is_refused_and_on_images_fits(cancer,
         assert np.array_equal(det.anomaly_score(fashion_sample[0][60:70]), scores)
 
 
+def test_overlapping_cuda_fits_share_the_deterministic_setting_and_restore_the_user_s(monkeypatch):
+    """The cuDNN flags are process-wide: a fit that ends while another runs must not switch it back
+    to non-deterministic algorithms, and the last to end restores what the user had (hostile review:
+    enter A, enter B, leave A left B non-deterministic and the user's benchmark=True lost). Only
+    the flags are touched, so this runs without a GPU."""
+    import torch
+
+    from anomaly_vae.detector import _deterministic_cudnn
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    a, b = _deterministic_cudnn(torch.device("cuda")), _deterministic_cudnn(torch.device("cuda"))
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    with pytest.raises(RuntimeError):
+        with _deterministic_cudnn(torch.device("cuda")):
+            raise RuntimeError("a fit that fails")
+    assert torch.backends.cudnn.deterministic  # B still runs
+    b.__exit__(None, None, None)
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    with _deterministic_cudnn(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark  # a CPU fit leaves them alone
+
+
 def test_a_refused_refit_leaves_the_fitted_detector_as_it_was(cancer, fashion_sample):
     """Fewer than 10 rows, a table for a fitted image model, an infinite cell, too few rows for alpha:
     each used to leave a half-reset detector (the input kind, schema or column names of the refused

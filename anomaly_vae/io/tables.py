@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import InputError
+from ..preprocessing.tables import PROBE_DECIMALS
 from .chunks import Chunk, ChunkReader, InputKind
 from .files import data_kind, open_regular
 
@@ -29,9 +29,13 @@ SNIFF_DELIMITERS = ",;\t|"
 NA_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "#N/A"]
 # read_csv's arguments that read every decimal as Python's float() does (the value a JSON request of it
 # gives): before 3.1, pandas' default parser reads about one in five of the shortest float64 reprs a unit
-# in the last place off unless asked for its round-trip parser; 3.1 reads them exactly and deprecates the option
-EXACT_FLOATS: dict[str, str] = ({"float_precision": "round_trip"}
-                                if tuple(int(p) for p in re.findall(r"\d+", pd.__version__)[:2]) < (3, 1) else {})
+# in the last place off unless asked for its round-trip parser; 3.1 reads them exactly and deprecates the
+# option. Chosen by how this pandas reads the probe decimals, not by its version string.
+EXACT_FLOATS: dict[str, str] = (
+    {} if pd.read_csv(io.StringIO("\n".join(["a", *PROBE_DECIMALS])))["a"].tolist() == [float(p) for p in PROBE_DECIMALS]
+    else {"float_precision": "round_trip"})
+# a cell that is an integer of 300 digits or more: pandas 2.2 and 3.0 raise OverflowError on one beyond float64
+_HUGE_INTEGER = r"\s*[+-]?\d{300,}\s*"
 
 
 def sniff_sep(path: Path, head: bytes) -> str:
@@ -52,7 +56,8 @@ class TableReader(ChunkReader):
 
     ``dtypes`` maps column names to ``str`` for columns that must be read as text (the model's
     categorical columns), so that "007" stays "007"; other columns are inferred per chunk.
-    ``id_column`` (optional) gives the ids; otherwise the ids are the 0-based row numbers.
+    ``id_column`` (optional) gives the ids, read as text (as written); otherwise the ids are the
+    0-based row numbers.
     """
 
     kind: InputKind = "table"
@@ -74,6 +79,8 @@ class TableReader(ChunkReader):
         self.batch_size = int(batch_size)
         self.id_column, self.label_column = id_column, label_column
         self.dtypes = dict(dtypes or {})
+        if id_column is not None:  # ids as written ("007"), in every chunk, not inferred per chunk
+            self.dtypes.setdefault(id_column, str)
         try:
             if self.format == "csv":
                 self._open_csv(sep)
@@ -187,12 +194,16 @@ class TableReader(ChunkReader):
             if n == 0:
                 continue
             try:
-                df = self._parse(lines, self.dtypes or None)
-            except OverflowError:
-                # an integer beyond float64 (310+ digits): pandas 2.2 and 3.0 raise while building the frame
-                # (3.1 keeps it as an object); read this block as text, whose per-value conversion names it
-                df = self._parse(lines, str)
-            except (pd.errors.ParserError, ValueError) as err:
+                try:
+                    df = self._parse(lines, self.dtypes or None)
+                except OverflowError:
+                    # an integer beyond float64: pandas 2.2 and 3.0 raise while building the frame (3.1 keeps
+                    # it as an object); only the columns that hold one are read as text, whose per-value
+                    # conversion names it, so that the other columns and rows read as without it
+                    text = self._parse(lines, str)
+                    huge = {c: str for c in text.columns if text[c].str.fullmatch(_HUGE_INTEGER, na=False).any()}
+                    df = self._parse(lines, {**self.dtypes, **huge})
+            except (pd.errors.ParserError, ValueError, OverflowError) as err:
                 raise InputError(f"{self.path}, near line {line_no}: cannot parse the CSV ({err})") from None
             if len(df) != n:  # the field check and the parser disagree: never lose rows silently
                 raise InputError(f"{self.path}, near line {line_no}: read {len(df)} rows where {n} were expected "

@@ -6,6 +6,7 @@ The rules are listed in the package docstring (``anomaly_vae.preprocessing``).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,17 @@ def is_image_input(X: Any) -> bool:
 
 def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+
+
+# decimals that pandas before 3.1 parses a unit in the last place off (about one full-precision repr in
+# five); its own numeric parsing is exact only where it reads these as Python's float() does. A probe of
+# the behaviour, not of the version string (a build from source reports no usable version).
+PROBE_DECIMALS = ("0.10490011715303971", "0.36159505490948474", "-1.2654214710460525", "-0.21879166393254573",
+                  "-0.31630015636915454", "-0.12853466294403426")
+TO_NUMERIC_EXACT = (pd.to_numeric(pd.Series(PROBE_DECIMALS, dtype=object)).tolist()
+                    == [float(p) for p in PROBE_DECIMALS])
+# a decimal number in ASCII (what pandas parses as one), to tell "1e999" (beyond float64) from "1_0e999"
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 def _to_float(x: Any) -> float:
@@ -256,13 +268,18 @@ class TablePreprocessor:
                 v = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             except OverflowError:  # an integer beyond float64 (310+ digits): value by value
                 v = np.array([_to_float(x) for x in raw], dtype=np.float64)
+            v = np.array(v, dtype=np.float64)  # writable: pandas 3.0 may hand back a read-only view
+            if not TO_NUMERIC_EXACT:  # the text pandas parsed, again as float() parses it
+                for i in np.flatnonzero(~np.isnan(v)):
+                    if isinstance(raw[i], str) and not np.isnan(f := _to_float(raw[i])):
+                        v[i] = f
             # "" (or spaces) is a missing value, as in a CSV; anything else that is not a number is an
             # error. Only the values that did not parse are looked at one by one.
             bad_text = np.isnan(v) & s.notna().to_numpy()
             for i in np.flatnonzero(bad_text):
                 if isinstance(raw[i], str) and not raw[i].strip():
                     bad_text[i] = False
-                elif isinstance(raw[i], str) and np.isinf(f := _to_float(raw[i])):
+                elif isinstance(raw[i], str) and _DECIMAL.fullmatch(raw[i]) and np.isinf(f := _to_float(raw[i])):
                     # "1e999" or a 400-digit integer: beyond float64 (pandas 3.1 gives NaN, 2.2 infinity)
                     v[i], bad_text[i] = f, False
             for i in np.flatnonzero(bad_text):

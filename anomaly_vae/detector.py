@@ -255,6 +255,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.contamination is not None:  # before training, not after it
+            cal.contamination_threshold(np.zeros(1), self.contamination)
         check_marginal_floor(self.marginal_floor, self.likelihood)
         if not isinstance(self.pair, (bool, np.bool_)):
             raise ValueError(f"pair must be True or False, got {self.pair!r}")
@@ -518,10 +520,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def calibrate(self, X: Any, alpha: float | None = None) -> "VAEAnomalyDetector":
         """Replace the calibration scores with those of new normal data ``X`` (never trained on)
-        and re-choose the threshold for ``alpha`` (default: the current one)."""
+        and re-choose the threshold for ``alpha`` (default: the current one). A bad ``alpha`` or ``X``
+        raises before anything changes."""
         check_is_fitted(self, "model_")
+        alpha = cal._check_alpha(alpha if alpha is not None else (self.alpha_ or self.alpha))
         self.calibration_scores_ = self.anomaly_score(X)
-        return self.set_alpha(alpha if alpha is not None else (self.alpha_ or self.alpha))
+        return self.set_alpha(alpha)
 
     def set_threshold_contamination(self, X: Any, contamination: float) -> "VAEAnomalyDetector":
         """Threshold at the (1 - contamination) quantile of the scores of ``X``."""

@@ -208,8 +208,9 @@ def evaluate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
 def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
                   alpha: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Replace the model's calibration scores with those of new normal ``data`` (with labels: its
-    normal rows only) and re-choose the threshold; the model directory is rewritten in place.
-    Returns (before, after) summaries."""
+    normal rows only) and re-choose the threshold; the model directory is rewritten in place, unless
+    the new threshold is unusable (too few rows for alpha: ``after["error"]`` says why), which leaves
+    it as it was. Returns (before, after) summaries."""
     det = load_detector(model_dir)
     X, labels = load_data(data, opts, det)  # as the model reads it: its categories, its image size
     if labels is not None:
@@ -217,7 +218,8 @@ def calibrate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
         X = _take(X, np.flatnonzero(~anomaly_labels(labels, normal_label)))
     before = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_}
     det.calibrate(X, alpha=alpha)
-    det.save(model_dir)
+    if det.calibration_error_ is None:
+        det.save(model_dir)
     after = {"n": int(det.calibration_scores_.size), "alpha": det.alpha_, "threshold": det.threshold_,
-             "error": det.calibration_error_}
+             "error": det.calibration_error_, "saved": det.calibration_error_ is None}
     return before, after

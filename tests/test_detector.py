@@ -152,6 +152,24 @@ def test_calibrate_on_new_normal_data(cancer, cancer_model):
     assert np.mean(det.predict(cancer[1]) == -1) <= 0.1
 
 
+def test_a_bad_contamination_is_refused_before_training(cancer, tmp_path):
+    """It was refused after the whole fit (and after a checkpoint had been written)."""
+    with pytest.raises(ValueError, match=r"contamination must be a float in \(0, 0.5\]"):
+        VAEAnomalyDetector(contamination=0.9, checkpoint_dir=str(tmp_path / "ck"), **FAST).fit(cancer[0])
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_refused_calibration_changes_nothing(cancer):
+    """Hostile review: alpha=1.5 was refused after the calibration scores had been replaced, so
+    predict (old threshold) and p_values (new scores) disagreed."""
+    det = VAEAnomalyDetector(alpha=0.05, **FAST).fit(cancer[0])
+    scores, threshold = det.calibration_scores_, det.threshold_
+    for X, alpha in ((cancer[1].iloc[:30], 1.5), (cancer[1].iloc[:30].assign(**{"mean radius": np.inf}), 0.1)):
+        with pytest.raises(ValueError):
+            det.calibrate(X, alpha=alpha)
+        assert det.calibration_scores_ is scores and det.threshold_ == threshold
+
+
 def test_contamination_and_best_f1_thresholds(cancer):
     det = VAEAnomalyDetector(contamination=0.1, **FAST).fit(cancer[0])
     assert det.threshold_method_ == "contamination"

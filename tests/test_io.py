@@ -38,6 +38,18 @@ def test_chunks_give_every_row_once_in_order(cardio: pd.DataFrame, tmp_path: Pat
     assert errors == [None] * 150 and max(sizes) <= max(batch_size, 1)
 
 
+def test_ids_read_as_written_in_every_block_and_a_label_id_column_keeps_its_values(tmp_path: Path) -> None:
+    """'007' was 7 in a block of numbers-only ids and '007' in a block with a text id; an id column
+    that is also the label column keeps the label's values (the review of the first fix: forced to
+    text, label 0 became '0' and no row had the normal label)."""
+    path = tmp_path / "t.csv"
+    path.write_text("id,y,a\n007,0,1.5\n008,1,2.5\nx9,0,3.5\n")
+    with TableReader(path, batch_size=2, id_column="id") as r:
+        assert [i for c in r for i in c.ids] == ["007", "008", "x9"]
+    with TableReader(path, batch_size=2, id_column="y", label_column="y") as r:
+        assert [lab for c in r for lab in c.labels] == [0, 1, 0]
+
+
 def test_every_decimal_reads_as_python_reads_it(tmp_path: Path) -> None:
     """A CSV cell is the float that ``float()`` (and so a JSON request) gives: pandas before 3.1 read
     about one in five of these a unit in the last place off with its default parser, so a batch job

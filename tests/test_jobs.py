@@ -50,6 +50,20 @@ def test_calibrate_job_reads_categories_with_leading_zeros_as_text(table_model, 
     np.testing.assert_array_equal(np.sort(got), np.sort(det.anomaly_score(normal[["a", "b", "site"]])))
 
 
+def test_a_calibration_too_small_for_alpha_leaves_the_model_directory_as_it_was(table_model, tmp_path: Path) -> None:
+    """Hostile review: 20 rows at alpha 0.01 rewrote the model with an infinite threshold (exit 1, but a
+    working model destroyed: every later score job refused it)."""
+    _, model = table_model
+    df = zero_padded_table(20, 1)
+    df.to_csv(tmp_path / "few.csv", index=False)
+    files = {p.name: p.read_bytes() for p in Path(model).iterdir()}
+    before, after = calibrate_job(model, tmp_path / "few.csv", DataOptions(id_column="id", label_column="label"),
+                                  alpha=0.01)
+    assert not after["saved"] and "needs at least 99 calibration samples" in after["error"]
+    assert {p.name: p.read_bytes() for p in Path(model).iterdir()} == files
+    assert np.isfinite(load_detector(model).threshold_)
+
+
 def test_load_data_drops_label_id_and_named_columns(tmp_path: Path) -> None:
     df = zero_padded_table(20, 2)
     path = tmp_path / "t.csv"

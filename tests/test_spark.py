@@ -312,6 +312,11 @@ def test_paths_spark_would_misread_are_refused_before_it_starts(tmp_path):
         _check_paths("file://localhost/tmp/in.csv", out)
     with pytest.raises(InputError, match=r"with ':' in it \(a:b.csv\)"):
         _check_paths(str(tmp_path / "a:b.csv"), out)
+    for upper in ("FILE:///tmp/in.csv", "File:/tmp/in.csv", "FILE://localhost/tmp/in.csv"):
+        with pytest.raises(InputError, match="write the scheme of a local path as 'file:'"):
+            _check_paths(upper, out)
+    with pytest.raises(InputError, match="the input path is empty"):
+        _check_paths("file:", out)
     _check_paths("file:///tmp/in.csv", out)  # and a plain path: no error
     _check_paths("/tmp/in.csv", out)
 

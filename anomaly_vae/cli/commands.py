@@ -249,13 +249,13 @@ def calibrate(args: argparse.Namespace) -> int:
     from ..jobs import calibrate_job
 
     before, after = calibrate_job(args.model_dir, args.data, _data_options(args), alpha=args.alpha)
+    if not after["saved"]:
+        print(f"anomaly-vae: error: {after['error']}; {args.model_dir} was left as it was", file=sys.stderr)
+        return EXIT_FATAL
     print(f"recalibrated {args.model_dir} on {after['n']} normal rows of {args.data} (no retraining)")
     print(f"  threshold            {_fmt(before['threshold'], '.4g')} -> {_fmt(after['threshold'], '.4g')} "
           f"(alpha {_fmt(before['alpha'], 'g')} -> {_fmt(after['alpha'], 'g')})")
     print(f"  calibration rows     {before['n']} -> {after['n']}")
-    if after["error"]:
-        print(f"  warning              {after['error']}")
-        return EXIT_FATAL
     return EXIT_OK
 
 

@@ -79,7 +79,7 @@ class TableReader(ChunkReader):
         self.batch_size = int(batch_size)
         self.id_column, self.label_column = id_column, label_column
         self.dtypes = dict(dtypes or {})
-        if id_column is not None:  # ids as written ("007"), in every chunk, not inferred per chunk
+        if id_column is not None and id_column != label_column:  # ids as written ("007") in every chunk
             self.dtypes.setdefault(id_column, str)
         try:
             if self.format == "csv":

@@ -5,6 +5,7 @@ SparkSession it runs in."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid
@@ -84,8 +85,13 @@ def _check_paths(data: str, out: str) -> None:
     for what, p in (("input", data), ("output", out)):
         if not p.strip():
             raise InputError(f"the {what} path is empty")
+        scheme = p.split(":", 1)[0] if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", p) else ""
+        if scheme.lower() == "file" and scheme != "file":  # FILE:/x would be another file system to the checks
+            raise InputError(f"{p}: write the scheme of a local path as 'file:' (lower case), or give a plain path")
         if on_another_file_system(p):
             continue
+        if not local_path(p).strip():
+            raise InputError(f"{p}: the {what} path is empty")
         if p.startswith("file://") and not p.startswith("file:///"):
             host = p[len("file://"):].split("/", 1)[0]
             raise InputError(f"{p}: a file: URI with a host ({host!r}) is not a local path Spark reads; give the "

@@ -50,6 +50,15 @@ def test_ids_read_as_written_in_every_block_and_a_label_id_column_keeps_its_valu
         assert [lab for c in r for lab in c.labels] == [0, 1, 0]
 
 
+def test_parquet_integer_ids_with_a_null_are_kept_as_integers(tmp_path: Path) -> None:
+    """Second hostile review: pandas turned an int64 id column with a null into floats (7.0,
+    1.2345678901234568e+16 for 12345678901234567)."""
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"id": pd.array([7, None, 12345678901234567], dtype="Int64"), "a": [1.0, 2.0, 3.0]}).to_parquet(path)
+    with TableReader(path, batch_size=2, id_column="id") as r:
+        assert [i for c in r for i in c.ids] == [7, None, 12345678901234567]
+
+
 def test_every_decimal_reads_as_python_reads_it(tmp_path: Path) -> None:
     """A CSV cell is the float that ``float()`` (and so a JSON request) gives: pandas before 3.1 read
     about one in five of these a unit in the last place off with its default parser, so a batch job

@@ -145,12 +145,17 @@ class TableReader(ChunkReader):
         for batch in self._pq.iter_batches(batch_size=self.batch_size):
             df = batch.to_pandas()
             df.columns = [str(c) for c in df.columns]
-            yield self._chunk(start, df, [None] * len(df))
+            # ids from Arrow as stored: pandas makes an integer column with a null float (7 -> 7.0,
+            # 12345678901234567 -> 1.2345678901234568e+16)
+            ids = (batch.column(batch.schema.get_field_index(self.id_column)).to_pylist()
+                   if self.id_column else None)
+            yield self._chunk(start, df, [None] * len(df), ids)
             start += len(df)
 
-    def _chunk(self, start: int, df: pd.DataFrame, errors: list[str | None]) -> Chunk:
+    def _chunk(self, start: int, df: pd.DataFrame, errors: list[str | None], ids: list[Any] | None = None) -> Chunk:
         n = len(df)
-        ids = df[self.id_column].tolist() if self.id_column else list(range(start, start + n))
+        if ids is None:
+            ids = df[self.id_column].tolist() if self.id_column else list(range(start, start + n))
         labels = df[self.label_column].tolist() if self.label_column else None
         return Chunk(start, ids, df, errors, labels)
 

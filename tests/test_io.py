@@ -43,11 +43,15 @@ def test_ids_read_as_written_in_every_block_and_a_label_id_column_keeps_its_valu
     that is also the label column keeps the label's values (the review of the first fix: forced to
     text, label 0 became '0' and no row had the normal label)."""
     path = tmp_path / "t.csv"
-    path.write_text("id,y,a\n007,0,1.5\n008,1,2.5\nx9,0,3.5\n")
+    path.write_text("id,y,a\n007,0,1.5\n008,1,2.5\nx9,0,3.5\nNA,1,NA\n,0,1\n")
     with TableReader(path, batch_size=2, id_column="id") as r:
-        assert [i for c in r for i in c.ids] == ["007", "008", "x9"]
+        chunks = list(r)
+    # "NA" is an id (Namibia), as Spark reads it; only an empty id is missing; "NA" elsewhere is missing
+    ids = [i for c in chunks for i in c.ids]
+    assert ids[:4] == ["007", "008", "x9", "NA"] and pd.isna(ids[4])
+    assert pd.concat([c.data for c in chunks])["a"].isna().tolist() == [False, False, False, True, False]
     with TableReader(path, batch_size=2, id_column="y", label_column="y") as r:
-        assert [lab for c in r for lab in c.labels] == [0, 1, 0]
+        assert [lab for c in r for lab in c.labels] == [0, 1, 0, 1, 0]
 
 
 def test_parquet_integer_ids_with_a_null_are_kept_as_integers(tmp_path: Path) -> None:

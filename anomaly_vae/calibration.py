@@ -29,6 +29,12 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+def _check_contamination(contamination: float) -> float:
+    if not (isinstance(contamination, (int, float, np.floating)) and 0.0 < float(contamination) <= 0.5):
+        raise ValueError(f"contamination must be a float in (0, 0.5], got {contamination!r}")
+    return float(contamination)
+
+
 def _rank(n: int, alpha: float) -> int:
     # the small epsilon keeps (n+1)(1-alpha) that is an integer in exact arithmetic from rounding up
     return math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
@@ -73,9 +79,8 @@ def contamination_threshold(scores: np.ndarray, contamination: float) -> float:
     """The (1 - contamination) quantile of ``scores`` (the fit data's own scores, as in
     IsolationForest): flags about that fraction of the data it was computed on. No false-alarm
     guarantee: use it when the training data are known to hold that share of anomalies."""
-    if not (isinstance(contamination, (int, float, np.floating)) and 0.0 < float(contamination) <= 0.5):
-        raise ValueError(f"contamination must be a float in (0, 0.5], got {contamination!r}")
-    return float(np.percentile(np.asarray(scores, dtype=np.float64), 100.0 * (1.0 - float(contamination))))
+    contamination = _check_contamination(contamination)
+    return float(np.percentile(np.asarray(scores, dtype=np.float64), 100.0 * (1.0 - contamination)))
 
 
 def best_f1_threshold(scores: np.ndarray, is_anomaly: np.ndarray) -> tuple[float, float]:

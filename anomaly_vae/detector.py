@@ -256,7 +256,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if self.latent_dim is not None and int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.contamination is not None:  # before training, not after it
-            cal.contamination_threshold(np.zeros(1), self.contamination)
+            cal._check_contamination(self.contamination)
         check_marginal_floor(self.marginal_floor, self.likelihood)
         if not isinstance(self.pair, (bool, np.bool_)):
             raise ValueError(f"pair must be True or False, got {self.pair!r}")

@@ -98,18 +98,17 @@ def test_a_conv_fit_on_cuda_scores_images_as_its_saved_model_does_on_cpu(fashion
 
 
 @pytest.mark.parametrize("model", ["dense", "conv"])
-def test_a_cuda_fit_is_reproducible_and_leaves_global_state_alone(fashion_sample, model):
+def test_a_cuda_fit_is_reproducible_and_leaves_global_state_alone(fashion_sample, model, monkeypatch):
     """cuDNN's deterministic algorithms during the fit (its default convolution gradients made two
     fits of one seed differ); the CUDA generator and cuDNN's flags are as the fit found them."""
     images, labels = fashion_sample
     x = images[labels == 7][:80] if model == "conv" else images[labels == 7][:300].reshape(300, -1) / 255.0
-    torch.backends.cudnn.benchmark = True
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # the user's setting, restored after the test
     state = torch.cuda.get_rng_state()
     fits = [VAEAnomalyDetector(model=model, device="cuda", epochs=3, random_state=0, alpha=0.1).fit(x)
             for _ in range(2)]
     assert torch.equal(torch.cuda.get_rng_state(), state)
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
-    torch.backends.cudnn.benchmark = False
     test = images[:200] if model == "conv" else images[:200].reshape(200, -1) / 255.0
     np.testing.assert_array_equal(fits[0].anomaly_score(test), fits[1].anomaly_score(test))
 

@@ -122,6 +122,9 @@ class TableReader(ChunkReader):
             raise InputError(f"{self.path}, line 1: the header has an empty column name (column "
                              f"{names.index('') + 1}); every column needs a name")
         self.columns = names
+        # an id is missing only when empty: "NA" (Namibia) or "None" is an id, as Spark's reader keeps it
+        self._na: Any = NA_VALUES if self.id_column is None else {
+            c: [""] if c == self.id_column and c != self.label_column else NA_VALUES for c in self.columns}
 
     def _open_parquet(self) -> None:
         import pyarrow.parquet as pq
@@ -228,11 +231,8 @@ class TableReader(ChunkReader):
         return self.sep.join(out)
 
     def _parse(self, lines: bytes, dtype: Any) -> pd.DataFrame:
-        # an id is missing only when empty: "NA" (Namibia) or "None" is an id, as Spark's reader keeps it
-        na: Any = NA_VALUES if self.id_column is None else {
-            c: [""] if c == self.id_column and c != self.label_column else NA_VALUES for c in self.columns}
         return pd.read_csv(io.BytesIO(lines), sep=self.sep, header=None, names=self.columns, dtype=dtype, engine="c",
-                           skip_blank_lines=True, na_values=na, keep_default_na=False, index_col=False,
+                           skip_blank_lines=True, na_values=self._na, keep_default_na=False, index_col=False,
                            encoding="utf-8", encoding_errors="replace", **EXACT_FLOATS)
 
     def _check_fields(self, block: bytes, ncol: int) -> tuple[bytes, list[str | None], int]:

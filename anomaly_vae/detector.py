@@ -501,15 +501,19 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.threshold_method_ = method
         self.alpha_ = alpha
 
-    def set_alpha(self, alpha: float) -> "VAEAnomalyDetector":
+    def set_alpha(self, alpha: float, *, strict: bool = False) -> "VAEAnomalyDetector":
         """Re-choose the conformal threshold for false-alarm rate ``alpha`` from the stored
         calibration scores (no retraining). Too few scores for ``alpha`` leaves the threshold
-        infinite and logs why; ``predict`` then raises ``CalibrationError``."""
+        infinite and logs why; ``predict`` then raises ``CalibrationError``. With ``strict`` it
+        raises that ``CalibrationError`` at once instead, and nothing changes (a job that would
+        stop anyway: its user reads the reason once, as the error)."""
         check_is_fitted(self, "calibration_scores_")
         alpha = cal._check_alpha(alpha)
         try:
             threshold = cal.conformal_threshold(self.calibration_scores_, alpha)
         except CalibrationError as err:
+            if strict:
+                raise
             log.warning("%s", err)
             self.calibration_error_ = str(err)
             threshold = np.inf

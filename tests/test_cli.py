@@ -4,6 +4,7 @@ data: ADBench cardio written as CSV with an id and a string column, and Fashion-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -248,6 +249,19 @@ def test_paths_that_do_not_exist(table_model: tuple[Path, subprocess.CompletedPr
     assert r.returncode == 1 and "nope.csv: no such file or directory" in r.stderr
     r = run("score", tmp_path / "no-model", tmp_path / "nope.csv", "--out", tmp_path / "o.csv")
     assert r.returncode == 1 and "not a model directory" in r.stderr
+
+
+def test_an_alpha_the_calibration_cannot_serve_is_said_once_before_anything_starts(
+        table: Path, table_model: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path, cli_here,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It was a warning, an empty progress bar, then the same words as the error."""
+    out = tmp_path / "o.csv"
+    with caplog.at_level(logging.WARNING):
+        r = cli_here("score", table_model[0], table, "--out", out, "--alpha", "0.0001")
+    assert r.returncode == 1
+    said = r.stdout + r.stderr + caplog.text
+    assert said.count("alpha=0.0001 needs at least 9999 calibration samples") == 1, said
+    assert "rows" not in r.stderr and not out.exists()
 
 
 def test_usage_errors_exit_2(table_model: tuple[Path, subprocess.CompletedProcess[str]], table: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The estimator end to end on real data: breast cancer (scikit-learn), cardio and Fashion-MNIST (data/)."""
 
 import copy
+import logging
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,15 @@ def test_too_few_calibration_samples_for_a_new_alpha_gives_clear_error_at_predic
         det.predict(cancer[1])
     det.set_alpha(0.05)
     assert det.predict(cancer[1]).shape == (len(cancer[1]),)
+
+
+def test_strict_set_alpha_raises_and_changes_nothing(cancer_model, caplog):
+    before = (cancer_model.threshold_, cancer_model.alpha_, cancer_model.calibration_error_)
+    with caplog.at_level(logging.WARNING), pytest.raises(CalibrationError, match="needs at least 99999 calibration"):
+        cancer_model.set_alpha(1e-5, strict=True)
+    assert (cancer_model.threshold_, cancer_model.alpha_, cancer_model.calibration_error_) == before
+    assert caplog.records == []  # the error says it; no warning first
+    assert cancer_model.set_alpha(before[1], strict=True).threshold_ == before[0]
 
 
 def test_small_data_default_fit_then_predict_works(cancer, cardio):

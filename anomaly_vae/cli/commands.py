@@ -109,12 +109,16 @@ def train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(model_dir: str, alpha: float | None) -> VAEAnomalyDetector:
+def _load(model_dir: str, alpha: float | None, strict: bool = False) -> VAEAnomalyDetector:
+    """The model at ``alpha`` when one is given; ``strict``: a job that needs the threshold, so an
+    alpha the calibration cannot serve is the error (said once), not a warning and then the error."""
     from ..detector import load_detector
 
     det = load_detector(model_dir)
     if alpha is not None:
-        det.set_alpha(alpha)
+        det.set_alpha(alpha, strict=strict)
+    if strict:
+        det.check_threshold()  # before the progress bar is drawn: nothing of the job has started
     return det
 
 
@@ -122,7 +126,7 @@ def score(args: argparse.Namespace) -> int:
     from ..batch import score_file
     from ..io import TABLE_FORMATS, data_kind
 
-    det = _load(args.model_dir, args.alpha)
+    det = _load(args.model_dir, args.alpha, strict=True)
     fmt = data_kind(args.data)
     if args.id_column and fmt not in TABLE_FORMATS:
         raise UsageError("--id-column is for CSV and Parquet tables")

@@ -64,12 +64,13 @@ def _ship(spark: SparkSession, src: Path) -> tuple[str, str]:
 
 
 def driver_detector(model_dir: str | os.PathLike[str], alpha: float | None = None) -> VAEAnomalyDetector:
-    """The model loaded on the driver (checked in full), at ``alpha`` when one is given."""
+    """The model loaded on the driver (checked in full), at ``alpha`` when one is given: an alpha
+    its calibration cannot serve is a ``CalibrationError`` (a Spark job needs the threshold)."""
     from ..detector import load_detector
 
     det = load_detector(model_dir)
     if alpha is not None:
-        det.set_alpha(alpha)
+        det.set_alpha(alpha, strict=True)
     return det
 
 

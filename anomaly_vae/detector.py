@@ -36,7 +36,7 @@ from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_im
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
-from .training import TrainConfig, train
+from .training import TrainConfig, checkpoint_seed, train
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     device : "cpu" (default, reproducible), "cuda" or "auto".
     verbose : 0 silent, 1 progress bar, 2 also logs every epoch.
     checkpoint_dir : write the training state there after every epoch, and go on from a checkpoint
-        found there (the same weights as a run never interrupted); see ``training.train``.
+        found there (the same weights as a run never interrupted); see ``training.train``. With
+        ``random_state=None`` a fit that finds a checkpoint takes its run's seed.
 
     Attributes
     ----------
@@ -398,14 +399,19 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         CalibrationError : too few samples for ``alpha`` (see ``calibration_size``).
         TrainingDivergedError : the loss became NaN or infinite.
 
-        A fit that raises (or is interrupted) leaves the detector as it was: a fitted one scores as before.
+        A fit that raises (or is interrupted) leaves the detector as it was: a fitted one scores as before,
+        and a ``RandomState`` given as ``random_state`` is where it was.
         """
         before = dict(self.__dict__)
+        rs = self.random_state
+        rs_state = rs.get_state() if isinstance(rs, np.random.RandomState) else None
         try:
             return self._fit(X)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
+            if rs_state is not None:  # the caller's generator too: a retry draws what this fit drew
+                rs.set_state(rs_state)
             raise
 
     def _fit(self, X: Any) -> "VAEAnomalyDetector":
@@ -417,6 +423,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                              f"got {n} sample{'s' if n != 1 else ''}")
         n_cal = self._calibration_rows(n)
         seed = self._seed()
+        if self.random_state is None and (resumed := checkpoint_seed(self.checkpoint_dir)) is not None:
+            seed = resumed  # a seed drawn anew would split the rows otherwise: the checkpoint's run goes on
         rng = np.random.RandomState(seed)
         perm = rng.permutation(n)
         n_val = int(round(float(self.validation_size) * (n - n_cal)))
@@ -438,6 +446,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 self.history_ = train(
                     self.model_, x_train, t[val_idx].to(device) if n_val else None,
                     self._train_config(), generator, verbose=int(self.verbose), checkpoint_dir=self.checkpoint_dir,
+                    seed=seed,
                 )
             self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
             self.calibration_scores_ = self._scores(t[cal_idx], self.score_kind)

@@ -93,7 +93,7 @@ def loss_terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig,
 def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: TrainConfig,
           generator: torch.Generator, verbose: int = 0,
           checkpoint_dir: str | os.PathLike[str] | None = None,
-          snapshot: tuple[VAE, int, int] | None = None) -> list[dict[str, float]]:
+          snapshot: tuple[VAE, int, int] | None = None, seed: int | None = None) -> list[dict[str, float]]:
     """Fit ``model`` in place; returns the history (one dict of mean terms per epoch). The best
     weights by validation loss (training loss when there is no validation set) are restored.
 
@@ -102,7 +102,8 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     finds a checkpoint there goes on from it: interrupted after epoch 3 and started again, it ends
     with exactly the weights of a run that was never interrupted. A checkpoint written with other
     settings or data is refused (only ``epochs`` may change, to train longer, and not with a cosine
-    schedule, which spans the epochs).
+    schedule, which spans the epochs). ``seed``, the run's seed, is written with it (``checkpoint_seed``
+    reads it back, so that a fit whose seed was drawn at random can resume) and must match.
 
     With ``lr_schedule="cosine"`` the step decays over ``epochs``: set them to the length you mean to
     train; early stopping still applies, and a run it stops early ends with a step barely decayed.
@@ -127,7 +128,8 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     # once, not every epoch: it sums over the whole training set
     fingerprint = _fingerprint(cfg, model, x_train) if ckpt is not None else None
     if ckpt is not None and (ckpt / CHECKPOINT_JSON).is_file():
-        first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, fingerprint)
+        first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, fingerprint,
+                                                                                 seed)
         for row in history:  # written before the step was in the history: it was the constant one
             row.setdefault("lr", epoch_learning_rate(cfg, int(row["epoch"]) - 1))
         log.info("resuming from %s after epoch %d", ckpt, first)
@@ -183,7 +185,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             snap.update(epoch, metric if epoch + 1 >= cfg.kl_warmup_epochs else None, model, cfg.min_delta)
         if ckpt is not None:
             _save_checkpoint(ckpt, epoch + 1, model, opt, generator, fingerprint, history, best, best_state,
-                             since_best, stopped)
+                             since_best, stopped, seed)
         if stopped and (snap is None or snap.stopped):
             break
     bar.close()
@@ -262,7 +264,8 @@ def _fingerprint(cfg: TrainConfig, model: VAE, x_train: torch.Tensor) -> dict[st
 
 def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
                      fingerprint: dict[str, Any], history: list[dict[str, float]], best: float,
-                     best_state: dict[str, torch.Tensor] | None, since_best: int, stopped: bool) -> None:
+                     best_state: dict[str, torch.Tensor] | None, since_best: int, stopped: bool,
+                     seed: int | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if best_state is not None:
@@ -274,7 +277,7 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
     tensors["generator"] = generator.get_state()
     meta = {"epoch": epoch, "history": history, "best": best if math.isfinite(best) else None,
             "since_best": since_best, "stopped": stopped, "param_groups": state["param_groups"],
-            "fingerprint": fingerprint}
+            "fingerprint": fingerprint, "seed": seed}
     # both files to temporaries first, then renamed: a crash mid-write leaves the previous checkpoint
     for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f)),
                         (CHECKPOINT_JSON, lambda f: Path(f).write_text(json.dumps(meta)))):
@@ -282,10 +285,27 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
             write(str(tmp))
 
 
+def checkpoint_seed(path: str | os.PathLike[str] | None) -> int | None:
+    """The seed of the run whose checkpoint is in ``path``; None when there is none, it was written
+    before seeds were kept, or it cannot be read (resuming then says what is wrong with it)."""
+    if path is None:
+        return None
+    try:
+        seed = json.loads((Path(path) / CHECKPOINT_JSON).read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1 else None
+
+
 def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
-                     expected: dict[str, Any]) -> tuple[int, list[dict[str, float]], float,
-                                                        dict[str, torch.Tensor] | None, int, bool]:
+                     expected: dict[str, Any], seed: int | None = None
+                     ) -> tuple[int, list[dict[str, float]], float, dict[str, torch.Tensor] | None, int, bool]:
     meta = json.loads((path / CHECKPOINT_JSON).read_text())
+    if seed is not None and meta.get("seed") is not None and meta["seed"] != seed:
+        # before the data: another seed splits the rows otherwise, so the data would differ too
+        raise ValueError(f"the checkpoint in {path} was written by a run with another seed ({meta['seed']}; this "
+                         f"run's is {seed}): give random_state={meta['seed']} (or None) to go on with it, or "
+                         "remove it, or give another checkpoint_dir")
     if meta["fingerprint"] != expected:
         differ = [k for k in expected if meta["fingerprint"].get(k) != expected[k]]
         old, new = meta["fingerprint"].get("settings", {}), expected["settings"]

@@ -362,6 +362,22 @@ def test_a_refused_refit_leaves_the_fitted_detector_as_it_was(cancer, fashion_sa
         assert np.array_equal(det.anomaly_score(images[60:70]), scores)
 
 
+def test_an_interrupted_fit_leaves_a_random_state_given_to_it_where_it_was(cancer, monkeypatch):
+    """So that the fit started again draws the seed the first one drew, and ends as it would have."""
+    import anomaly_vae.detector as detector
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in training: after the seed was drawn
+
+    rs = np.random.RandomState(7)
+    with monkeypatch.context() as m:
+        m.setattr(detector, "train", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=rs).fit(cancer[0])
+    assert VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=rs).fit(cancer[0]).fit_info_["seed"] == \
+        VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=np.random.RandomState(7)).fit(cancer[0]).fit_info_["seed"]
+
+
 def test_a_pair_on_images_is_refused(fashion_sample):
     with pytest.raises(ValueError, match="pair=True applies to tables"):
         VAEAnomalyDetector(pair=True, epochs=1, alpha=0.2).fit(fashion_sample[0][:60])

@@ -115,6 +115,21 @@ def test_a_string_setting_must_be_a_string_not_an_array_equal_to_one(name, value
         VAEAnomalyDetector(**{name: np.array(value)}).fit(np.random.RandomState(0).normal(size=(50, 3)))
 
 
+def test_a_fit_without_a_seed_resumes_with_its_checkpoints_seed(cancer, tmp_path):
+    """A seed drawn anew split the rows otherwise: every resume was refused as "other data"."""
+    X, ckpt = cancer[0], tmp_path / "ckpt"
+    first = VAEAnomalyDetector(epochs=2, patience=100, alpha=0.1, checkpoint_dir=str(ckpt)).fit(X)
+    seed = first.fit_info_["seed"]
+    resumed = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, checkpoint_dir=str(ckpt)).fit(X)
+    assert resumed.fit_info_["seed"] == seed
+    full = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, random_state=seed).fit(X)
+    assert resumed.history_ == full.history_
+    assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
+    other = (seed + 1) % (2**31 - 1)
+    with pytest.raises(ValueError, match=f"another seed \\({seed}; this run's is {other}\\): give random_state={seed}"):
+        VAEAnomalyDetector(epochs=6, patience=100, alpha=0.1, random_state=other, checkpoint_dir=str(ckpt)).fit(X)
+
+
 def test_a_cosine_checkpoint_is_refused_for_another_number_of_epochs(cancer, tmp_path):
     X = cancer[0]
     settings = dict(patience=100, random_state=0, alpha=0.1, lr_schedule="cosine")

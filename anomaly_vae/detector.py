@@ -665,14 +665,16 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return (pre.channels, pre.height, pre.width) if self.input_kind_ == "image" else (pre.n_features_out,)
 
     def check_prepared(self, x: Any) -> np.ndarray:
-        """``x`` as an array, if it is a prepared input (float32, (n_samples, *prepared_shape));
-        else an ``InputError`` (reason ``shape``) saying what was expected. Scoring backends other
-        than ``score_prepared`` (the ONNX one) check with it too."""
+        """``x`` as an array, if it is a prepared input (float32, (n_samples, *prepared_shape), with
+        values ``preprocess`` can give); else an ``InputError`` saying what was expected (reason
+        ``shape``) or naming the first bad sample and column. Scoring backends other than
+        ``score_prepared`` (the ONNX one) check with it too."""
         x = np.asarray(x)
         expected = self.prepared_shape
         if x.dtype != np.float32 or x.shape[1:] != expected:
             raise InputError(f"a prepared input is float32 (n_samples, {', '.join(map(str, expected))}), got "
                              f"{x.dtype} {x.shape}: make it with preprocess()", reason="shape")
+        self.preprocessor_.check_transformed(x)
         return x
 
     def score_samples(self, X: Any) -> np.ndarray:

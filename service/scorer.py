@@ -108,7 +108,11 @@ class Scorer:
         return scorer
 
     def _warm_up(self) -> None:
-        self._score_fn(np.zeros((1, *self.det.prepared_shape), dtype=np.float32))
+        x = np.zeros((1, *self.det.prepared_shape), dtype=np.float32)  # the means, and nothing missing
+        if self.det.input_kind_ == "table":
+            for start, _ in self.det.preprocessor_.categorical_groups():
+                x[0, start] = 1.0  # one category each: a row preprocess() can give, as score_prepared checks
+        self._score_fn(x)
 
     @property
     def input_kind(self) -> str:

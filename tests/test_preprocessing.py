@@ -118,6 +118,38 @@ def test_string_columns_one_hot_and_unseen_category_is_scored(cardio):
     assert fs.loc[probe.index[1], "shift"] > fs.loc[probe.index[0], "shift"]  # unseen costs more
 
 
+def test_a_prepared_input_preprocess_cannot_have_made_is_refused_by_sample_and_column(cardio, fashion_sample):
+    """score_prepared (and the ONNX scorer) took any float32 array of the right shape: NaN scored as
+    the 1e30-nat cap, two categories at once as a finite, meaningless number."""
+    df = cardio.drop(columns="label").iloc[:300].copy()
+    df["shift"] = np.random.default_rng(0).choice(["day", "night"], size=len(df))
+    df.iloc[5, 2] = np.nan  # f02 gets a missing indicator (prepared feature 3)
+    det = VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(df)
+    x = det.preprocess(df.iloc[:4])
+    assert np.array_equal(det.score_prepared(x), det.anomaly_score(df.iloc[:4]))
+    shift = det.preprocessor_.categorical_groups()[0][0]
+    cases = [((1, 0), np.nan, "not_finite", "sample 1, column 'f00' \\(prepared feature 0\\): nan is not finite"),
+             ((2, 1), -np.inf, "not_finite", "sample 2, column 'f01' .*-inf is not finite"),
+             ((0, 4), 3e6, "invalid_value", "sample 0, column 'f03' .*beyond 1e\\+06"),
+             ((3, 3), 0.5, "invalid_value", "sample 3, column 'f02' .*missing indicator is 0 or 1, got 0.5"),
+             ((1, shift + 2), 1.0, "invalid_value", "sample 1, column 'shift' .*one-hot group is one 1 and zeros"),
+             ((2, slice(shift, shift + 3)), 0.0, "invalid_value", "sample 2, column 'shift' .*got \\[0.0, 0.0, 0.0\\]")]
+    for (i, j), value, reason, match in cases:
+        bad = x.copy()
+        bad[i, j] = value
+        with pytest.raises(InputError, match=match) as err:
+            det.score_prepared(bad)
+        assert err.value.reason == reason
+    images, labels = fashion_sample
+    img = VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(images[labels == 1][:60])
+    p = img.preprocess(images[:3])
+    for value, match in ((np.nan, "image 2: prepared pixel 30 is nan"), (1.5, "image 2: prepared pixel 30 is 1.5; prepared pixels are in \\[0, 1\\]")):
+        bad = p.copy()
+        bad[2, 0, 1, 2] = value
+        with pytest.raises(InputError, match=match):
+            img.score_prepared(bad)
+
+
 def test_images_any_layout_and_channels_are_converted(fashion_sample):
     images, labels = fashion_sample
     X = images[labels == 1]  # trousers

@@ -106,6 +106,18 @@ class ImagePreprocessor:
                 x = np.repeat(x, 3, axis=1)
         return np.ascontiguousarray(x), errors
 
+    def check_transformed(self, x: np.ndarray) -> None:
+        """An ``InputError`` naming the first image of ``x`` (N, C, H, W) with a pixel that
+        ``transform`` cannot have made (not finite, or outside [0, 1])."""
+        flat = x.reshape(x.shape[0], -1)
+        bad = ~((flat >= 0) & (flat <= 1))  # NaN too
+        if bad.any():
+            i, p = np.argwhere(bad)[0]
+            finite = bool(np.isfinite(flat[i, p]))
+            raise InputError(f"image {i}: prepared pixel {p} is {flat[i, p]}; prepared pixels are "
+                             f"{'in [0, 1]' if finite else 'finite, in [0, 1]'}",
+                             reason="invalid_value" if finite else "not_finite")
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "image", "channels": self.channels, "height": self.height, "width": self.width}
 

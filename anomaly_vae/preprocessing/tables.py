@@ -329,6 +329,40 @@ class TablePreprocessor:
         return groups
 
     # -- JSON ---------------------------------------------------------------------------------
+    def check_transformed(self, x: np.ndarray) -> None:
+        """An ``InputError`` naming the first sample and column of ``x`` (n_samples, n_features_out)
+        that ``transform`` cannot have made: a value that is not finite, a scaled number beyond
+        ``Z_MAX``, a missing indicator that is not 0 or 1, a one-hot group that is not one 1 and zeros
+        (an ``<other>`` category is its own slot). Such a value gave a score, not an error: NaN became
+        the 1e30-nat cap, two categories at once a finite but meaningless number."""
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputError(f"sample {i}, column {self._feature_column(j)!r} (prepared feature {j}): {x[i, j]} is not "
+                             "finite", reason="not_finite")
+        pos, _, _, _, ind, _ = self._numeric_layout()
+        flags, groups = pos[ind] + 1, self.categorical_groups()
+        far = np.abs(x[:, pos]) > Z_MAX
+        not_flag = (x[:, flags] != 0) & (x[:, flags] != 1)
+        not_one_hot = np.zeros((x.shape[0], len(groups)), dtype=bool)
+        for k, (start, width) in enumerate(groups):
+            g = x[:, start : start + width]
+            not_one_hot[:, k] = ~(((g == 0) | (g == 1)).all(axis=1) & (g.sum(axis=1) == 1))
+        rows = np.flatnonzero(far.any(axis=1) | not_flag.any(axis=1) | not_one_hot.any(axis=1))
+        if rows.size:
+            i = int(rows[0])
+            found = [(int(j), f"beyond {Z_MAX:g} (preprocess caps a scaled number there), got {x[i, j]}")
+                     for j in pos[far[i]]]
+            found += [(int(j), f"a missing indicator is 0 or 1, got {x[i, j]}") for j in flags[not_flag[i]]]
+            found += [(st, f"a one-hot group is one 1 and zeros, got {x[i, st : st + w].tolist()}")
+                      for (st, w), bad in zip(groups, not_one_hot[i]) if bad]
+            j, rule = min(found)
+            raise InputError(f"sample {i}, column {self._feature_column(j)!r} (prepared feature {j}): {rule}",
+                             reason="invalid_value")
+
+    def _feature_column(self, j: int) -> str:
+        return next(name for name, sl in self.feature_groups() if sl.start <= j < sl.stop)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "table", "max_categories": self.max_categories, "columns": self.columns}
 

@@ -16,7 +16,16 @@ A rule is a saved detector's name (``default``, ``IsolationForest``, ``KNN (k=5)
   interquartile range (unitless: for comparison only, not a candidate for a score in nats).
 
 Writes the table ``quality.py`` writes (AUROC per dataset, its mean, the tables below
-IsolationForest by more than 0.02, and the fit seconds of the members added up).
+IsolationForest by more than 0.02, and the fit seconds of the members added up). ``--more F``
+adds the saved scores of other splits (``quality.py --seeds 3,4,5 --save-scores F``).
+
+``--against REF`` adds a paired table: for each other rule and dataset, the mean AUROC difference
+to ``REF`` over the splits, the worst split's, and the paired t statistic, with the datasets where
+a rule is worse or better than ``REF`` beyond the splits' noise (two-sided, 5 %). It is what "wins
+on every dataset" can be checked with: a difference of 0.004 on one dataset is a loss only when
+the splits agree on it.
+
+    python benchmarks/combine.py S default pair_mf1e-2_h256 --more S345 --against default
 """
 
 from __future__ import annotations
@@ -72,15 +81,56 @@ def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.nda
     return per.max(axis=0), fit
 
 
+def paired(results: dict[str, dict[str, list[tuple[float, float]]]], ref: str, names: list[str]) -> str:
+    """The ``--against`` table: per dataset and rule, mean and worst AUROC difference to ``ref``
+    over the splits, and the paired t statistic; then the datasets each rule loses or wins beyond noise."""
+    from scipy import stats
+
+    others = [n for n in names if n != ref]
+    lines = [f"## Paired differences against `{ref}`", "",
+             "AUROC of the rule minus AUROC of `" + ref + "` on the same split: mean over the splits (worst split; "
+             "paired t). Worse / better: |t| above the two-sided 5 % point of Student's t with n - 1 degrees "
+             "of freedom.", "",
+             "| dataset | n | " + " | ".join(others) + " |", "|---|---:|" + "---:|" * len(others)]
+    worse: dict[str, list[str]] = {n: [] for n in others}
+    better: dict[str, list[str]] = {n: [] for n in others}
+    for dataset, by_rule in results.items():
+        base = np.array([a for a, _ in by_rule[ref]])
+        cells = []
+        for n in others:
+            d = np.array([a for a, _ in by_rule[n]]) - base
+            sd = d.std(ddof=1) if len(d) > 1 else 0.0
+            t = d.mean() / (sd / np.sqrt(len(d))) if sd > 0 else (0.0 if d.mean() == 0 else np.sign(d.mean()) * np.inf)
+            crit = stats.t.ppf(0.975, len(d) - 1) if len(d) > 1 else np.inf
+            if t < -crit:
+                worse[n].append(dataset)
+            elif t > crit:
+                better[n].append(dataset)
+            cells.append(f"{d.mean():+.4f} ({d.min():+.4f}; {t:+.1f})")
+        lines.append(f"| {dataset} | {len(base)} | " + " | ".join(cells) + " |")
+    lines.append("| **worse beyond noise** | | " + " | ".join(f"{len(worse[n])}: {', '.join(worse[n]) or '-'}"
+                                                          for n in others) + " |")
+    lines.append("| **better beyond noise** | | " + " | ".join(str(len(better[n])) for n in others) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="what quality.py --save-scores wrote")
     ap.add_argument("rules", nargs="+", help="names or op(a,b,...) with op in " + ", ".join(OPS))
     ap.add_argument("--baselines", default="IsolationForest,KNN (k=5)", help="saved baselines to add as columns")
     ap.add_argument("--out", help="write the Markdown table here too")
+    ap.add_argument("--more", action="append", default=[], metavar="FOLDER",
+                    help="saved scores of other splits to add (repeatable)")
+    ap.add_argument("--against", metavar="RULE", help="add the paired table against this rule (one of the rules)")
     args = ap.parse_args()
     data = load(args.folder)
-    names = list(args.rules) + [b for b in args.baselines.split(",") if b]
+    for folder in args.more:
+        for split, saved in load(folder).items():
+            data[split] = {**data.get(split, {}), **saved}
+    names = list(dict.fromkeys(list(args.rules) + [b for b in args.baselines.split(",") if b]))
+    if args.against is not None and args.against not in names:
+        raise SystemExit(f"--against {args.against!r} is not one of the rules {names}")
     results: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for (dataset, key), saved in sorted(data.items()):
         y = next(iter(saved.values()))["y"]
@@ -91,12 +141,18 @@ def main() -> None:
             continue
         for n, scores, fit in row:
             results.setdefault(dataset, {}).setdefault(n, []).append((float(roc_auc_score(y, scores)), fit))
+    if not results:
+        raise SystemExit(f"no split holds the saved scores of every rule and baseline ({names}): "
+                         "see --baselines")
     seeds = sorted({k for _, k in data})
-    text = quality.render(f"Combinations (saved scores of {args.folder}, splits {','.join(map(str, seeds))})",
+    folders = ", ".join([args.folder, *args.more])
+    text = quality.render(f"Combinations (saved scores of {folders}, splits {','.join(map(str, seeds))})",
                           "AUROC of each rule on the same splits (mean over the splits); fit seconds are the "
                           "members' added up.", results, names)
     # scores saved without their fit seconds (before quality.py saved them): leave those rows out
     text = "\n".join(line for line in text.split("\n") if not (line.startswith("| fit s") and "nan" in line))
+    if args.against is not None:
+        text += "\n" + paired(results, args.against, names)
     if args.out:
         Path(args.out).write_text(text)
     print(text)

@@ -76,3 +76,43 @@ def test_the_background_models_images_are_perturbed_at_the_rate_asked():
     for bad, match in ((images / 255.0, "uint8"), (images, 1.5), (images, -0.1), (images, float("nan"))):
         with pytest.raises(ValueError, match=match if isinstance(match, str) else "probability"):
             ablations.perturbed_images(bad, 0.2 if isinstance(match, str) else match, seed=0)
+
+
+def test_the_paired_table_counts_a_loss_only_when_the_splits_agree():
+    """``--against``: a rule 0.01 below the reference on every split is worse beyond noise; one
+    that loses 0.03 on one split and wins on the others is not."""
+    import combine
+
+    def splits(*aurocs):
+        return [(a, 1.0) for a in aurocs]
+
+    results = {"steady": {"ref": splits(0.90, 0.92, 0.91, 0.93), "lower": splits(0.89, 0.91, 0.90, 0.92),
+                          "noisy": splits(0.87, 0.93, 0.92, 0.94)},
+               "other": {"ref": splits(0.80, 0.81, 0.82, 0.83), "lower": splits(0.85, 0.86, 0.88, 0.87),
+                         "noisy": splits(0.80, 0.81, 0.82, 0.83)}}
+    text = combine.paired(results, "ref", ["ref", "lower", "noisy"])
+    steady = next(line for line in text.splitlines() if line.startswith("| steady |"))
+    assert "-0.0100 (-0.0100;" in steady and "0.0000 (-0.0300;" in steady
+    assert "| **worse beyond noise** | | 1: steady | 0: - |" in text
+    assert "| **better beyond noise** | | 1 | 0 |" in text
+
+
+def test_more_splits_and_against_on_the_command_line(saved, tmp_path):
+    import quality
+
+    folder, a, b = saved
+    more = tmp_path / "more"
+    rng = np.random.RandomState(1)
+    y = np.r_[np.zeros(40, int), np.ones(10, int)]
+    for key in (2, 3):
+        quality._save(str(more), "tab", key, "a", {"scores": 5.0 * y + rng.uniform(size=50), "y": y})
+        quality._save(str(more), "tab", key, "KNN (k=5)", {"scores": rng.normal(size=50), "y": y})
+    r = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "--more", str(more),
+                        "--baselines", "KNN (k=5)", "--against", "a"], check=True, capture_output=True, text=True)
+    assert "splits 0,1,2,3" in r.stdout and "## Paired differences against `a`" in r.stdout
+    assert "| tab | 4 |" in r.stdout and "1: tab" in r.stdout  # KNN below a perfect member on every split
+    bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "--against", "b"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--against 'b' is not one of the rules" in bad.stderr
+    bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no split holds the saved scores of every rule" in bad.stderr  # no IsolationForest

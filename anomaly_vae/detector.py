@@ -36,7 +36,7 @@ from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_im
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
-from .training import TrainConfig, checkpoint_seed, train
+from .training import TrainConfig, checkpoint_run, train
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     verbose : 0 silent, 1 progress bar, 2 also logs every epoch.
     checkpoint_dir : write the training state there after every epoch, and go on from a checkpoint
         found there (the same weights as a run never interrupted); see ``training.train``. With
-        ``random_state=None`` a fit that finds a checkpoint takes its run's seed.
+        ``random_state=None`` a fit that finds the checkpoint of an unfinished run takes its seed
+        (a finished run's is refused: the fit would only give that run's model again).
 
     Attributes
     ----------
@@ -423,8 +424,17 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                              f"got {n} sample{'s' if n != 1 else ''}")
         n_cal = self._calibration_rows(n)
         seed = self._seed()
-        if self.random_state is None and (resumed := checkpoint_seed(self.checkpoint_dir)) is not None:
-            seed = resumed  # a seed drawn anew would split the rows otherwise: the checkpoint's run goes on
+        run = checkpoint_run(self.checkpoint_dir) if self.random_state is None else None
+        if run is not None and run["seed"] is not None:
+            if run["stopped"] or run["epoch"] >= int(self.epochs):
+                # nothing left to train: taking its seed would give that run's model again, silently,
+                # to a caller who asked for a random one (an ensemble of seeds, restarts)
+                raise ValueError(f"the checkpoint in {self.checkpoint_dir} is of a finished run (seed {run['seed']}, "
+                                 f"{run['epoch']} epochs{', early-stopped' if run['stopped'] else ''}): a fit with "
+                                 f"random_state=None would not start a new one; remove it or give another "
+                                 f"checkpoint_dir for a new run, random_state={run['seed']} for that run's model, or "
+                                 "more epochs to train it on")
+            seed = run["seed"]  # a seed drawn anew would split the rows otherwise: the unfinished run goes on
         rng = np.random.RandomState(seed)
         perm = rng.permutation(n)
         n_val = int(round(float(self.validation_size) * (n - n_cal)))
@@ -654,6 +664,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         score = self._score_name(score)
         x = self.check_prepared(x)
+        if x.shape[0] == 0:  # as anomaly_score_rows and the ONNX scorer: no rows, no scores
+            return np.zeros(0)
         return self._scores(self._tensor(np.ascontiguousarray(x)), score)
 
     @property

@@ -102,7 +102,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     finds a checkpoint there goes on from it: interrupted after epoch 3 and started again, it ends
     with exactly the weights of a run that was never interrupted. A checkpoint written with other
     settings or data is refused (only ``epochs`` may change, to train longer, and not with a cosine
-    schedule, which spans the epochs). ``seed``, the run's seed, is written with it (``checkpoint_seed``
+    schedule, which spans the epochs). ``seed``, the run's seed, is written with it (``checkpoint_run``
     reads it back, so that a fit whose seed was drawn at random can resume) and must match.
 
     With ``lr_schedule="cosine"`` the step decays over ``epochs``: set them to the length you mean to
@@ -285,27 +285,40 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
             write(str(tmp))
 
 
-def checkpoint_seed(path: str | os.PathLike[str] | None) -> int | None:
-    """The seed of the run whose checkpoint is in ``path``; None when there is none, it was written
-    before seeds were kept, or it cannot be read (resuming then says what is wrong with it)."""
-    if path is None:
+def _valid_seed(seed: Any) -> int | None:
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1 else None
+
+
+def checkpoint_run(path: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """What the checkpoint in ``path`` says of its run: ``seed`` (None if written before seeds were
+    kept), ``epoch`` (epochs done) and ``stopped`` (early stopping ended it). None when there is no
+    checkpoint or it cannot be read (resuming then says what is wrong with it)."""
+    if path is None or not (Path(path) / CHECKPOINT_JSON).is_file():  # not a FIFO or a device to read forever
         return None
     try:
-        seed = json.loads((Path(path) / CHECKPOINT_JSON).read_text()).get("seed")
-    except (OSError, ValueError, AttributeError):
+        meta = json.loads((Path(path) / CHECKPOINT_JSON).read_text())
+        return {"seed": _valid_seed(meta.get("seed")), "epoch": int(meta["epoch"]), "stopped": bool(meta["stopped"])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1 else None
 
 
 def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
                      expected: dict[str, Any], seed: int | None = None
                      ) -> tuple[int, list[dict[str, float]], float, dict[str, torch.Tensor] | None, int, bool]:
-    meta = json.loads((path / CHECKPOINT_JSON).read_text())
-    if seed is not None and meta.get("seed") is not None and meta["seed"] != seed:
+    try:
+        meta = json.loads((path / CHECKPOINT_JSON).read_text())
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path / CHECKPOINT_JSON} is not a checkpoint ({type(err).__name__}): remove it, or give "
+                         "another checkpoint_dir") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), dict):
+        raise ValueError(f"{path / CHECKPOINT_JSON} is not a checkpoint (no fingerprint): remove it, or give another "
+                         "checkpoint_dir")
+    theirs = _valid_seed(meta.get("seed"))
+    if seed is not None and theirs is not None and theirs != seed:
         # before the data: another seed splits the rows otherwise, so the data would differ too
-        raise ValueError(f"the checkpoint in {path} was written by a run with another seed ({meta['seed']}; this "
-                         f"run's is {seed}): give random_state={meta['seed']} (or None) to go on with it, or "
-                         "remove it, or give another checkpoint_dir")
+        raise ValueError(f"the checkpoint in {path} was written by a run with seed {theirs}, and this run's seed is "
+                         f"{seed}: fit with that seed (random_state={theirs}; the command line's --seed {theirs}) to "
+                         "go on with it, or remove it, or give another checkpoint_dir")
     if meta["fingerprint"] != expected:
         differ = [k for k in expected if meta["fingerprint"].get(k) != expected[k]]
         old, new = meta["fingerprint"].get("settings", {}), expected["settings"]

@@ -81,6 +81,20 @@ def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.nda
     return per.max(axis=0), fit
 
 
+def merge(have: dict[str, dict[str, np.ndarray]], more: dict[str, dict[str, np.ndarray]], split: tuple[str, int],
+          folder: str) -> dict[str, dict[str, np.ndarray]]:
+    """One split's saved scores from two folders: only the same split (the same labels) and no name twice."""
+    if have:
+        y = next(iter(have.values()))["y"]
+        if any(not np.array_equal(a["y"], y) for a in more.values()):
+            raise SystemExit(f"{split[0]} split {split[1]} in {folder} has other labels than the one already read: "
+                             "not the same split (another --test-size or version of the data?)")
+        twice = sorted(set(have) & set(more))
+        if twice:
+            raise SystemExit(f"{split[0]} split {split[1]}: {twice} saved in {folder} and before; keep one")
+    return {**have, **more}
+
+
 def paired(results: dict[str, dict[str, list[tuple[float, float]]]], ref: str, names: list[str]) -> str:
     """The ``--against`` table: per dataset and rule, mean and worst AUROC difference to ``ref``
     over the splits, and the paired t statistic; then the datasets each rule loses or wins beyond noise."""
@@ -127,7 +141,7 @@ def main() -> None:
     data = load(args.folder)
     for folder in args.more:
         for split, saved in load(folder).items():
-            data[split] = {**data.get(split, {}), **saved}
+            data[split] = merge(data.get(split, {}), saved, split, folder)
     names = list(dict.fromkeys(list(args.rules) + [b for b in args.baselines.split(",") if b]))
     if args.against is not None and args.against not in names:
         raise SystemExit(f"--against {args.against!r} is not one of the rules {names}")

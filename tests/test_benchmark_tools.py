@@ -116,3 +116,13 @@ def test_more_splits_and_against_on_the_command_line(saved, tmp_path):
     assert bad.returncode != 0 and "--against 'b' is not one of the rules" in bad.stderr
     bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a"], capture_output=True, text=True)
     assert bad.returncode != 0 and "no split holds the saved scores of every rule" in bad.stderr  # no IsolationForest
+    clash = tmp_path / "clash"  # split 0 again, with other labels: refused, not mixed
+    quality._save(str(clash), "tab", 0, "b", {"scores": a, "y": y[::-1].copy()})
+    bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "--more", str(clash),
+                          "--baselines", ""], capture_output=True, text=True)
+    assert bad.returncode != 0 and "tab split 0 in" in bad.stderr and "has other labels" in bad.stderr
+    twice = tmp_path / "twice"
+    quality._save(str(twice), "tab", 0, "a", {"scores": a, "y": np.load(folder / "tab__0__a.npz")["y"]})
+    bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "--more", str(twice),
+                          "--baselines", ""], capture_output=True, text=True)
+    assert bad.returncode != 0 and "['a'] saved in" in bad.stderr

@@ -143,11 +143,26 @@ def test_a_prepared_input_preprocess_cannot_have_made_is_refused_by_sample_and_c
     images, labels = fashion_sample
     img = VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(images[labels == 1][:60])
     p = img.preprocess(images[:3])
-    for value, match in ((np.nan, "image 2: prepared pixel 30 is nan"), (1.5, "image 2: prepared pixel 30 is 1.5; prepared pixels are in \\[0, 1\\]")):
+    for value, match in ((np.nan, "image 2: the prepared pixel at channel 0, row 1, column 2 is nan"),
+                         (1.5, "image 2: the prepared pixel at channel 0, row 1, column 2 is 1.5; prepared pixels are in")):
         bad = p.copy()
         bad[2, 0, 1, 2] = value
         with pytest.raises(InputError, match=match):
             img.score_prepared(bad)
+    # no rows: no scores (a numpy reshape error for images, a torch one for tables before)
+    assert img.score_prepared(p[:0]).shape == (0,) and det.score_prepared(x[:0]).shape == (0,)
+
+
+def test_a_long_one_hot_group_is_summed_up_in_the_message(cardio):
+    df = cardio.drop(columns="label").iloc[:400].copy()
+    df["host"] = [f"h{i % 40}" for i in range(len(df))]
+    det = VAEAnomalyDetector(epochs=1, random_state=0, alpha=0.2).fit(df)
+    x = det.preprocess(df.iloc[:2])
+    start, width = det.preprocessor_.categorical_groups()[0]
+    x[1, start : start + width] = 1.0
+    with pytest.raises(InputError, match=f"column 'host' .*got {width} non-zero value\\(s\\) of {width} "
+                                         "\\(at \\[0, 1, 2, 3, 4, ...\\]\\)"):
+        det.score_prepared(x)
 
 
 def test_images_any_layout_and_channels_are_converted(fashion_sample):

@@ -1,6 +1,8 @@
 """The fit loop (``anomaly_vae.training``) through the estimator: history, early stopping,
 divergence, objectives, progress output and checkpoints that resume exactly."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -116,18 +118,39 @@ def test_a_string_setting_must_be_a_string_not_an_array_equal_to_one(name, value
 
 
 def test_a_fit_without_a_seed_resumes_with_its_checkpoints_seed(cancer, tmp_path):
-    """A seed drawn anew split the rows otherwise: every resume was refused as "other data"."""
+    """A seed drawn anew split the rows otherwise: every resume was refused as "other data". A
+    finished run's checkpoint is refused instead (taking its seed would give its model again)."""
     X, ckpt = cancer[0], tmp_path / "ckpt"
-    first = VAEAnomalyDetector(epochs=2, patience=100, alpha=0.1, checkpoint_dir=str(ckpt)).fit(X)
+    settings = dict(patience=100, alpha=0.1, checkpoint_dir=str(ckpt))
+    first = VAEAnomalyDetector(epochs=2, **settings).fit(X)
     seed = first.fit_info_["seed"]
-    resumed = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, checkpoint_dir=str(ckpt)).fit(X)
+    resumed = VAEAnomalyDetector(epochs=4, **settings).fit(X)  # "interrupted" after 2 of 4 epochs
     assert resumed.fit_info_["seed"] == seed
     full = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, random_state=seed).fit(X)
     assert resumed.history_ == full.history_
     assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
+    with pytest.raises(ValueError, match=f"is of a finished run \\(seed {seed}, 4 epochs\\): a fit with random_state=None "
+                                         "would not start a new one"):
+        VAEAnomalyDetector(epochs=4, **settings).fit(X)
     other = (seed + 1) % (2**31 - 1)
-    with pytest.raises(ValueError, match=f"another seed \\({seed}; this run's is {other}\\): give random_state={seed}"):
-        VAEAnomalyDetector(epochs=6, patience=100, alpha=0.1, random_state=other, checkpoint_dir=str(ckpt)).fit(X)
+    with pytest.raises(ValueError, match=f"written by a run with seed {seed}, and this run's seed is {other}: fit with "
+                                         f"that seed \\(random_state={seed}; the command line's --seed {seed}\\)"):
+        VAEAnomalyDetector(epochs=6, random_state=other, **settings).fit(X)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_checkpoint_that_is_not_a_file_or_not_json_is_no_hang_and_no_traceback(cancer, tmp_path):
+    X = cancer[0]
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "checkpoint.json")  # reading it would wait for a writer forever
+    assert VAEAnomalyDetector(epochs=1, alpha=0.1, checkpoint_dir=str(fifo)).fit(X).fit_info_["epochs_run"] == 1
+    for text in ("[" * 100000, "not json", '{"seed": "abc"}', "[1, 2]"):
+        bad = tmp_path / f"bad{len(text)}"
+        bad.mkdir()
+        (bad / "checkpoint.json").write_text(text)
+        with pytest.raises(ValueError, match="checkpoint.json is not a checkpoint"):
+            VAEAnomalyDetector(epochs=1, alpha=0.1, checkpoint_dir=str(bad)).fit(X)
 
 
 def test_a_cosine_checkpoint_is_refused_for_another_number_of_epochs(cancer, tmp_path):

@@ -109,13 +109,13 @@ class ImagePreprocessor:
     def check_transformed(self, x: np.ndarray) -> None:
         """An ``InputError`` naming the first image of ``x`` (N, C, H, W) with a pixel that
         ``transform`` cannot have made (not finite, or outside [0, 1])."""
-        flat = x.reshape(x.shape[0], -1)
-        bad = ~((flat >= 0) & (flat <= 1))  # NaN too
+        bad = ~((x >= 0) & (x <= 1))  # NaN too
         if bad.any():
-            i, p = np.argwhere(bad)[0]
-            finite = bool(np.isfinite(flat[i, p]))
-            raise InputError(f"image {i}: prepared pixel {p} is {flat[i, p]}; prepared pixels are "
-                             f"{'in [0, 1]' if finite else 'finite, in [0, 1]'}",
+            i, c, r, col = (int(v) for v in np.argwhere(bad)[0])
+            v = x[i, c, r, col]
+            finite = bool(np.isfinite(v))
+            raise InputError(f"image {i}: the prepared pixel at channel {c}, row {r}, column {col} is {v}; prepared "
+                             f"pixels are {'in [0, 1]' if finite else 'finite, in [0, 1]'}",
                              reason="invalid_value" if finite else "not_finite")
 
     def to_dict(self) -> dict[str, Any]:

@@ -345,16 +345,18 @@ class TablePreprocessor:
         far = np.abs(x[:, pos]) > Z_MAX
         not_flag = (x[:, flags] != 0) & (x[:, flags] != 1)
         not_one_hot = np.zeros((x.shape[0], len(groups)), dtype=bool)
-        for k, (start, width) in enumerate(groups):
-            g = x[:, start : start + width]
-            not_one_hot[:, k] = ~(((g == 0) | (g == 1)).all(axis=1) & (g.sum(axis=1) == 1))
+        if groups and x.shape[0]:  # every group at once (a model may have a thousand categorical columns)
+            hot = np.concatenate([np.arange(st, st + w) for st, w in groups])
+            g, offsets = x[:, hot], np.cumsum([0] + [w for _, w in groups[:-1]])
+            off01 = np.add.reduceat(((g != 0) & (g != 1)).astype(np.int64), offsets, axis=1)
+            not_one_hot = (off01 > 0) | (np.add.reduceat(g, offsets, axis=1, dtype=np.float64) != 1)
         rows = np.flatnonzero(far.any(axis=1) | not_flag.any(axis=1) | not_one_hot.any(axis=1))
         if rows.size:
             i = int(rows[0])
             found = [(int(j), f"beyond {Z_MAX:g} (preprocess caps a scaled number there), got {x[i, j]}")
                      for j in pos[far[i]]]
             found += [(int(j), f"a missing indicator is 0 or 1, got {x[i, j]}") for j in flags[not_flag[i]]]
-            found += [(st, f"a one-hot group is one 1 and zeros, got {x[i, st : st + w].tolist()}")
+            found += [(st, f"a one-hot group is one 1 and zeros, got {_values(x[i, st : st + w])}")
                       for (st, w), bad in zip(groups, not_one_hot[i]) if bad]
             j, rule = min(found)
             raise InputError(f"sample {i}, column {self._feature_column(j)!r} (prepared feature {j}): {rule}",
@@ -372,3 +374,12 @@ class TablePreprocessor:
         self.columns = [dict(c) for c in d["columns"]]
         self.n_features_out = sum(self._width(c) for c in self.columns)
         return self
+
+
+def _values(g: np.ndarray) -> str:
+    """A one-hot group's values for a message: all of a short group, a count of a long one's."""
+    if len(g) <= 10:
+        return str(g.tolist())
+    nonzero = np.flatnonzero(g)
+    at = ", ".join(map(str, nonzero[:5].tolist())) + (", ..." if len(nonzero) > 5 else "")
+    return f"{len(nonzero)} non-zero value(s) of {len(g)} (at [{at}])"

@@ -39,7 +39,7 @@ __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", 
            "Tagged", "Anything"]
 
 FORMAT_NAME = "anomaly-vae model"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # format 2: a table model's categorical columns have a categorical likelihood,
 # declared in architecture.categorical; format 1 cards (no such field) load and score as before.
 # format 3: architecture.marginal_floor (a dense model's features mixed with their marginal N(0, 1));
@@ -48,6 +48,8 @@ FORMAT_VERSION = 4
 # format 4: architecture.pair (a second network whose prior is the aggregate posterior of
 # architecture.pair.aggregate_prior training rows; the score is the sum of the two networks'),
 # written only by a model that has one (VAEAnomalyDetector(pair=True))
+# format 5: params.pair_hidden_sizes, a pair whose second network has hidden layers of its own
+# (architecture.pair.hidden, trained in a run of its own), written only by such a model
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
 
@@ -79,6 +81,10 @@ def describe(v: Any) -> str:
     if isinstance(v, dict):
         return "an object"
     if isinstance(v, list):
+        if len(v) <= 8 and all(isinstance(x, (int, float, bool, str, type(None))) for x in v):
+            text = json.dumps(v, ensure_ascii=True)  # a short list of numbers, such as a network's layers
+            if len(text) <= 60:
+                return text
         return f"a list of {len(v)} item{'s' if len(v) != 1 else ''}"
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**30:
         return "an integer of %d digits" % len(str(abs(v)))
@@ -315,6 +321,7 @@ PARAMS = Params({
     "min_scale": Opt(SCALE),
     "marginal_floor": Num(0, 1, hi_open=True),
     "pair": Bool(),
+    "pair_hidden_sizes": Opt(ListOf(Int(1, MAX_WIDTH, whole_floats=True), 1, MAX_LAYERS)),
     "alpha": FRACTION,
     "contamination": Opt(Num(0, 0.5, lo_open=True)),
     "calibration_size": FRACTION,
@@ -519,11 +526,20 @@ def _check_consistency(card: dict[str, Any]) -> None:
         k, m = card["score"]["n_score_samples"], pair["aggregate_prior"]
         expect(k * m <= MAX_PRIOR_WORK, "architecture.pair.aggregate_prior", f"at most {MAX_PRIOR_WORK // k} codes "
                f"with score.n_score_samples {k} (their product at most {MAX_PRIOR_WORK})", m)
-        mine = {k: v for k, v in arch.items() if k != "pair"}
-        theirs = {k: v for k, v in pair.items() if k != "aggregate_prior"}
+        own = card["params"].get("pair_hidden_sizes")
+        mine = {k: v for k, v in arch.items() if k != "pair" and (own is None or k != "hidden")}
+        theirs = {k: v for k, v in pair.items() if k != "aggregate_prior" and (own is None or k != "hidden")}
         for k in sorted({*mine, *theirs}):
             expect(theirs.get(k) == mine.get(k), f"architecture.pair.{k}", f"{describe(mine.get(k))} like "
-                   f"architecture.{k} (a pair is one architecture twice)", theirs.get(k))
+                   f"architecture.{k} (a pair is one architecture twice, but for params.pair_hidden_sizes)",
+                   theirs.get(k))
+        if own is not None:
+            expect(card["format_version"] >= 5, "format_version", "5 or more for params.pair_hidden_sizes",
+                   card["format_version"])
+            expect(pair["hidden"] == own, "architecture.pair.hidden", f"{describe(own)} like params.pair_hidden_sizes",
+                   pair["hidden"])
+    elif card["params"].get("pair_hidden_sizes") is not None:
+        expect(False, "params.pair_hidden_sizes", "absent without architecture.pair", card["params"]["pair_hidden_sizes"])
     if pre["kind"] == "table" and card["format_version"] >= 2:  # format 1: one-hot features were Gaussian
         expect(arch.get("categorical", []) == groups, "architecture.categorical",
                f"{json.dumps(groups)}, the one-hot groups of input.preprocessing", arch.get("categorical", []))

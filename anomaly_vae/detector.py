@@ -139,6 +139,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ``contamination`` threshold (a quantile of the fit data's scores) is lower than with one
         network; the conformal threshold (calibration rows, never trained on) is not affected.
         Gaussian likelihoods only (``likelihood="bernoulli"`` is refused).
+    pair_hidden_sizes : with ``pair=True``, the long network's own hidden layers, trained in a run
+        of its own after the first network's (which keeps ``hidden_sizes``); None (the default):
+        the long network is the first one's run trained on, so it has its layers. A narrow short
+        network and a wide long one, ``pair_hidden_sizes=(256, 128)``, is quality-study.md section
+        18. Model format 5.
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -201,7 +206,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         conv_channels: tuple[int, ...] | None = None, activation: str = "relu", likelihood: str = "gaussian",
         score_kind: str = "elbo",
         n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float = 0.0, pair: bool = False,
-        alpha: float = 0.01, contamination: float | None = None,
+        pair_hidden_sizes: tuple[int, ...] | None = None, alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
         objective: str = "elbo",
@@ -220,6 +225,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.min_scale = min_scale
         self.marginal_floor = marginal_floor
         self.pair = pair
+        self.pair_hidden_sizes = pair_hidden_sizes
         self.alpha = alpha
         self.contamination = contamination
         self.calibration_size = calibration_size
@@ -271,6 +277,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             if self.lr_schedule != "constant" or self.checkpoint_dir is not None:
                 raise ValueError("pair=True needs lr_schedule='constant' (the short network is a snapshot of the long "
                                  "run) and no checkpoint_dir")
+        if self.pair_hidden_sizes is not None:
+            if not self.pair:
+                raise ValueError("pair_hidden_sizes is the long network of a pair: it needs pair=True")
+            sizes = self.pair_hidden_sizes
+            if (isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or not 1 <= len(sizes) <= 16
+                    or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and 1 <= h <= 4096
+                               for h in sizes)):
+                raise ValueError(f"pair_hidden_sizes must be None or 1 to 16 layer widths in 1..4096, got {sizes!r}")
         if int(self.n_score_samples) < 1:
             raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
         if not 0.0 < float(self.calibration_size) < 1.0:
@@ -365,10 +379,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             return self.preprocessor_.transform_rows(self.preprocessor_.select(df))
         return self.preprocessor_.transform(self.preprocessor_.select(df)), None
 
-    def _default_model(self, x: np.ndarray) -> VAE:
+    def _default_model(self, x: np.ndarray, hidden_sizes: tuple[int, ...] | None = None) -> VAE:
         kind = self.model if self.model != "auto" else ("conv" if self.input_kind_ == "image" else "dense")
         return default_network(kind, x.shape[1:], input_kind=self.input_kind_, likelihood=self.likelihood,
-                               latent_dim=self.latent_dim, hidden_sizes=self.hidden_sizes,
+                               latent_dim=self.latent_dim, hidden_sizes=hidden_sizes or self.hidden_sizes,
                                conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation,
                                categorical=(self.preprocessor_.categorical_groups() if self.input_kind_ == "table"
                                             else ()), marginal_floor=float(self.marginal_floor))
@@ -479,12 +493,19 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair."""
         if self.input_kind_ != "table":
             raise ValueError("pair=True applies to tables (a dense network), not to images")
-        long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
         cfg = self._train_config()
         per_epoch = -(-x_train.shape[0] // cfg.batch_size)
         cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES // per_epoch)), PAIR_PATIENCE
-        history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
-                        snapshot=(self.model_, int(self.epochs), int(self.patience)))
+        if self.pair_hidden_sizes is None:
+            long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
+            history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
+                            snapshot=(self.model_, int(self.epochs), int(self.patience)))
+        else:  # two runs: the first network as a fit without the pair trains it, then the long one
+            train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose))
+            long = self._default_model(x_train[:1].cpu().numpy(), tuple(int(h) for h in self.pair_hidden_sizes))
+            long = long.to(x_train.device)
+            long.likelihood.init_from_data(x_train)
+            history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose))
         # the codes scored against each of the K noise draws of a row: K x M numbers a row, bounded
         rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:pair_codes(int(self.n_score_samples))]
         with torch.no_grad():
@@ -840,8 +861,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if params.get("lr_schedule") == "constant":
             del params["lr_schedule"]
         params.pop("pair", None)
-        if "pair" in self.model_.config():  # the network's, like the floor
+        sizes = params.pop("pair_hidden_sizes", None)
+        arch = self.model_.config()
+        if "pair" in arch:  # the network's, like the floor
             params["pair"] = True
+            if sizes is not None or arch["pair"]["hidden"] != arch["hidden"]:  # only then: other pairs stay format 4
+                params["pair_hidden_sizes"] = list(arch["pair"]["hidden"])
         cal_scores = np.asarray(self.calibration_scores_)
         names = getattr(self, "feature_names_in_", None)
         sections = {

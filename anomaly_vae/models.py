@@ -175,7 +175,7 @@ class DenseVAE(VAE):
         (1/M) sum_m q(z | x_m), held as buffers ``prior_mu`` and ``prior_logvar`` (M, k) that
         ``set_aggregate_prior`` fills after training (a VampPrior whose pseudo-inputs are training
         rows; Tomczak and Welling 2018); 0 (the default): N(0, I).
-    pair : the ``config()`` of a second network, the same as this one's but for ``aggregate_prior``,
+    pair : the ``config()`` of a second network, the same as this one's but for ``aggregate_prior`` (and ``hidden``),
         held as ``second``; the model's score is then the sum of the two networks' scores
         (``members``). Built by ``VAEAnomalyDetector(pair=True)``: see its docstring.
     """
@@ -244,13 +244,15 @@ class DenseVAE(VAE):
         self.aggregate_prior = int(mu.shape[0])
 
     def attach_pair(self, second: DenseVAE) -> None:
-        """Hold ``second`` as this model's pair: it must be this network but for its aggregate prior."""
-        mine = {k: v for k, v in self.config().items() if k != "pair"}
-        theirs = ({k: v for k, v in second.config().items() if k != "aggregate_prior"}
+        """Hold ``second`` as this model's pair: it must be this network but for its aggregate prior
+        and its hidden layers (the input, the likelihood and the latent space, whose noise draws the
+        two share at scoring, are one)."""
+        mine = {k: v for k, v in self.config().items() if k not in ("pair", "hidden")}
+        theirs = ({k: v for k, v in second.config().items() if k not in ("aggregate_prior", "hidden")}
                   if isinstance(second, DenseVAE) else None)
         if theirs != mine or "aggregate_prior" in mine:  # equal dicts: neither has a pair of its own
-            raise ValueError("a pair is two networks of the same architecture (the second may have an aggregate "
-                             f"prior, the first none); got {mine} and {second.config()}")
+            raise ValueError("a pair is two networks of the same architecture but for their hidden layers (the "
+                             f"second may have an aggregate prior, the first none); got {mine} and {second.config()}")
         self.second = second
 
     @property

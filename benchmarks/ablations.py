@@ -92,6 +92,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the long member alone, wide (prototype: the aggregate prior at scoring), for combine.py's
     # sum(floor1e-2, floor1e-2_agg_s3k_h256): a narrow early-stopped member and a wide long one
     "floor1e-2_agg_s3k_h256": {"_floor": 1e-2, "_steps": 3000, "patience": 30, "_agg": {}, "hidden_sizes": [256, 128]},
+    # session 11: that sum built into the package, pair_hidden_sizes (the long network's own layers, its own run)
+    "pair_mf1e-2_ph256": {"pair": True, "marginal_floor": 0.01, "pair_hidden_sizes": [256, 128]},
     "h128": {"hidden_sizes": [128, 64]},
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},

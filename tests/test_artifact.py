@@ -764,6 +764,57 @@ def test_a_pair_card_bounds_the_work_of_its_prior(pair_saved, tmp_path):
     assert pair_codes(16) == PAIR_CODES and pair_codes(1024) == MAX_PRIOR_WORK // 1024 == 256 and pair_codes(10**9) == 1
 
 
+# -- format 5: a pair whose long network has layers of its own -------------------------------------
+@pytest.fixture(scope="module")
+def own_pair_saved(fitted, tmp_path_factory) -> Path:
+    _, df = fitted
+    out = tmp_path_factory.mktemp("own-pair") / "m"
+    VAEAnomalyDetector(epochs=3, random_state=0, pair=True, pair_hidden_sizes=(48, 24)).fit(df.iloc[:400]).save(out)
+    return out
+
+
+def test_a_pair_with_its_own_layers_is_format_5_and_loads_to_the_same_scores(fitted, own_pair_saved, pair_saved):
+    _, df = fitted
+    card = read_card(own_pair_saved)
+    assert card["format_version"] == 5 and card["params"]["pair_hidden_sizes"] == [48, 24]
+    assert card["architecture"]["pair"]["hidden"] == [48, 24] and card["architecture"]["hidden"] == [64, 32]
+    loaded = load_detector(own_pair_saved)
+    again = VAEAnomalyDetector(epochs=3, random_state=0, pair=True, pair_hidden_sizes=(48, 24)).fit(df.iloc[:400])
+    assert tuple(loaded.pair_hidden_sizes) == (48, 24) and np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
+    assert "pair_hidden_sizes" not in read_card(pair_saved)["params"]  # other pairs stay format 4
+
+
+@pytest.mark.parametrize("change,match", [
+    (set_at("format_version", 4), r"format_version: expected 5 or more for params.pair_hidden_sizes"),
+    (set_at("params.pair_hidden_sizes", [64, 32]), r"architecture.pair.hidden: expected \[64, 32\] like params.pair_hidden"),
+    (delete_at("params.pair_hidden_sizes"), r"architecture.pair.hidden: expected \[64, 32\] like architecture.hidden"),
+    (set_at("params.pair_hidden_sizes", [0]), r"params.pair_hidden_sizes"),
+    (set_at("architecture.pair.hidden", [64, 32]), r"architecture.pair.hidden: expected \[48, 24\] like params"),
+])
+def test_a_tampered_pair_with_its_own_layers_is_refused(own_pair_saved, tmp_path, change, match):
+    d = copy_of(own_pair_saved, tmp_path)
+    edit_card(d, change)
+    with pytest.raises(ModelCardError, match=match):
+        load_detector(d)
+
+
+def test_pair_hidden_sizes_without_a_pair_is_refused(pair_saved, tmp_path):
+    d = copy_of(pair_saved, tmp_path)
+    edit_card(d, lambda c: (delete_at("architecture.pair")(c), delete_at("params.pair")(c),
+                            set_at("params.pair_hidden_sizes", [8])(c)))
+    with pytest.raises(ModelCardError, match=r"params.pair_hidden_sizes: expected absent without architecture.pair"):
+        load_detector(d)
+
+
+def test_a_release_reading_format_4_refuses_a_pair_with_its_own_layers(own_pair_saved, monkeypatch):
+    from anomaly_vae import card as card_module
+
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 4)
+    monkeypatch.setattr(card_module, "FORMAT_VERSION", 4)
+    with pytest.raises(ArtifactError, match="written in model format 5.*upgrade anomaly-vae"):
+        load_detector(own_pair_saved)
+
+
 def test_a_release_reading_format_3_refuses_a_pair(pair_saved, monkeypatch):
     from anomaly_vae import card as card_module
 

@@ -518,6 +518,23 @@ def test_fifo_as_the_input_file_is_refused_not_waited_on(table_model: tuple[Path
     assert "in.csv: not a regular file but a named pipe (FIFO); not opened" in r.stderr
 
 
+def test_train_a_pair_with_its_own_layers(table: Path, tmp_path: Path, cli_here) -> None:
+    small = tmp_path / "small.csv"
+    pd.read_csv(table, **EXACT_FLOATS).iloc[:300].to_csv(small, index=False)
+    out = tmp_path / "own"
+    r = cli_here("train", small, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column",
+                 "id", "--epochs", "2", "--pair", "--pair-hidden-sizes", "24,12", "--alpha", "0.05", "--quiet")
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model.json").read_text())
+    assert card["format_version"] == 5 and card["architecture"]["pair"]["hidden"] == [24, 12]
+    r = cli_here("info", out)
+    assert "a pair: a second network of layers [24, 12] with the aggregate prior" in r.stdout, r.stdout
+    r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "24,12")
+    assert r.returncode == 2 and "--pair-hidden-sizes is the long network of a pair: give --pair too" in r.stderr
+    r = cli_here("train", small, "--out", tmp_path / "x", "--pair", "--pair-hidden-sizes", "24;12")
+    assert r.returncode == 2 and "--pair-hidden-sizes takes layer widths separated by commas" in r.stderr
+
+
 def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.csv"  # 400 rows: the pair's long network trains to 3000 updates whatever --epochs says
     pd.read_csv(table, **EXACT_FLOATS).iloc[:400].to_csv(small, index=False)

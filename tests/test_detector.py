@@ -285,6 +285,35 @@ def test_a_pair_is_deterministic_and_independent_of_the_batch(cancer, pair_model
     assert np.array_equal(np.concatenate([pair_model.anomaly_score(X.iloc[i:i + 7]) for i in range(0, len(X), 7)]), s)
 
 
+def test_a_pair_with_its_own_layers_is_the_plain_fit_plus_a_long_network_of_those_layers(cancer):
+    """pair_hidden_sizes: the first network is the plain fit's, bit for bit (its own run); the long
+    one has the layers asked for; the score is still the sum, deterministic."""
+    plain = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    det = VAEAnomalyDetector(pair=True, pair_hidden_sizes=(48, 24), epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    first, second = det.model_.members
+    assert first.config()["hidden"] == plain.model_.config()["hidden"] == [64, 32]
+    assert second.config()["hidden"] == [48, 24] and second.aggregate_prior > 0
+    sd = first.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in plain.model_.state_dict().items())
+    X = pd.concat([cancer[1], cancer[2]])
+    y = np.r_[np.zeros(len(cancer[1])), np.ones(len(cancer[2]))]
+    assert roc_auc_score(y, det.anomaly_score(X)) > 0.9
+    again = VAEAnomalyDetector(pair=True, pair_hidden_sizes=[48, 24], epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    assert np.array_equal(again.anomaly_score(X), det.anomaly_score(X))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"pair_hidden_sizes": (64, 32)}, "pair_hidden_sizes is the long network of a pair: it needs pair=True"),
+    ({"pair": True, "pair_hidden_sizes": ()}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
+    ({"pair": True, "pair_hidden_sizes": (0,)}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
+    ({"pair": True, "pair_hidden_sizes": "256,128"}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
+    ({"pair": True, "pair_hidden_sizes": (64.0,)}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
+])
+def test_pair_hidden_sizes_that_cannot_work_are_refused_before_any_work(cancer, kw, match):
+    with pytest.raises(ValueError, match=match):
+        VAEAnomalyDetector(epochs=1, **kw).fit(cancer[0])
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"pair": "yes"}, "pair must be True or False"),
     ({"pair": 1}, "pair must be True or False"),

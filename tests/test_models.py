@@ -289,3 +289,8 @@ def test_a_pair_is_one_architecture_twice():
             DenseVAE(5, latent_dim=3).attach_pair(other)
     with pytest.raises(ValueError, match="a pair is two networks"):  # the first network has the plain prior
         DenseVAE(5, latent_dim=3, aggregate_prior=2).attach_pair(DenseVAE(5, latent_dim=3))
+    wide = DenseVAE(5, hidden=(16, 8), latent_dim=3, aggregate_prior=7)  # its own layers: allowed
+    first = DenseVAE(5, latent_dim=3)
+    first.attach_pair(wide)
+    rebuilt = build_model(first.config())
+    assert rebuilt.config()["pair"]["hidden"] == [16, 8] and set(rebuilt.state_dict()) == set(first.state_dict())

@@ -316,3 +316,6 @@ def test_a_pair_scores_the_sum_of_its_networks_in_the_graph(cancer, tmp_path: Pa
     assert_p_values(det, out, det.anomaly_score(X))
     session, _ = export(det, tmp_path / "pair-iwae.onnx", score="iwae")  # the prior in the importance weights
     assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], det.anomaly_score(X, score="iwae"))
+    own = VAEAnomalyDetector(pair=True, pair_hidden_sizes=(24, 12), alpha=0.05, **TINY).fit(train)  # its own layers
+    session, _ = export(own, tmp_path / "own.onnx")
+    assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], own.anomaly_score(X))

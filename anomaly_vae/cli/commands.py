@@ -80,7 +80,7 @@ def train(args: argparse.Namespace) -> int:
     if args.latent_dim:
         params["latent_dim"] = args.latent_dim
     if args.hidden_sizes:
-        params["hidden_sizes"] = tuple(int(v) for v in args.hidden_sizes.split(","))
+        params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")
     if args.activation:
         params["activation"] = args.activation
     if args.checkpoint_dir:
@@ -89,6 +89,10 @@ def train(args: argparse.Namespace) -> int:
         params["marginal_floor"] = args.marginal_floor
     if args.pair:
         params["pair"] = True
+    if args.pair_hidden_sizes:
+        if not args.pair:
+            raise UsageError("--pair-hidden-sizes is the long network of a pair: give --pair too")
+        params["pair_hidden_sizes"] = _sizes(args.pair_hidden_sizes, "--pair-hidden-sizes")
     result = train_job(args.data, args.out, opts, params, test_size=args.test_size, seed=args.seed)
     det, info = result.detector, result.detector.fit_info_
     print(f"trained {det.model_.kind} VAE on {args.data}")
@@ -107,6 +111,18 @@ def train(args: argparse.Namespace) -> int:
         print(f"  detection rate       {_fmt(h['detection_rate'])}")
     print(f"  model saved to       {args.out}")
     return EXIT_OK
+
+
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} takes layer widths separated by commas, e.g. 256,128; got {text!r}") from None
+    return sizes
+
+
+def _own_layers(arch: dict[str, Any]) -> str:
+    return f" of layers {arch['pair']['hidden']}" if arch["pair"]["hidden"] != arch["hidden"] else ""
 
 
 def _load(model_dir: str, alpha: float | None, strict: bool = False) -> VAEAnomalyDetector:
@@ -285,8 +301,8 @@ def info(args: argparse.Namespace) -> int:
     print(f"  architecture         {arch['kind']} VAE, latent {arch['latent_dim']}, layers {shape}, "
           f"likelihood {arch.get('likelihood')}"
           + (f", marginal floor {arch['marginal_floor']:g}" if arch.get("marginal_floor") else "")
-          + (f"; a pair: a second network with the aggregate prior of {arch['pair']['aggregate_prior']} training rows"
-             if arch.get("pair") else ""))
+          + (f"; a pair: a second network{_own_layers(arch)} with the aggregate prior of "
+             f"{arch['pair']['aggregate_prior']} training rows" if arch.get("pair") else ""))
     print(f"  score                {score['name']} ({score['units']}, higher = more anomalous, "
           f"{score['n_score_samples']} fixed noise samples)")
     print(f"  threshold            {_fmt(cal['threshold'], '.4g')} ({cal['method']}, alpha {_fmt(cal['alpha'], 'g')}, "

@@ -122,6 +122,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", action="store_true", help="tables: score with two networks from one run, the "
                    "early-stopped one and one trained on to 3000 updates with the training rows' aggregate posterior "
                    "as its prior; the score is their sum (better on tables with many modes; scoring about 5x slower)")
+    p.add_argument("--pair-hidden-sizes", metavar="N,N", help="with --pair: the long network's own hidden layers, "
+                   "trained in a run of its own (e.g. 256,128 beside the default narrow first network)")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")
     p.add_argument("--id-column", metavar="COL", help="a column that identifies rows: not used as a feature")
     p.add_argument("--drop-columns", metavar="A,B", help="columns not to use as features")

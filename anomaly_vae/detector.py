@@ -47,6 +47,18 @@ __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
 
 
+def _check_layers(name: str, sizes: Any, least: int) -> None:
+    """``sizes`` is None or a list / tuple / 1-d array of ``least`` to 16 integer widths in 1..4096
+    (a set or a dict would give its layers in an order of its own)."""
+    if sizes is None:
+        return
+    if (not isinstance(sizes, (list, tuple, np.ndarray)) or not least <= len(sizes) <= 16
+            or not all(isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) and 1 <= h <= 4096
+                       for h in sizes)):
+        raise ValueError(f"{name} must be None or a list of {least} to 16 layer widths, integers in 1..4096; "
+                         f"got {sizes!r}")
+
+
 def pair_codes(n_score_samples: int) -> int:
     """The training rows whose codes make a pair's aggregate prior: ``PAIR_CODES``, fewer where
     ``n_score_samples`` x codes would pass ``card.MAX_PRIOR_WORK`` (the numbers a row's prior holds)."""
@@ -277,14 +289,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             if self.lr_schedule != "constant" or self.checkpoint_dir is not None:
                 raise ValueError("pair=True needs lr_schedule='constant' (the short network is a snapshot of the long "
                                  "run) and no checkpoint_dir")
-        if self.pair_hidden_sizes is not None:
-            if not self.pair:
-                raise ValueError("pair_hidden_sizes is the long network of a pair: it needs pair=True")
-            sizes = self.pair_hidden_sizes
-            if (isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__") or not 1 <= len(sizes) <= 16
-                    or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and 1 <= h <= 4096
-                               for h in sizes)):
-                raise ValueError(f"pair_hidden_sizes must be None or 1 to 16 layer widths in 1..4096, got {sizes!r}")
+        # the card's bounds: a fit must not write a model that cannot be read back
+        _check_layers("hidden_sizes", self.hidden_sizes, 0)
+        _check_layers("conv_channels", self.conv_channels, 0)
+        _check_layers("pair_hidden_sizes", self.pair_hidden_sizes, 1)
+        if self.pair_hidden_sizes is not None and not self.pair:
+            raise ValueError("pair_hidden_sizes is the long network of a pair: it needs pair=True")
         if int(self.n_score_samples) < 1:
             raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
         if not 0.0 < float(self.calibration_size) < 1.0:
@@ -464,6 +474,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             x_train = t[train_idx].to(device)
             self.model_.likelihood.init_from_data(x_train)
             generator = torch.Generator().manual_seed(seed)
+            # how the pair was trained, for the card: set_params after the fit must not change it
+            self.pair_hidden_sizes_ = (tuple(int(h) for h in self.pair_hidden_sizes)
+                                       if self.pair and self.pair_hidden_sizes is not None else None)
             if self.pair:
                 self.history_ = self._train_pair(x_train, t[val_idx].to(device) if n_val else None, generator, seed)
             else:
@@ -861,12 +874,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if params.get("lr_schedule") == "constant":
             del params["lr_schedule"]
         params.pop("pair", None)
-        sizes = params.pop("pair_hidden_sizes", None)
-        arch = self.model_.config()
-        if "pair" in arch:  # the network's, like the floor
+        params.pop("pair_hidden_sizes", None)
+        if "pair" in self.model_.config():  # the network's, like the floor
             params["pair"] = True
-            if sizes is not None or arch["pair"]["hidden"] != arch["hidden"]:  # only then: other pairs stay format 4
-                params["pair_hidden_sizes"] = list(arch["pair"]["hidden"])
+            fitted = getattr(self, "pair_hidden_sizes_", None)  # the fit's, not a set_params since
+            if fitted is not None:  # only then: other pairs stay format 4
+                params["pair_hidden_sizes"] = list(fitted)
         cal_scores = np.asarray(self.calibration_scores_)
         names = getattr(self, "feature_names_in_", None)
         sections = {
@@ -898,7 +911,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     @classmethod
     def from_fitted_state(cls, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "VAEAnomalyDetector":
         """The fitted estimator of a checked card and its tensors (``artifact.read_model``)."""
-        det = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in card["params"].items()})
+        # layer widths may be written 64.0 (the card takes whole floats): the estimator takes integers
+        det = cls(**{k: (tuple(int(x) if isinstance(x, float) else x for x in v) if isinstance(v, list) else v)
+                     for k, v in card["params"].items()})
+        det.pair_hidden_sizes_ = det.pair_hidden_sizes
         model = build_model(card["architecture"])
         try:
             model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},

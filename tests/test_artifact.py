@@ -798,6 +798,36 @@ def test_a_tampered_pair_with_its_own_layers_is_refused(own_pair_saved, tmp_path
         load_detector(d)
 
 
+def test_the_card_says_how_the_pair_was_fitted_whatever_set_params_says_since(fitted, own_pair_saved, pair_saved,
+                                                                               tmp_path):
+    """The card's params rebuild the fit: a set_params after it wrote a format-5 card for a one-run
+    pair (and the reverse), whose refit gave other scores."""
+    from sklearn.base import clone
+
+    _, df = fitted
+    one_run = load_detector(pair_saved).set_params(pair_hidden_sizes=(48, 24))
+    one_run.save(tmp_path / "a")
+    assert read_card(tmp_path / "a")["format_version"] == 4
+    assert "pair_hidden_sizes" not in read_card(tmp_path / "a")["params"]
+    two_runs = load_detector(own_pair_saved).set_params(pair_hidden_sizes=None)
+    two_runs.save(tmp_path / "b")
+    card = read_card(tmp_path / "b")
+    assert card["format_version"] == 5 and card["params"]["pair_hidden_sizes"] == [48, 24]
+    refit = clone(load_detector(tmp_path / "b")).fit(df.iloc[:400])
+    assert np.array_equal(refit.anomaly_score(df.iloc[:50]), load_detector(own_pair_saved).anomaly_score(df.iloc[:50]))
+
+
+def test_widths_written_as_whole_floats_load_as_integers_and_refit(fitted, own_pair_saved, tmp_path):
+    from sklearn.base import clone
+
+    _, df = fitted
+    d = copy_of(own_pair_saved, tmp_path)
+    edit_card(d, set_at("params.pair_hidden_sizes", [48.0, 24.0]))
+    loaded = load_detector(d)
+    assert loaded.pair_hidden_sizes == (48, 24) and all(type(h) is int for h in loaded.pair_hidden_sizes)
+    assert clone(loaded).set_params(epochs=1).fit(df.iloc[:200]).model_.config()["pair"]["hidden"] == [48, 24]
+
+
 def test_pair_hidden_sizes_without_a_pair_is_refused(pair_saved, tmp_path):
     d = copy_of(pair_saved, tmp_path)
     edit_card(d, lambda c: (delete_at("architecture.pair")(c), delete_at("params.pair")(c),

@@ -531,8 +531,13 @@ def test_train_a_pair_with_its_own_layers(table: Path, tmp_path: Path, cli_here)
     assert "a pair: a second network of layers [24, 12] with the aggregate prior" in r.stdout, r.stdout
     r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "24,12")
     assert r.returncode == 2 and "--pair-hidden-sizes is the long network of a pair: give --pair too" in r.stderr
-    r = cli_here("train", small, "--out", tmp_path / "x", "--pair", "--pair-hidden-sizes", "24;12")
-    assert r.returncode == 2 and "--pair-hidden-sizes takes layer widths separated by commas" in r.stderr
+    for flags in (["--pair", "--pair-hidden-sizes", "24;12"], ["--pair", "--pair-hidden-sizes", "0,5"],
+                  ["--pair", "--pair-hidden-sizes", ""], ["--hidden-sizes", "4097"], ["--hidden-sizes", "0"]):
+        r = cli_here("train", small, "--out", tmp_path / "x", *flags)
+        assert r.returncode == 2 and f"{flags[-2]} takes 1 to 16 layer widths (integers in 1..4096)" in r.stderr, flags
+    r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "")
+    assert r.returncode == 2 and "give --pair too" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:

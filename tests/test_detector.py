@@ -304,10 +304,15 @@ def test_a_pair_with_its_own_layers_is_the_plain_fit_plus_a_long_network_of_thos
 
 @pytest.mark.parametrize("kw,match", [
     ({"pair_hidden_sizes": (64, 32)}, "pair_hidden_sizes is the long network of a pair: it needs pair=True"),
-    ({"pair": True, "pair_hidden_sizes": ()}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
-    ({"pair": True, "pair_hidden_sizes": (0,)}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
-    ({"pair": True, "pair_hidden_sizes": "256,128"}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
-    ({"pair": True, "pair_hidden_sizes": (64.0,)}, "pair_hidden_sizes must be None or 1 to 16 layer widths"),
+    ({"pair": True, "pair_hidden_sizes": ()}, "pair_hidden_sizes must be None or a list of 1 to 16 layer widths"),
+    ({"pair": True, "pair_hidden_sizes": (0,)}, "pair_hidden_sizes must be None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": "256,128"}, "pair_hidden_sizes must be None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": (64.0,)}, "pair_hidden_sizes must be None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": {3, 64}}, "pair_hidden_sizes must be None or a list"),  # a set has no order
+    # the plain widths too (they were unchecked: a fit wrote a model whose card was refused on loading)
+    ({"hidden_sizes": (0,)}, "hidden_sizes must be None or a list of 0 to 16 layer widths, integers in 1..4096"),
+    ({"hidden_sizes": [99999]}, "hidden_sizes must be None or a list of 0 to 16"),
+    ({"conv_channels": [8, True]}, "conv_channels must be None or a list of 0 to 16"),
 ])
 def test_pair_hidden_sizes_that_cannot_work_are_refused_before_any_work(cancer, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -79,7 +79,7 @@ def train(args: argparse.Namespace) -> int:
                               "device": args.device}
     if args.latent_dim:
         params["latent_dim"] = args.latent_dim
-    if args.hidden_sizes:
+    if args.hidden_sizes is not None:
         params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")
     if args.activation:
         params["activation"] = args.activation
@@ -89,7 +89,7 @@ def train(args: argparse.Namespace) -> int:
         params["marginal_floor"] = args.marginal_floor
     if args.pair:
         params["pair"] = True
-    if args.pair_hidden_sizes:
+    if args.pair_hidden_sizes is not None:
         if not args.pair:
             raise UsageError("--pair-hidden-sizes is the long network of a pair: give --pair too")
         params["pair_hidden_sizes"] = _sizes(args.pair_hidden_sizes, "--pair-hidden-sizes")
@@ -114,10 +114,14 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _sizes(text: str, flag: str) -> tuple[int, ...]:
+    """Layer widths from a flag: 1 to 16 integers in 1..4096, separated by commas."""
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} takes layer widths separated by commas, e.g. 256,128; got {text!r}") from None
+        sizes = ()
+    if not 1 <= len(sizes) <= 16 or not all(1 <= h <= 4096 for h in sizes):
+        raise UsageError(f"{flag} takes 1 to 16 layer widths (integers in 1..4096) separated by commas, e.g. "
+                         f"256,128; got {text!r}")
     return sizes
 
 

@@ -337,6 +337,12 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return {p.key[len(prefix):]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
 
 
+SCORER_BLOCK_ROWS = 1024
+"""Rows ``onnxruntime_scorer`` hands onnxruntime at once: a pair's graph holds rows x
+``n_score_samples`` x codes numbers (64 MB for 1024 rows at 16 x 1000), so a larger input is
+scored in blocks of this many rows instead of all at once."""
+
+
 def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
     """A function that scores prepared input (``det.preprocess(X)``, float32) with onnxruntime
     instead of torch: the detector's default score, float64 (N,), within ``ONNX_RTOL`` /
@@ -351,8 +357,8 @@ def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
 
     Returns
     -------
-    callable : ``fn(x) -> scores`` for x of the shape ``det.score_prepared`` takes; a wrong dtype
-    or shape is an ``InputError``, as there.
+    callable : ``fn(x) -> scores`` for x of the shape ``det.score_prepared`` takes, scored in blocks
+    of ``SCORER_BLOCK_ROWS`` rows; a wrong dtype or shape is an ``InputError``, as there.
     """
     import tempfile
 
@@ -370,6 +376,8 @@ def onnxruntime_scorer(det: VAEAnomalyDetector, threads: int = 1) -> Any:
         x = det.check_prepared(x)
         if len(x) == 0:
             return np.zeros(0)
-        return np.asarray(session.run(["score"], {INPUT_NAME: np.ascontiguousarray(x)})[0], dtype=np.float64)
+        x, block = np.ascontiguousarray(x), int(SCORER_BLOCK_ROWS)
+        return np.concatenate([np.asarray(session.run(["score"], {INPUT_NAME: x[i : i + block]})[0], dtype=np.float64)
+                               for i in range(0, len(x), block)])
 
     return score

@@ -306,7 +306,7 @@ def test_cli_export_usage_and_model_errors(tmp_path: Path, cli_here) -> None:
     assert r.returncode == 1 and "not a model directory" in r.stderr
 
 
-def test_a_pair_scores_the_sum_of_its_networks_in_the_graph(cancer, tmp_path: Path) -> None:
+def test_a_pair_scores_the_sum_of_its_networks_in_the_graph(cancer, tmp_path: Path, monkeypatch) -> None:
     train, rest, anomalous = cancer
     det = VAEAnomalyDetector(pair=True, marginal_floor=1e-2, alpha=0.05, **TINY).fit(train)
     X = pd.concat([rest, anomalous])
@@ -316,6 +316,17 @@ def test_a_pair_scores_the_sum_of_its_networks_in_the_graph(cancer, tmp_path: Pa
     assert_p_values(det, out, det.anomaly_score(X))
     session, _ = export(det, tmp_path / "pair-iwae.onnx", score="iwae")  # the prior in the importance weights
     assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], det.anomaly_score(X, score="iwae"))
+    # the runtime scorer (the service's onnxruntime backend) hands onnxruntime blocks of rows, not a
+    # whole input at once: a pair's graph holds rows x 16 x codes numbers
+    from anomaly_vae import onnx as onnx_module
+
+    scorer = onnx_module.onnxruntime_scorer(det)
+    x = det.preprocess(pd.concat([X] * 4))
+    whole = scorer(x)
+    assert_close(whole, det.score_prepared(x))
+    monkeypatch.setattr(onnx_module, "SCORER_BLOCK_ROWS", 7)
+    assert_close(scorer(x), whole)
+    assert len(x) > 1024 and scorer(x[:20]).shape == (20,)
     own = VAEAnomalyDetector(pair=True, pair_hidden_sizes=(24, 12), alpha=0.05, **TINY).fit(train)  # its own layers
     session, _ = export(own, tmp_path / "own.onnx")
     assert_close(run(session, X.to_numpy(dtype=np.float64))["score"], own.anomaly_score(X))

@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import calibration as cal
 from .artifact import read_model, save_model
-from .card import MAX_PRIOR_WORK
+from .card import MAX_LAYERS, MAX_PRIOR_WORK, MAX_WIDTH
 from .exceptions import ArtifactError, CalibrationError, InputError
 from .models import ACTIVATIONS, VAE, build_model, check_marginal_floor, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
@@ -48,15 +48,15 @@ PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
 
 
 def _check_layers(name: str, sizes: Any, least: int) -> None:
-    """``sizes`` is None or a list / tuple / 1-d array of ``least`` to 16 integer widths in 1..4096
-    (a set or a dict would give its layers in an order of its own)."""
+    """``sizes`` is None or a list / tuple / 1-d array of ``least`` to ``MAX_LAYERS`` integer widths
+    in 1..``MAX_WIDTH``, the card's bounds (a set or a dict would give its layers in an order of its own)."""
     if sizes is None:
         return
-    if (not isinstance(sizes, (list, tuple, np.ndarray)) or not least <= len(sizes) <= 16
-            or not all(isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) and 1 <= h <= 4096
+    if (not isinstance(sizes, (list, tuple, np.ndarray)) or not least <= len(sizes) <= MAX_LAYERS
+            or not all(isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) and 1 <= h <= MAX_WIDTH
                        for h in sizes)):
-        raise ValueError(f"{name} must be None or a list of {least} to 16 layer widths, integers in 1..4096; "
-                         f"got {sizes!r}")
+        raise ValueError(f"{name} must be None or a list of {least} to {MAX_LAYERS} layer widths, integers in "
+                         f"1..{MAX_WIDTH}; got {sizes!r}")
 
 
 def pair_codes(n_score_samples: int) -> int:

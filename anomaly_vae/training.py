@@ -296,15 +296,14 @@ def checkpoint_run(path: str | os.PathLike[str] | None) -> dict[str, Any] | None
     if path is None or not (Path(path) / CHECKPOINT_JSON).is_file():  # not a FIFO or a device to read forever
         return None
     try:
-        meta = json.loads((Path(path) / CHECKPOINT_JSON).read_text())
+        meta = _read_meta(Path(path))
         return {"seed": _valid_seed(meta.get("seed")), "epoch": int(meta["epoch"]), "stopped": bool(meta["stopped"])}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
-def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
-                     expected: dict[str, Any], seed: int | None = None
-                     ) -> tuple[int, list[dict[str, float]], float, dict[str, torch.Tensor] | None, int, bool]:
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's JSON, or a ValueError saying it is not one (garbled, or nested past the parser)."""
     try:
         meta = json.loads((path / CHECKPOINT_JSON).read_text())
     except (ValueError, RecursionError) as err:
@@ -313,6 +312,13 @@ def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generat
     if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), dict):
         raise ValueError(f"{path / CHECKPOINT_JSON} is not a checkpoint (no fingerprint): remove it, or give another "
                          "checkpoint_dir")
+    return meta
+
+
+def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generator: torch.Generator,
+                     expected: dict[str, Any], seed: int | None = None
+                     ) -> tuple[int, list[dict[str, float]], float, dict[str, torch.Tensor] | None, int, bool]:
+    meta = _read_meta(path)
     theirs = _valid_seed(meta.get("seed"))
     if seed is not None and theirs is not None and theirs != seed:
         # before the data: another seed splits the rows otherwise, so the data would differ too

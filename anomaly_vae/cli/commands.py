@@ -114,14 +114,16 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _sizes(text: str, flag: str) -> tuple[int, ...]:
-    """Layer widths from a flag: 1 to 16 integers in 1..4096, separated by commas."""
+    """Layer widths from a flag: integers separated by commas, within the model card's bounds."""
+    from ..card import MAX_LAYERS, MAX_WIDTH
+
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
         sizes = ()
-    if not 1 <= len(sizes) <= 16 or not all(1 <= h <= 4096 for h in sizes):
-        raise UsageError(f"{flag} takes 1 to 16 layer widths (integers in 1..4096) separated by commas, e.g. "
-                         f"256,128; got {text!r}")
+    if not 1 <= len(sizes) <= MAX_LAYERS or not all(1 <= h <= MAX_WIDTH for h in sizes):
+        raise UsageError(f"{flag} takes 1 to {MAX_LAYERS} layer widths (integers in 1..{MAX_WIDTH}) separated by "
+                         f"commas, e.g. 256,128; got {text!r}")
     return sizes
 
 

@@ -410,7 +410,7 @@ CARD = Obj({
         # fit_info_: the fields that the command line shows are checked; others are free diagnostics
         "summary": Obj({"n_samples": COUNT, "n_train": COUNT, "n_validation": COUNT, "n_calibration": COUNT,
                         "seed": Int(-(2**63), 2**63), "seconds": Num(0), "epochs_run": COUNT, "device": Str()},
-                       optional={"holdout": HOLDOUT}, extra=Anything()),
+                       optional={"holdout": HOLDOUT, "epochs_run_first": COUNT}, extra=Anything()),
         "history": ListOf(Obj({"epoch": Int(1, 10**7)}, extra=Opt(Number())), 0, 10**7),
     }),
     "weights": Obj({"file": Choice("model.safetensors"), "sha256": SHA256}),

@@ -64,7 +64,7 @@ def run_demo(data: Path = DATA, alpha: float = 0.01, seed: int = 0, epochs: int 
 
 def format_result(r: DemoResult) -> str:
     return "\n".join([
-        "anomaly-vae demo: ADBench cardio (data/cardio.csv), dense VAE trained on normal rows only",
+        "anomaly-vae demo: ADBench cardio (data/cardio.csv), a pair of dense VAEs trained on normal rows only",
         f"  trained on           {r.n_train} normal rows; calibrated on {r.n_calibration} held-out normal rows",
         f"  scored               {r.n_test_normal} unseen normal + {r.n_test_anomalous} anomalous rows",
         f"  AUROC                {r.auroc:.3f}   (average precision {r.average_precision:.3f})",

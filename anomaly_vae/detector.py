@@ -1,6 +1,6 @@
 """``VAEAnomalyDetector``: the scikit-learn-style estimator that composes the core modules.
 
-Why this module is longer than the others (about 850 lines): it is one class, the package's public
+Why this module is longer than the others (about 1000 lines): it is one class, the package's public
 estimator, and most of its length is the documentation of its public methods. Everything with a
 purpose of its own lives elsewhere and is called from here: the input rules in ``preprocessing``,
 the networks and their default sizes in ``models``, the fit loop in ``training``, the scores in
@@ -40,11 +40,19 @@ from .training import TrainConfig, checkpoint_run, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE", "PAIR_CODES"]
+__all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE", "PAIR_CODES", "TABLE_MARGINAL_FLOOR",
+           "PAIR_HIDDEN_SIZES"]
 
 # pair=True: the long network's training (gradient updates at most, early-stopping patience in epochs) and
 # the training rows whose codes make its prior (quality-study.md, sections 10 and 12: measured, not tuned)
+# the pair's long run: PAIR_UPDATES gradient updates at the default 100 epochs (scaled with ``epochs``)
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
+# what "auto" gives a table (quality-study.md, section 19): the marginal floor, and a pair whose long
+# network has these layers, in a run of its own
+TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
+# the parameters a card leaves out at their "off" values (fitted_state): a card without them was fitted so,
+# whatever today's defaults are
+CARD_OFF_VALUES = {"marginal_floor": 0.0, "pair": False, "pair_hidden_sizes": None, "lr_schedule": "constant"}
 
 
 def _check_layers(name: str, sizes: Any, least: int) -> None:
@@ -57,6 +65,10 @@ def _check_layers(name: str, sizes: Any, least: int) -> None:
                        for h in sizes)):
         raise ValueError(f"{name} must be None or a list of {least} to {MAX_LAYERS} layer widths, integers in "
                          f"1..{MAX_WIDTH}; got {sizes!r}")
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == "auto"
 
 
 def pair_codes(n_score_samples: int) -> int:
@@ -130,32 +142,35 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         columns; pixels in [0, 1]). None picks 0.01 for tables and 0.05 for images (see README).
     marginal_floor : weight in [0, 1) of each numeric column's marginal N(0, 1) (standardised units)
         in its likelihood, so that one column the network predicts sharply (say, one constant in
-        training) cannot dominate a score (``models.DenseVAE``). 0 (the default): off. Tables
-        only. Measured in benchmarks/results/quality-study.md, section 11: 0.01 helps
-        small tables and tables with columns constant in training, and costs a little on others.
-    pair : score with two networks from one training run (tables only): the network early-stopped
-        by ``epochs`` and ``patience`` as without the option, and the same run trained on to
-        ``PAIR_UPDATES`` gradient updates (early-stopped with patience ``PAIR_PATIENCE``) whose prior
-        is the aggregate posterior of up to ``PAIR_CODES`` training rows (a VampPrior whose
-        pseudo-inputs are training rows). The score is the sum of the two networks' scores, in
-        nats, calibrated as one score. The long network fits the many-mode tables the short one
-        under-fits, the short one keeps the tables where longer training models the anomalies too
-        (quality-study.md, sections 10 and 12). The second rule is a budget of updates, not of
-        epochs: on a table of more than about 3800 training rows (batch 128) it is fewer epochs
-        than the first network's 100. Costs: the fit runs to the longer of the two rules; scoring
-        is about 4-5 times slower than a single network's on two cores (the aggregate prior's
-        ``n_score_samples`` x codes latent densities a row; benchmarks/results/cli_throughput.md);
-        an ONNX graph of a pair holds batch x ``n_score_samples`` x codes numbers (feed it batches
-        of at most a few thousand rows).
+        training) cannot dominate a score (``models.DenseVAE``). "auto" (the default):
+        ``TABLE_MARGINAL_FLOOR`` (0.01) for a table's dense network, 0 (off) for images, where only
+        0 is allowed. Measured in benchmarks/results/quality-study.md, sections 11 and 19.
+    pair : score a table with two networks (quality-study.md, sections 10-19): the network
+        early-stopped by ``epochs`` and ``patience`` as without the option, and a long network
+        trained to ``PAIR_UPDATES`` gradient updates at the default ``epochs`` of 100, scaled with
+        ``epochs`` (30 x ``epochs``; early-stopped with patience ``PAIR_PATIENCE``)
+        whose prior is the aggregate posterior of up to ``PAIR_CODES`` training rows (a VampPrior
+        whose pseudo-inputs are training rows). The score is the sum of the two networks' scores,
+        in nats, calibrated as one score. The long network fits the many-mode tables the short one
+        under-fits, the short one keeps the tables where longer training models the anomalies too.
+        "auto" (the default): True for a table (a dense network) fitted with
+        ``lr_schedule="constant"`` and no ``checkpoint_dir``, False otherwise (images; those
+        settings, which a pair cannot be trained with, give one network); True with them raises.
+        The second rule is a budget of updates, not of epochs: on a table of more than about 3800
+        training rows (batch 128) it is fewer epochs than the first network's 100. Costs: the fit
+        trains both networks; scoring is 5-10 times slower than a single network's on two cores
+        (the aggregate prior's ``n_score_samples`` x codes latent densities a row;
+        benchmarks/results/cli_throughput.md); an ONNX graph of a pair holds batch x
+        ``n_score_samples`` x codes numbers (``onnx.onnxruntime_scorer`` feeds it blocks of rows).
         The second network fits its training rows more closely than new ones, so a
         ``contamination`` threshold (a quantile of the fit data's scores) is lower than with one
         network; the conformal threshold (calibration rows, never trained on) is not affected.
         Gaussian likelihoods only (``likelihood="bernoulli"`` is refused).
-    pair_hidden_sizes : with ``pair=True``, the long network's own hidden layers, trained in a run
-        of its own after the first network's (which keeps ``hidden_sizes``); None (the default):
-        the long network is the first one's run trained on, so it has its layers. A narrow short
-        network and a wide long one, ``pair_hidden_sizes=(256, 128)``, is quality-study.md section
-        18. Model format 5.
+    pair_hidden_sizes : the long network's own hidden layers, trained in a run of its own after the
+        first network's (which keeps ``hidden_sizes``). "auto" (the default):
+        ``PAIR_HIDDEN_SIZES``, (256, 128), a narrow short network and a wide long one
+        (quality-study.md, section 18). None: the long network is the first one's run trained on,
+        so it has its layers (one run; the pair of model format 4). Only with a pair. Model format 5.
     alpha : target false-alarm rate of ``predict``.
     contamination : if set, the threshold is instead the (1 - contamination) quantile of the fit
         data's scores (no false-alarm guarantee).
@@ -181,6 +196,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ----------
     model_ : models.VAE
         The fitted network (``DenseVAE`` or ``ConvVAE``), in eval mode.
+    marginal_floor_, pair_, pair_hidden_sizes_ : float, bool, tuple of int or None
+        What the fit used for ``marginal_floor``, ``pair`` and ``pair_hidden_sizes`` ("auto"
+        resolved for the input; None: no pair, or a one-run pair).
     preprocessor_ : preprocessing.TablePreprocessor or preprocessing.ImagePreprocessor
         The fitted input schema (scaling, categories, image size and channels).
     input_kind_ : str
@@ -206,9 +224,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     best_f1_ : float
         The F1 reached by ``set_threshold_best_f1`` (only after it).
     history_ : list of dict
-        Mean loss terms per epoch (``loss``, ``recon``, ``kl``, ``val_loss``, ...).
+        Mean loss terms per epoch (``loss``, ``recon``, ``kl``, ``val_loss``, ...); of a pair, the
+        long network's run.
     fit_info_ : dict
-        Row counts of the splits, seed, seconds, epochs run, device.
+        Row counts of the splits, seed, seconds, epochs run (``epochs_run``: of the long network in
+        a pair; ``epochs_run_first``: the first network's, in a pair of two runs), device.
     model_card_ : dict
         The checked ``model.json`` of a loaded model (only after ``load_detector``).
     """
@@ -217,8 +237,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self, *, model: str = "auto", latent_dim: int | None = None, hidden_sizes: tuple[int, ...] | None = None,
         conv_channels: tuple[int, ...] | None = None, activation: str = "relu", likelihood: str = "gaussian",
         score_kind: str = "elbo",
-        n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float = 0.0, pair: bool = False,
-        pair_hidden_sizes: tuple[int, ...] | None = None, alpha: float = 0.01, contamination: float | None = None,
+        n_score_samples: int = 16, min_scale: float | None = None, marginal_floor: float | str = "auto",
+        pair: bool | str = "auto", pair_hidden_sizes: tuple[int, ...] | str | None = "auto", alpha: float = 0.01, contamination: float | None = None,
         calibration_size: float = 0.2, validation_size: float = 0.1, epochs: int = 100, batch_size: int = 128,
         learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
         objective: str = "elbo",
@@ -277,10 +297,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.contamination is not None:  # before training, not after it
             cal._check_contamination(self.contamination)
-        check_marginal_floor(self.marginal_floor, self.likelihood)
-        if not isinstance(self.pair, (bool, np.bool_)):
-            raise ValueError(f"pair must be True or False, got {self.pair!r}")
-        if self.pair:
+        if not _is_auto(self.marginal_floor):
+            try:
+                check_marginal_floor(self.marginal_floor, self.likelihood)
+            except ValueError as err:
+                raise ValueError(str(err).replace("must be a number", "must be 'auto' or a number")) from None
+        if not (_is_auto(self.pair) or isinstance(self.pair, (bool, np.bool_))):
+            raise ValueError(f"pair must be True, False or 'auto', got {self.pair!r}")
+        if not _is_auto(self.pair) and self.pair:
             if self.model == "conv":
                 raise ValueError("pair=True applies to dense networks (tables), not model='conv'")
             if self.likelihood == "bernoulli":  # standardised columns are not in [0, 1]: the long run exploits it
@@ -292,9 +316,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         # the card's bounds: a fit must not write a model that cannot be read back
         _check_layers("hidden_sizes", self.hidden_sizes, 0)
         _check_layers("conv_channels", self.conv_channels, 0)
-        _check_layers("pair_hidden_sizes", self.pair_hidden_sizes, 1)
-        if self.pair_hidden_sizes is not None and not self.pair:
-            raise ValueError("pair_hidden_sizes is the long network of a pair: it needs pair=True")
+        if not _is_auto(self.pair_hidden_sizes):
+            try:
+                _check_layers("pair_hidden_sizes", self.pair_hidden_sizes, 1)
+            except ValueError as err:
+                raise ValueError(str(err).replace("must be None or", "must be 'auto', None or")) from None
+        if self.pair_hidden_sizes is not None and not _is_auto(self.pair_hidden_sizes) and not self.pair:
+            raise ValueError("pair_hidden_sizes is the long network of a pair: it needs pair=True or 'auto'")
         if int(self.n_score_samples) < 1:
             raise ValueError(f"n_score_samples must be >= 1, got {self.n_score_samples}")
         if not 0.0 < float(self.calibration_size) < 1.0:
@@ -395,7 +423,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                                latent_dim=self.latent_dim, hidden_sizes=hidden_sizes or self.hidden_sizes,
                                conv_channels=self.conv_channels, min_scale=self.min_scale, activation=self.activation,
                                categorical=(self.preprocessor_.categorical_groups() if self.input_kind_ == "table"
-                                            else ()), marginal_floor=float(self.marginal_floor))
+                                            else ()), marginal_floor=self.marginal_floor_)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -447,6 +475,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise InputError(f"need at least 10 samples to fit (training, validation and calibration splits), "
                              f"got {n} sample{'s' if n != 1 else ''}")
         n_cal = self._calibration_rows(n)
+        self._resolve_auto()
         seed = self._seed()
         run = checkpoint_run(self.checkpoint_dir) if self.random_state is None else None
         if run is not None and run["seed"] is not None:
@@ -474,10 +503,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             x_train = t[train_idx].to(device)
             self.model_.likelihood.init_from_data(x_train)
             generator = torch.Generator().manual_seed(seed)
-            # how the pair was trained, for the card: set_params after the fit must not change it
-            self.pair_hidden_sizes_ = (tuple(int(h) for h in self.pair_hidden_sizes)
-                                       if self.pair and self.pair_hidden_sizes is not None else None)
-            if self.pair:
+            if self.pair_:
                 self.history_ = self._train_pair(x_train, t[val_idx].to(device) if n_val else None, generator, seed)
             else:
                 self.history_ = train(
@@ -491,31 +517,58 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.fit_info_ = {"n_samples": n, "n_train": len(train_idx), "n_validation": n_val, "n_calibration": n_cal,
                           "seed": seed, "seconds": round(time.perf_counter() - start, 3),
                           "epochs_run": len(self.history_), "device": str(device)}
+        first = self.__dict__.pop("_first_epochs", None)
+        if first is not None:  # a pair's two runs: history_ and epochs_run are the long network's
+            self.fit_info_["epochs_run_first"] = first
         if self.contamination is not None:
             self._set_threshold(cal.contamination_threshold(all_scores, self.contamination), "contamination", None)
         else:
             self.set_alpha(self.alpha)
         return self
 
+    def _resolve_auto(self) -> None:
+        """The fitted ``marginal_floor_``, ``pair_`` and ``pair_hidden_sizes_``: the parameters, with
+        "auto" made what it means for this input (quality-study.md, section 19). They, not the
+        parameters, are what the fit and the card use: a set_params after the fit changes neither."""
+        table = self.input_kind_ == "table" and self.model != "conv"
+        self.marginal_floor_ = ((TABLE_MARGINAL_FLOOR if table else 0.0) if _is_auto(self.marginal_floor)
+                                else float(self.marginal_floor))
+        if _is_auto(self.pair):  # not where a pair cannot be trained: those settings give one network
+            self.pair_ = table and self.lr_schedule == "constant" and self.checkpoint_dir is None
+            if table and not self.pair_:
+                log.info("pair='auto': one network, not the tables' default pair, which cannot be trained with %s "
+                         "(pair=False says so without this message)",
+                         "checkpoint_dir" if self.checkpoint_dir is not None else f"lr_schedule={self.lr_schedule!r}")
+        else:
+            self.pair_ = bool(self.pair)
+        if self.pair_ and not table:
+            raise ValueError("pair=True applies to tables (a dense network), not to images")
+        if not self.pair_ and self.pair_hidden_sizes is not None and not _is_auto(self.pair_hidden_sizes):
+            raise ValueError(f"pair_hidden_sizes={self.pair_hidden_sizes!r} is the long network of a pair, and this "
+                             "fit has none: pair='auto' pairs only tables fitted with lr_schedule='constant' and "
+                             "no checkpoint_dir")
+        sizes = PAIR_HIDDEN_SIZES if _is_auto(self.pair_hidden_sizes) else self.pair_hidden_sizes
+        self.pair_hidden_sizes_ = tuple(int(h) for h in sizes) if self.pair_ and sizes is not None else None
+
     def _train_pair(self, x_train: torch.Tensor, x_val: torch.Tensor | None, generator: torch.Generator,
                     seed: int) -> list[dict[str, float]]:
-        """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` updates (patience
+        """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` x ``epochs`` / 100 updates (patience
         ``PAIR_PATIENCE``) while ``model_`` keeps the best weights of the run's first ``epochs`` epochs
         (patience ``patience``), the network a fit without the pair ends with; then the long
         network's prior becomes the aggregate posterior of up to ``PAIR_CODES`` training rows (never
         calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair."""
-        if self.input_kind_ != "table":
-            raise ValueError("pair=True applies to tables (a dense network), not to images")
         cfg = self._train_config()
         per_epoch = -(-x_train.shape[0] // cfg.batch_size)
-        cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES // per_epoch)), PAIR_PATIENCE
-        if self.pair_hidden_sizes is None:
+        # epochs=100 (the default): PAIR_UPDATES; fewer epochs ask for a quicker fit, of both networks
+        cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES * int(self.epochs) // (100 * per_epoch))), PAIR_PATIENCE
+        if self.pair_hidden_sizes_ is None:
             long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
             history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
                             snapshot=(self.model_, int(self.epochs), int(self.patience)))
         else:  # two runs: the first network as a fit without the pair trains it, then the long one
-            train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose))
-            long = self._default_model(x_train[:1].cpu().numpy(), tuple(int(h) for h in self.pair_hidden_sizes))
+            self._first_epochs = len(train(self.model_, x_train, x_val, self._train_config(), generator,
+                                           verbose=int(self.verbose)))
+            long = self._default_model(x_train[:1].cpu().numpy(), self.pair_hidden_sizes_)
             long = long.to(x_train.device)
             long.likelihood.init_from_data(x_train)
             history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose))
@@ -912,10 +965,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def from_fitted_state(cls, card: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "VAEAnomalyDetector":
         """The fitted estimator of a checked card and its tensors (``artifact.read_model``)."""
         # layer widths may be written 64.0 (the card takes whole floats): the estimator takes integers
+        # a setting the card leaves out was off in that fit, whatever the default is today ("auto")
         det = cls(**{k: (tuple(int(x) if isinstance(x, float) else x for x in v) if isinstance(v, list) else v)
-                     for k, v in card["params"].items()})
-        det.pair_hidden_sizes_ = det.pair_hidden_sizes
+                     for k, v in {**CARD_OFF_VALUES, **card["params"]}.items()})
         model = build_model(card["architecture"])
+        det.pair_ = "pair" in card["architecture"]
+        det.pair_hidden_sizes_ = det.pair_hidden_sizes
+        det.marginal_floor_ = float(getattr(model, "marginal_floor", 0.0))
         try:
             model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
                                   strict=True)

@@ -21,10 +21,15 @@ from .objectives import mmd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS"]
+__all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "LOSS_LIMIT"]
 
 CHECKPOINT_JSON, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
 LR_SCHEDULES = ("constant", "cosine")
+# a loss (nats a sample) no fit that is converging reaches: standardised values are within 1e6
+# (preprocessing), so a feature costs at most about 5e15 nats at the smallest sigma. Beyond it the
+# run has diverged, even where the loss stays finite (a marginal floor bounds the likelihood; the
+# KL term then grows to 1e31 instead of the likelihood overflowing to infinity)
+LOSS_LIMIT = 1e20
 
 
 def epoch_learning_rate(cfg: "TrainConfig", epoch: int) -> float:
@@ -151,9 +156,10 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             eps = torch.randn(x.shape[0], k, generator=generator).to(x.device)
             prior = torch.randn(x.shape[0], k, generator=generator).to(x.device) if cfg.objective == "mmd" else None
             terms = loss_terms(model, x, eps, cfg, beta, prior)
-            if not torch.isfinite(terms["loss"]):
+            if not torch.isfinite(terms["loss"]) or terms["loss"].abs() > LOSS_LIMIT:
                 raise TrainingDivergedError(
-                    f"training diverged at epoch {epoch + 1}, batch {b + 1}: loss is {terms['loss'].item()}; "
+                    f"training diverged at epoch {epoch + 1}, batch {b + 1}: loss is {terms['loss'].item():.4g} nats"
+                    f"{'' if not torch.isfinite(terms['loss']) else f' a sample (beyond {LOSS_LIMIT:g})'}; "
                     f"lower learning_rate (now {cfg.learning_rate:g}) or grad_clip, or check the input scale"
                 )
             opt.zero_grad(set_to_none=True)
@@ -246,8 +252,9 @@ def _evaluate(model: VAE, x: torch.Tensor, cfg: TrainConfig, generator_seed: int
                  else None)
         total += loss_terms(model, xb, eps, cfg, cfg.beta, prior)["loss"].item() * xb.shape[0]
     value = total / x.shape[0]
-    if not math.isfinite(value):
-        raise TrainingDivergedError(f"validation loss is {value}: training diverged; lower learning_rate")
+    if not math.isfinite(value) or abs(value) > LOSS_LIMIT:
+        raise TrainingDivergedError(f"validation loss is {value:.4g} nats a sample: training diverged; lower "
+                                    "learning_rate")
     return value
 
 

@@ -14,8 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# the tables' defaults before session 12 (one network, no floor); since, "auto" gives a table
+# pair=True, marginal_floor=0.01, pair_hidden_sizes=(256, 128) (quality-study.md, section 19)
+SINGLE: dict[str, Any] = {"pair": False, "marginal_floor": 0.0}
+
 CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": {},  # the package's defaults, whatever they are
+    "single": SINGLE,  # the defaults up to session 11 (the saved scores' "default" before session 12)
     # training length (issue 12: "early stopping on 9 validation rows stops after a few epochs")
     "long": {"epochs": 1000, "patience": 50},
     "steps1k": {"_steps": 1000, "patience": 20},
@@ -99,6 +104,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
     "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},
 }
+# every configuration written before session 12 measured changes to the defaults of its day: it keeps them
+# (one network and no floor unless it says otherwise; a pair without pair_hidden_sizes was the one-run pair)
+for _name, _cfg in list(CONFIGS.items()):
+    if _name not in ("default", "single", "pair_mf1e-2_ph256"):
+        CONFIGS[_name] = {**SINGLE, **({"pair_hidden_sizes": None} if _cfg.get("pair") else {}), **_cfg}
 
 
 def parse(spec: str) -> dict[str, dict[str, Any]]:

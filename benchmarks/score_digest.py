@@ -6,7 +6,8 @@ before and after, on the same machine, and comparing the printed digests::
     python benchmarks/score_digest.py --out /tmp/before.json     # on the old commit
     python benchmarks/score_digest.py --compare /tmp/before.json # on the new one
 
-It trains the demo's dense model (``data/cardio.csv``, seed 0) and a small convolutional model on
+It trains the demo's dense model (``data/cardio.csv``, seed 0) as one network and as the default pair,
+and a small convolutional model on
 ``data/fashion_mnist_sample.npz``, then hashes the weights, the threshold and every score kind
 (``elbo``, ``reconstruction``, ``iwae``), the per-feature scores and the p-values, on one thread and
 on two. Digests are exact (SHA-256 of the float64 bytes): they hold on one CPU, not across CPUs
@@ -80,9 +81,13 @@ def run() -> dict[str, str]:
     torch.set_num_threads(2)
     df = pd.read_csv(ROOT / "data" / "cardio.csv", **EXACT_FLOATS)
     X = df.drop(columns="label")
-    dense = VAEAnomalyDetector(epochs=30, random_state=0).fit(X.iloc[:900])
+    # one network (the tables' default before session 12), then the default: the pair
+    dense = VAEAnomalyDetector(epochs=30, random_state=0, pair=False, marginal_floor=0.0).fit(X.iloc[:900])
     out = _digests(dense, X, "dense")
     out.update(_cli_outputs(dense, ROOT / "data" / "cardio.csv", "dense", "--explain", "3"))
+    pair = VAEAnomalyDetector(epochs=30, random_state=0).fit(X.iloc[:900])
+    out.update(_digests(pair, X, "pair"))
+    out.update(_cli_outputs(pair, ROOT / "data" / "cardio.csv", "pair", "--explain", "3"))
     images = np.load(ROOT / "data" / "fashion_mnist_sample.npz")["images"][:400].astype(np.float32) / 255.0
     conv = VAEAnomalyDetector(model="conv", epochs=3, random_state=0).fit(images[:300])
     out.update(_digests(conv, images, "conv"))

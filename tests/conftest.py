@@ -19,6 +19,9 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(epochs=30, random_state=0)
+# one network and no floor: the tables' default before the pair (session 12), for tests of a single
+# network or of the model formats it writes (2 and 3)
+SINGLE = dict(pair=False, marginal_floor=0.0)
 DATA = ROOT / "data"
 SHARED = Path(os.environ.get("ANOMALY_VAE_DATASETS", ROOT.parent / "shared" / "datasets"))
 

@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from sklearn.base import clone
 
 import anomaly_vae
 from anomaly_vae import ArtifactError, VAEAnomalyDetector, load_detector, read_model_card
 from anomaly_vae import artifact, detector
-from anomaly_vae.card import PARAMS
+from anomaly_vae.card import PARAMS, CardProblem
 from anomaly_vae.exceptions import AnomalyVAEError, ModelCardError
+
+from .conftest import SINGLE
 
 PACKAGE = Path(anomaly_vae.__file__).parent
 EXE = shutil.which("anomaly-vae", path=str(Path(sys.executable).parent)) or "anomaly-vae"
@@ -28,7 +31,7 @@ EXE = shutil.which("anomaly-vae", path=str(Path(sys.executable).parent)) or "ano
 def fitted(cardio):
     df = cardio[cardio.label == "normal"].drop(columns="label").copy()
     df["shift"] = np.where(np.arange(len(df)) % 3 == 0, "night", "day")
-    return VAEAnomalyDetector(epochs=3, random_state=0).fit(df), df
+    return VAEAnomalyDetector(epochs=3, random_state=0, **SINGLE).fit(df), df  # a format-2 card
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +543,14 @@ def test_the_card_schema_names_exactly_the_estimators_parameters_and_accepts_the
     defaults = {k: p.default for k, p in inspect.signature(VAEAnomalyDetector.__init__).parameters.items()
                 if p.kind is p.KEYWORD_ONLY}
     assert set(PARAMS.fields) == set(defaults)
+    auto = {k for k, v in defaults.items() if v == "auto" and k != "model"}
+    # "auto" is resolved by the fit and never written: the card holds what it became (fitted_state)
+    assert auto == {"marginal_floor", "pair", "pair_hidden_sizes"} and auto <= set(detector.CARD_OFF_VALUES)
     for k, v in defaults.items():
+        if k in auto:
+            with pytest.raises(CardProblem):
+                PARAMS.fields[k].check(v, f"params.{k}")
+            v = detector.CARD_OFF_VALUES[k]  # what a card without the field means
         PARAMS.fields[k].check(list(v) if isinstance(v, tuple) else v, f"params.{k}")  # raises if refused
 
 
@@ -582,7 +592,7 @@ def test_format_2_card_must_declare_exactly_the_one_hot_groups(saved, tmp_path, 
 def floor_saved(fitted, tmp_path_factory) -> Path:
     _, df = fitted
     out = tmp_path_factory.mktemp("floor") / "m"
-    VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.002).fit(df).save(out)
+    VAEAnomalyDetector(epochs=3, random_state=0, pair=False, marginal_floor=0.002).fit(df).save(out)
     return out
 
 
@@ -593,10 +603,10 @@ def test_a_model_with_a_marginal_floor_is_format_3_and_one_without_stays_format_
     assert card["params"]["marginal_floor"] == 0.002
     loaded = load_detector(floor_saved)
     assert loaded.model_.marginal_floor == 0.002
-    again = VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.002).fit(df)
+    again = VAEAnomalyDetector(epochs=3, random_state=0, pair=False, marginal_floor=0.002).fit(df)
     assert np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
     none = tmp_path / "none"
-    VAEAnomalyDetector(epochs=3, random_state=0, marginal_floor=0.0).fit(df).save(none)
+    VAEAnomalyDetector(epochs=3, random_state=0, **SINGLE).fit(df).save(none)
     assert read_card(none)["format_version"] == 2 and "marginal_floor" not in read_card(none)["architecture"]
 
 
@@ -641,29 +651,33 @@ def test_a_model_without_the_newer_settings_names_only_parameters_older_releases
     for d in (saved, image_saved):
         card = read_card(d)
         assert card["format_version"] == 2 and set(card["params"]) <= FORMAT_2_PARAMS, set(card["params"]) - FORMAT_2_PARAMS
-    # and such a card loads here with the newer settings at their defaults
+    # and such a card loads here with the newer settings off, as they were in that fit (not today's "auto"
+    # defaults: a table fitted now gets a pair and a floor), so that its params refit to the same scores
     det = load_detector(saved)
     assert det.lr_schedule == "constant" and det.marginal_floor == 0.0
+    assert det.pair is False and det.pair_hidden_sizes is None and not det.pair_ and det.marginal_floor_ == 0.0
     assert np.array_equal(det.anomaly_score(fitted[1].iloc[:20]), fitted[0].anomaly_score(fitted[1].iloc[:20]))
+    again = clone(det).fit(fitted[1])
+    assert "pair" not in again.model_.config() and np.array_equal(again.anomaly_score(fitted[1].iloc[:20]),
+                                                                 fitted[0].anomaly_score(fitted[1].iloc[:20]))
 
 
 def test_save_writes_the_floor_the_network_has_after_set_params(fitted, tmp_path):
     """set_params on a fitted detector changes a setting for the next fit, not the fitted network:
     the card records the network's floor, so that params and architecture agree and the model loads."""
-    from sklearn.base import clone
-
     _, df = fitted
-    det = VAEAnomalyDetector(epochs=2, random_state=0, marginal_floor=0.01).fit(df)
-    for later in (0.02, 0.0):
+    det = VAEAnomalyDetector(epochs=2, random_state=0, pair=False, marginal_floor=0.01).fit(df)
+    for later in (0.02, 0.0, "auto"):
         det.set_params(marginal_floor=later)
         det.save(tmp_path / f"m{later}")
         loaded = load_detector(tmp_path / f"m{later}")
         assert loaded.marginal_floor == loaded.model_.marginal_floor == 0.01
         assert np.array_equal(loaded.anomaly_score(df.iloc[:20]), det.anomaly_score(df.iloc[:20]))
         assert clone(loaded).get_params()["marginal_floor"] == 0.01
-    plain = VAEAnomalyDetector(epochs=2, random_state=0).fit(df).set_params(marginal_floor=0.01)
+    plain = VAEAnomalyDetector(epochs=2, random_state=0, **SINGLE).fit(df).set_params(marginal_floor="auto", pair="auto")
     plain.save(tmp_path / "plain")
     assert "marginal_floor" not in read_card(tmp_path / "plain")["params"]
+    assert "pair" not in read_card(tmp_path / "plain")["params"]
     assert load_detector(tmp_path / "plain").model_.marginal_floor == 0.0
 
 
@@ -690,7 +704,8 @@ def test_a_string_setting_given_as_a_numpy_array_is_refused_before_any_work(fitt
 def pair_saved(fitted, tmp_path_factory) -> Path:
     _, df = fitted
     out = tmp_path_factory.mktemp("pair") / "m"
-    VAEAnomalyDetector(epochs=3, random_state=0, pair=True).fit(df.iloc[:400]).save(out)
+    VAEAnomalyDetector(epochs=3, random_state=0, pair=True, pair_hidden_sizes=None, marginal_floor=0.0
+                       ).fit(df.iloc[:400]).save(out)
     return out
 
 
@@ -704,8 +719,10 @@ def test_a_pair_is_format_4_and_loads_to_the_same_scores(fitted, pair_saved):
     assert tensors["model.second.prior_mu"].shape == (card["architecture"]["pair"]["aggregate_prior"],
                                                        card["architecture"]["latent_dim"])
     loaded = load_detector(pair_saved)
-    again = VAEAnomalyDetector(epochs=3, random_state=0, pair=True).fit(df.iloc[:400])
-    assert loaded.pair is True and np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
+    again = VAEAnomalyDetector(epochs=3, random_state=0, pair=True, pair_hidden_sizes=None, marginal_floor=0.0
+                               ).fit(df.iloc[:400])
+    assert loaded.pair is True and loaded.pair_hidden_sizes is None and loaded.marginal_floor == 0.0
+    assert np.array_equal(loaded.anomaly_score(df), again.anomaly_score(df))
 
 
 @pytest.mark.parametrize("change,match", [
@@ -802,8 +819,6 @@ def test_the_card_says_how_the_pair_was_fitted_whatever_set_params_says_since(fi
                                                                                tmp_path):
     """The card's params rebuild the fit: a set_params after it wrote a format-5 card for a one-run
     pair (and the reverse), whose refit gave other scores."""
-    from sklearn.base import clone
-
     _, df = fitted
     one_run = load_detector(pair_saved).set_params(pair_hidden_sizes=(48, 24))
     one_run.save(tmp_path / "a")
@@ -818,8 +833,6 @@ def test_the_card_says_how_the_pair_was_fitted_whatever_set_params_says_since(fi
 
 
 def test_widths_written_as_whole_floats_load_as_integers_and_refit(fitted, own_pair_saved, tmp_path):
-    from sklearn.base import clone
-
     _, df = fitted
     d = copy_of(own_pair_saved, tmp_path)
     edit_card(d, set_at("params.pair_hidden_sizes", [48.0, 24.0]))

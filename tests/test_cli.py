@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -134,19 +135,27 @@ def test_info_shows_the_model_card(table_model: tuple[Path, subprocess.Completed
     assert r.returncode == 0
     for word in ("site (cat)", "threshold", "calibration scores", "dense VAE", "held-out check", "torch"):
         assert word in r.stdout
+    assert "a pair: a second network of layers [256, 128]" in r.stdout and "marginal floor 0.01" in r.stdout
+    assert re.search(r"training +\d+ rows, \d+ \+ \d+ epochs", r.stdout), r.stdout  # the pair's two runs
     r = run("info", table_model[0], "--json")
-    assert json.loads(r.stdout)["format_version"] == 2
+    assert json.loads(r.stdout)["format_version"] == 5  # the default on a table: the pair of its own layers
 
 
 def test_train_with_a_marginal_floor_and_info_shows_it(table: Path, tmp_path: Path) -> None:
     out = tmp_path / "floored"
     r = run("train", table, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
-            "--epochs", "2", "--marginal-floor", "0.01", "--quiet")
+            "--epochs", "2", "--marginal-floor", "0.02", "--no-pair", "--quiet")
     assert r.returncode == 0, r.stderr
+    assert "trained dense VAE on" in r.stdout
     card = json.loads((out / "model.json").read_text())
-    assert card["format_version"] == 3 and card["architecture"]["marginal_floor"] == 0.01
+    assert card["format_version"] == 3 and card["architecture"]["marginal_floor"] == 0.02
     r = run("info", out)
-    assert r.returncode == 0 and "marginal floor 0.01" in r.stdout
+    assert r.returncode == 0 and "marginal floor 0.02" in r.stdout and "a pair" not in r.stdout
+    off = tmp_path / "off"
+    r = run("train", table, "--out", off, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
+            "--epochs", "2", "--marginal-floor", "0", "--no-pair", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((off / "model.json").read_text())["format_version"] == 2  # one network, no floor: as before
     for bad in ("1", "-0.1", "nan", "x"):
         r = run("train", table, "--out", tmp_path / "no", "--marginal-floor", bad, "--quiet")
         assert r.returncode == 2 and "marginal floor must be" in r.stderr
@@ -529,26 +538,27 @@ def test_train_a_pair_with_its_own_layers(table: Path, tmp_path: Path, cli_here)
     assert card["format_version"] == 5 and card["architecture"]["pair"]["hidden"] == [24, 12]
     r = cli_here("info", out)
     assert "a pair: a second network of layers [24, 12] with the aggregate prior" in r.stdout, r.stdout
-    r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "24,12")
-    assert r.returncode == 2 and "--pair-hidden-sizes is the long network of a pair: give --pair too" in r.stderr
+    r = cli_here("train", small, "--out", tmp_path / "x", "--no-pair", "--pair-hidden-sizes", "24,12")
+    assert r.returncode == 2 and "--pair-hidden-sizes is the long network of a pair: not with --no-pair" in r.stderr
     for flags in (["--pair", "--pair-hidden-sizes", "24;12"], ["--pair", "--pair-hidden-sizes", "0,5"],
                   ["--pair", "--pair-hidden-sizes", ""], ["--hidden-sizes", "4097"], ["--hidden-sizes", "0"]):
         r = cli_here("train", small, "--out", tmp_path / "x", *flags)
         assert r.returncode == 2 and f"{flags[-2]} takes 1 to 16 layer widths (integers in 1..4096)" in r.stderr, flags
     r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "")
-    assert r.returncode == 2 and "give --pair too" in r.stderr
+    assert r.returncode == 2 and "--pair-hidden-sizes takes 1 to 16 layer widths" in r.stderr
     assert not (tmp_path / "x").exists()
 
 
-def test_train_a_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
-    small = tmp_path / "small.csv"  # 400 rows: the pair's long network trains to 3000 updates whatever --epochs says
+def test_train_a_one_run_pair_and_info_shows_it(table: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small.csv"
     pd.read_csv(table, **EXACT_FLOATS).iloc[:400].to_csv(small, index=False)
     out = tmp_path / "pair"
     r = run("train", small, "--out", out, "--label-column", "label", "--normal-label", "normal", "--id-column", "id",
-            "--epochs", "2", "--pair", "--alpha", "0.05", "--quiet")
+            "--epochs", "2", "--pair", "--pair-hidden-sizes", "same", "--alpha", "0.05", "--quiet")
     assert r.returncode == 0, r.stderr
+    assert "trained dense VAE pair on" in r.stdout and re.search(r"epochs +\d+ \(", r.stdout), r.stdout  # one run
     card = json.loads((out / "model.json").read_text())
-    assert card["format_version"] == 4 and card["params"]["pair"] is True
+    assert card["format_version"] == 4 and card["params"]["pair"] is True and "pair_hidden_sizes" not in card["params"]
     r = run("info", out)
     assert r.returncode == 0 and "a pair: a second network with the aggregate prior of" in r.stdout, r.stdout
     r = run("score", out, small, "--out", tmp_path / "s.csv", "--id-column", "id")

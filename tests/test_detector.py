@@ -1,6 +1,7 @@
 """The estimator end to end on real data: breast cancer (scikit-learn), cardio and Fashion-MNIST (data/)."""
 
 import copy
+import json
 import logging
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from anomaly_vae import CalibrationError, InputError, NotFittedError, VAEAnomalyDetector
+from anomaly_vae import CalibrationError, InputError, NotFittedError, VAEAnomalyDetector, load_detector
 
 FAST = dict(epochs=30, random_state=0)
 
@@ -33,13 +34,16 @@ def test_sklearn_sign_conventions(cancer, cancer_model):
     assert np.array_equal(cancer_model.predict(X) == -1, cancer_model.p_values(X) <= cancer_model.alpha_)
 
 
-def test_scores_match_a_hand_computation(cancer_model, cancer):
-    """elbo, reconstruction and iwae recomputed here from the model's parts and the stored noise."""
+def test_scores_match_a_hand_computation(cancer):
+    """elbo, reconstruction and iwae recomputed here from the model's parts and the stored noise
+    (one network under N(0, I); a pair's score is the sum of its networks': test_a_pair_is_...)."""
     from anomaly_vae.objectives import (
         kl_standard_normal,
         log_normal,
         log_standard_normal,
     )
+
+    cancer_model = VAEAnomalyDetector(alpha=0.05, pair=False, **FAST).fit(cancer[0])
 
     X = cancer[1].iloc[:10]
     m, eps = cancer_model.model_, cancer_model.noise_
@@ -247,7 +251,7 @@ def test_bad_parameters_are_named(cancer, param, value, match):
 # -- pair=True: two networks from one run, one score ---------------------------------------------
 @pytest.fixture(scope="module")
 def pair_model(cancer):
-    return VAEAnomalyDetector(pair=True, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    return VAEAnomalyDetector(pair=True, pair_hidden_sizes=None, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
 
 
 def test_a_pair_is_the_plain_fit_plus_a_long_network_and_scores_their_sum(cancer, pair_model):
@@ -255,7 +259,7 @@ def test_a_pair_is_the_plain_fit_plus_a_long_network_and_scores_their_sum(cancer
     from anomaly_vae.models import build_model
     from anomaly_vae.scoring import score_samples
 
-    plain = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    plain = VAEAnomalyDetector(pair=False, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
     first, second = pair_model.model_.members
     sd = first.state_dict()
     # the first network is the plain fit's, bit for bit (a snapshot of the same run)
@@ -278,7 +282,7 @@ def test_a_pair_is_the_plain_fit_plus_a_long_network_and_scores_their_sum(cancer
 
 
 def test_a_pair_is_deterministic_and_independent_of_the_batch(cancer, pair_model):
-    again = VAEAnomalyDetector(pair=True, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    again = VAEAnomalyDetector(pair=True, pair_hidden_sizes=None, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
     X = pd.concat([cancer[1], cancer[2]])
     s = pair_model.anomaly_score(X)
     assert np.array_equal(again.anomaly_score(X), s)
@@ -288,7 +292,7 @@ def test_a_pair_is_deterministic_and_independent_of_the_batch(cancer, pair_model
 def test_a_pair_with_its_own_layers_is_the_plain_fit_plus_a_long_network_of_those_layers(cancer):
     """pair_hidden_sizes: the first network is the plain fit's, bit for bit (its own run); the long
     one has the layers asked for; the score is still the sum, deterministic."""
-    plain = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    plain = VAEAnomalyDetector(pair=False, epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
     det = VAEAnomalyDetector(pair=True, pair_hidden_sizes=(48, 24), epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
     first, second = det.model_.members
     assert first.config()["hidden"] == plain.model_.config()["hidden"] == [64, 32]
@@ -302,13 +306,71 @@ def test_a_pair_with_its_own_layers_is_the_plain_fit_plus_a_long_network_of_thos
     assert np.array_equal(again.anomaly_score(X), det.anomaly_score(X))
 
 
+# -- the defaults since session 12: "auto" gives a table the floor and a pair ----------------------
+def test_a_table_fitted_with_the_defaults_gets_the_floor_and_a_pair_with_a_wide_long_network(cancer, tmp_path):
+    from anomaly_vae.detector import PAIR_HIDDEN_SIZES, TABLE_MARGINAL_FLOOR
+
+    det = VAEAnomalyDetector(epochs=5, alpha=0.05, random_state=0).fit(cancer[0])
+    params = det.get_params()
+    assert params["pair"] == params["marginal_floor"] == params["pair_hidden_sizes"] == "auto"  # left as given
+    assert det.pair_ is True and det.marginal_floor_ == TABLE_MARGINAL_FLOOR == 0.01
+    assert det.pair_hidden_sizes_ == PAIR_HIDDEN_SIZES == (256, 128)
+    first, second = det.model_.members
+    assert first.config()["hidden"] == [64, 32] and second.config()["hidden"] == [256, 128]
+    assert det.model_.marginal_floor == second.marginal_floor == 0.01
+    # the first network's run is reported beside the long one's
+    assert 1 <= det.fit_info_["epochs_run_first"] <= 5 and det.fit_info_["epochs_run"] == len(det.history_)
+    explicit = VAEAnomalyDetector(pair=True, marginal_floor=0.01, pair_hidden_sizes=(256, 128), epochs=5, alpha=0.05,
+                                  random_state=0).fit(cancer[0])
+    X = pd.concat([cancer[1], cancer[2]])
+    assert np.array_equal(det.anomaly_score(X), explicit.anomaly_score(X))
+    y = np.r_[np.zeros(len(cancer[1])), np.ones(len(cancer[2]))]
+    assert roc_auc_score(y, det.anomaly_score(X)) > 0.9
+    # the card holds what "auto" became, so that the model refits the same wherever the defaults go
+    det.save(tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["format_version"] == 5
+    assert (card["params"]["pair"], card["params"]["marginal_floor"], card["params"]["pair_hidden_sizes"]) == (
+        True, 0.01, [256, 128])
+    loaded = load_detector(tmp_path / "m")
+    assert (loaded.pair, loaded.marginal_floor, loaded.pair_hidden_sizes) == (True, 0.01, (256, 128))
+    assert np.array_equal(loaded.anomaly_score(X), det.anomaly_score(X))
+
+
+def test_auto_gives_images_and_settings_a_pair_cannot_train_with_one_network(cancer, fashion_sample, tmp_path):
+    images = VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=0).fit(fashion_sample[0][:60])
+    assert (images.pair_, images.marginal_floor_, images.pair_hidden_sizes_) == (False, 0.0, None)
+    assert images.model_.kind == "conv"
+    for kw in ({"lr_schedule": "cosine"}, {"checkpoint_dir": str(tmp_path / "ck")}):
+        det = VAEAnomalyDetector(epochs=2, alpha=0.05, random_state=0, **kw).fit(cancer[0])
+        assert not det.pair_ and "pair" not in det.model_.config() and det.marginal_floor_ == 0.01, kw
+        assert "epochs_run_first" not in det.fit_info_
+    # a long network asked for where auto gives none: said, not dropped
+    with pytest.raises(ValueError, match=r"pair_hidden_sizes=\(32,\) is the long network of a pair, and this fit has "
+                                         "none: pair='auto' pairs only tables"):
+        VAEAnomalyDetector(epochs=1, alpha=0.2, pair_hidden_sizes=(32,)).fit(fashion_sample[0][:60])
+
+
+def test_the_long_run_of_a_pair_scales_with_epochs(cancer):
+    """PAIR_UPDATES at the default 100 epochs; fewer epochs ask for a quicker fit of both networks."""
+    from anomaly_vae.detector import PAIR_UPDATES
+
+    for epochs in (2, 6):
+        det = VAEAnomalyDetector(epochs=epochs, alpha=0.05, random_state=0).fit(cancer[0])
+        per_epoch = -(-det.fit_info_["n_train"] // 128)
+        assert det.fit_info_["epochs_run"] <= -(-PAIR_UPDATES * epochs // (100 * per_epoch)), epochs
+        assert det.fit_info_["epochs_run_first"] <= epochs
+
+
 @pytest.mark.parametrize("kw,match", [
-    ({"pair_hidden_sizes": (64, 32)}, "pair_hidden_sizes is the long network of a pair: it needs pair=True"),
-    ({"pair": True, "pair_hidden_sizes": ()}, "pair_hidden_sizes must be None or a list of 1 to 16 layer widths"),
-    ({"pair": True, "pair_hidden_sizes": (0,)}, "pair_hidden_sizes must be None or a list of 1 to 16"),
-    ({"pair": True, "pair_hidden_sizes": "256,128"}, "pair_hidden_sizes must be None or a list of 1 to 16"),
-    ({"pair": True, "pair_hidden_sizes": (64.0,)}, "pair_hidden_sizes must be None or a list of 1 to 16"),
-    ({"pair": True, "pair_hidden_sizes": {3, 64}}, "pair_hidden_sizes must be None or a list"),  # a set has no order
+    ({"pair": False, "pair_hidden_sizes": (64, 32)},
+     "pair_hidden_sizes is the long network of a pair: it needs pair=True or 'auto'"),
+    ({"pair": True, "pair_hidden_sizes": ()}, "pair_hidden_sizes must be 'auto', None or a list of 1 to 16 layer widths"),
+    ({"pair_hidden_sizes": (0,)}, "pair_hidden_sizes must be 'auto', None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": "256,128"}, "pair_hidden_sizes must be 'auto', None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": "Auto"}, "pair_hidden_sizes must be 'auto', None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": (64.0,)}, "pair_hidden_sizes must be 'auto', None or a list of 1 to 16"),
+    ({"pair": True, "pair_hidden_sizes": {3, 64}}, "pair_hidden_sizes must be 'auto', None or a list"),  # no order
     # the plain widths too (they were unchecked: a fit wrote a model whose card was refused on loading)
     ({"hidden_sizes": (0,)}, "hidden_sizes must be None or a list of 0 to 16 layer widths, integers in 1..4096"),
     ({"hidden_sizes": [99999]}, "hidden_sizes must be None or a list of 0 to 16"),
@@ -320,8 +382,10 @@ def test_pair_hidden_sizes_that_cannot_work_are_refused_before_any_work(cancer, 
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"pair": "yes"}, "pair must be True or False"),
-    ({"pair": 1}, "pair must be True or False"),
+    ({"pair": "yes"}, "pair must be True, False or 'auto'"),
+    ({"pair": 1}, "pair must be True, False or 'auto'"),
+    ({"pair": None}, "pair must be True, False or 'auto'"),
+    ({"marginal_floor": "0.01"}, "marginal_floor must be 'auto' or a number in"),
     ({"pair": True, "model": "conv"}, "pair=True applies to dense networks"),
     ({"pair": True, "likelihood": "bernoulli"}, "pair=True needs a Gaussian likelihood"),
     ({"pair": True, "lr_schedule": "cosine"}, "pair=True needs lr_schedule='constant'"),

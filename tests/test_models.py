@@ -183,9 +183,9 @@ def test_the_marginal_floor_is_the_stated_mixture_and_bounds_a_sharp_column():
 def test_the_marginal_floor_must_be_a_number_in_0_1(eps):
     with pytest.raises(ValueError, match="marginal_floor must be a number in"):
         DenseVAE(3, marginal_floor=eps)
-    with pytest.raises(ValueError, match="marginal_floor must be a number in"):  # before any work
+    with pytest.raises(ValueError, match="marginal_floor must be 'auto' or a number in"):  # before any work
         VAEAnomalyDetector(marginal_floor=eps, epochs=1).fit(np.random.RandomState(0).normal(size=(60, 3)))
-    with pytest.raises(ValueError, match="marginal_floor must be a number in"):
+    with pytest.raises(ValueError, match="marginal_floor must be 'auto' or a number in"):
         VAEAnomalyDetector(marginal_floor=None, epochs=1).fit(np.random.RandomState(0).normal(size=(60, 3)))
 
 
@@ -211,7 +211,7 @@ def test_a_column_constant_in_training_does_not_drown_the_score_with_a_floor(can
     rest.iloc[:10, rest.columns.get_loc("flag")] = 3.0  # normal rows, one odd value in the constant column
     test = pd.concat([rest, anomalous.assign(flag=0.0)])
     y = np.r_[np.zeros(len(rest)), np.ones(len(anomalous))]
-    kw = dict(epochs=30, alpha=0.05, random_state=0)
+    kw = dict(epochs=30, alpha=0.05, random_state=0, pair=False)  # one network: the bound is per network
     plain = VAEAnomalyDetector(marginal_floor=0.0, **kw).fit(train)
     floored = VAEAnomalyDetector(marginal_floor=1e-3, **kw).fit(train)
     plain_cost = plain.feature_scores(rest.iloc[:10])["flag"].to_numpy()

@@ -53,7 +53,7 @@ def test_checkpoints_resume_to_exactly_the_uninterrupted_run(cancer, tmp_path):
     import json
 
     X = cancer[0]
-    settings = dict(patience=100, random_state=0, alpha=0.1)
+    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # a checkpointed fit is one network
     full = VAEAnomalyDetector(epochs=6, **settings).fit(X)
     ckpt = tmp_path / "ckpt"
     VAEAnomalyDetector(epochs=3, checkpoint_dir=str(ckpt), **settings).fit(X)  # "interrupted" after 3 epochs
@@ -75,7 +75,7 @@ def test_cosine_schedule_decays_the_step_and_resumes_exactly(cancer, tmp_path, m
     import math
 
     X = cancer[0]
-    settings = dict(patience=100, random_state=0, alpha=0.1, lr_schedule="cosine", learning_rate=2e-3)
+    settings = dict(patience=100, random_state=0, alpha=0.1, lr_schedule="cosine", learning_rate=2e-3, pair=False)
     full = VAEAnomalyDetector(epochs=6, **settings).fit(X)
     expected = [2e-3 * 0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]
     assert [h["lr"] for h in full.history_] == pytest.approx(expected, rel=1e-12)
@@ -126,7 +126,7 @@ def test_a_fit_without_a_seed_resumes_with_its_checkpoints_seed(cancer, tmp_path
     seed = first.fit_info_["seed"]
     resumed = VAEAnomalyDetector(epochs=4, **settings).fit(X)  # "interrupted" after 2 of 4 epochs
     assert resumed.fit_info_["seed"] == seed
-    full = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, random_state=seed).fit(X)
+    full = VAEAnomalyDetector(epochs=4, patience=100, alpha=0.1, random_state=seed, pair=False).fit(X)
     assert resumed.history_ == full.history_
     assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
     with pytest.raises(ValueError, match=f"is of a finished run \\(seed {seed}, 4 epochs\\): a fit with random_state=None "
@@ -173,7 +173,7 @@ def test_a_checkpoint_written_before_the_schedule_option_resumes(cancer, tmp_pat
     from anomaly_vae import load_detector
 
     X = cancer[0]
-    settings = dict(patience=100, random_state=0, alpha=0.1)
+    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # a checkpointed fit is one network
     ckpt = tmp_path / "ckpt"
     VAEAnomalyDetector(epochs=2, checkpoint_dir=str(ckpt), **settings).fit(X)
     meta = json.loads((ckpt / "checkpoint.json").read_text())

@@ -85,20 +85,18 @@ def train(args: argparse.Namespace) -> int:
         params["activation"] = args.activation
     if args.checkpoint_dir:
         params["checkpoint_dir"] = args.checkpoint_dir
-    if args.marginal_floor:
-        params["marginal_floor"] = args.marginal_floor
-    if args.pair:
-        params["pair"] = True
+    params.update({k: v for k, v in (("marginal_floor", args.marginal_floor), ("pair", args.pair)) if v is not None})
     if args.pair_hidden_sizes is not None:
-        if not args.pair:
-            raise UsageError("--pair-hidden-sizes is the long network of a pair: give --pair too")
-        params["pair_hidden_sizes"] = _sizes(args.pair_hidden_sizes, "--pair-hidden-sizes")
+        if args.pair is False:
+            raise UsageError("--pair-hidden-sizes is the long network of a pair: not with --no-pair")
+        params["pair_hidden_sizes"] = (None if args.pair_hidden_sizes == "same"
+                                       else _sizes(args.pair_hidden_sizes, "--pair-hidden-sizes"))
     result = train_job(args.data, args.out, opts, params, test_size=args.test_size, seed=args.seed)
     det, info = result.detector, result.detector.fit_info_
-    print(f"trained {det.model_.kind} VAE on {args.data}")
+    print(f"trained {det.model_.kind} VAE{' pair' if det.pair_ else ''} on {args.data}")
     print(f"  rows                 {result.n_rows} read; {info['n_train']} trained on, {info['n_validation']} "
           f"for early stopping, {info['n_calibration']} for calibration")
-    print(f"  epochs               {info['epochs_run']} ({info['seconds']:.1f} s)")
+    print(f"  epochs               {_epochs(info)} ({info['seconds']:.1f} s)")
     print(f"  threshold            {_fmt(det.threshold_, '.4g')} nats of {det.score_kind} score, alpha {det.alpha_}")
     if det.calibration_error_:
         print(f"  warning              no usable threshold: {det.calibration_error_} "
@@ -125,6 +123,11 @@ def _sizes(text: str, flag: str) -> tuple[int, ...]:
         raise UsageError(f"{flag} takes 1 to {MAX_LAYERS} layer widths (integers in 1..{MAX_WIDTH}) separated by "
                          f"commas, e.g. 256,128; got {text!r}")
     return sizes
+
+
+def _epochs(summary: dict[str, Any]) -> str:  # a pair trained in two runs: the first network's + the long one's
+    first = summary.get("epochs_run_first")
+    return f"{summary['epochs_run']}" if first is None else f"{first} + {summary['epochs_run']}"
 
 
 def _own_layers(arch: dict[str, Any]) -> str:
@@ -315,7 +318,7 @@ def info(args: argparse.Namespace) -> int:
           f"{cal['n']} calibration scores)")
     if cal.get("error"):
         print(f"  calibration problem  {cal['error']}")
-    print(f"  training             {summary['n_train']} rows, {summary['epochs_run']} epochs, {summary['seconds']} s, "
+    print(f"  training             {summary['n_train']} rows, {_epochs(summary)} epochs, {summary['seconds']} s, "
           f"seed {summary['seed']}, device {summary['device']}")
     h = summary.get("holdout")
     if h:

@@ -108,7 +108,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, default="auto",
                    help="network: dense (tables), conv (images); auto picks by the data (default)")
     p.add_argument("--epochs", type=_positive, default=100, help="at most this many epochs; early stopping on a "
-                   "validation split usually stops sooner (default 100)")
+                   "validation split usually stops sooner (default 100); a pair's long network: 30 x this many "
+                   "updates")
     p.add_argument("--latent-dim", type=_positive, help="size of z (default: 16, or half the features for small tables)")
     p.add_argument("--hidden-sizes", metavar="N,N", help="dense hidden layers, e.g. 256,128")
     p.add_argument("--activation", choices=tuple(ACTIVATIONS), help="dense hidden layers' "
@@ -116,14 +117,15 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save the training state there every epoch; a run "
                    "that finds a checkpoint there goes on from it")
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="decoder likelihood (default gaussian, learned sigma)")
-    p.add_argument("--marginal-floor", type=_floor, default=0.0, metavar="EPS", help="tables: mix each numeric "
-                   "column's likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column "
-                   "cannot dominate a score (default 0: off; 0.01 helps small tables)")
-    p.add_argument("--pair", action="store_true", help="tables: score with two networks from one run, the "
-                   "early-stopped one and one trained on to 3000 updates with the training rows' aggregate posterior "
-                   "as its prior; the score is their sum (better on tables with many modes; scoring about 5x slower)")
-    p.add_argument("--pair-hidden-sizes", metavar="N,N", help="with --pair: the long network's own hidden layers, "
-                   "trained in a run of its own (e.g. 256,128 beside the default narrow first network)")
+    p.add_argument("--marginal-floor", type=_floor, metavar="EPS", help="tables: mix each numeric column's "
+                   "likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column cannot "
+                   "dominate a score (default: 0.01 for tables; 0: off)")
+    p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=None, help="tables: score with two "
+                   "networks, the early-stopped one and one trained to 30 x --epochs updates (3000) with the training "
+                   "rows' aggregate posterior as its prior; the score is their sum (default: on for tables, except with "
+                   "--checkpoint-dir; --no-pair: one network, scoring about 9x faster)")
+    p.add_argument("--pair-hidden-sizes", metavar="N,N", help="the pair's long network's own hidden layers, trained "
+                   "in a run of its own (default 256,128); 'same': the first network's layers, trained on in its run")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")
     p.add_argument("--id-column", metavar="COL", help="a column that identifies rows: not used as a feature")
     p.add_argument("--drop-columns", metavar="A,B", help="columns not to use as features")

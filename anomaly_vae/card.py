@@ -540,6 +540,11 @@ def _check_consistency(card: dict[str, Any]) -> None:
                    pair["hidden"])
     elif card["params"].get("pair_hidden_sizes") is not None:
         expect(False, "params.pair_hidden_sizes", "absent without architecture.pair", card["params"]["pair_hidden_sizes"])
+    first = card["training"]["summary"].get("epochs_run_first")
+    if first is not None:  # the first of a pair's two runs: `info` shows it beside the long one's
+        expect(pair is not None and card["params"].get("pair_hidden_sizes") is not None,
+               "training.summary.epochs_run_first", "present only with params.pair_hidden_sizes (a pair of two runs)",
+               first)
     if pre["kind"] == "table" and card["format_version"] >= 2:  # format 1: one-hot features were Gaussian
         expect(arch.get("categorical", []) == groups, "architecture.categorical",
                f"{json.dumps(groups)}, the one-hot groups of input.preprocessing", arch.get("categorical", []))

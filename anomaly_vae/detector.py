@@ -450,7 +450,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ------
         InputError : data that cannot be used (fewer than 10 samples, infinity, all-missing column, ...).
         CalibrationError : too few samples for ``alpha`` (see ``calibration_size``).
-        TrainingDivergedError : the loss became NaN or infinite.
+        TrainingDivergedError : the loss became NaN, infinite or beyond ``training.LOSS_LIMIT``, or the
+            run's best loss ended far above the untrained network's (``training.DIVERGED_MARGIN``).
 
         A fit that raises (or is interrupted) leaves the detector as it was: a fitted one scores as before,
         and a ``RandomState`` given as ``random_state`` is where it was.

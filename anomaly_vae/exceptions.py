@@ -28,7 +28,8 @@ class CalibrationError(AnomalyVAEError, ValueError):
 
 
 class TrainingDivergedError(AnomalyVAEError, RuntimeError):
-    """The loss became NaN or infinite during training."""
+    """Training diverged: the loss became NaN, infinite or beyond ``training.LOSS_LIMIT``, or the run
+    ended far above the untrained network's loss (``training.DIVERGED_MARGIN``)."""
 
 
 class ArtifactError(AnomalyVAEError, ValueError):

@@ -21,7 +21,7 @@ from .objectives import mmd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "LOSS_LIMIT"]
+__all__ = ["TrainConfig", "train", "loss_terms", "CHECKPOINT_JSON", "CHECKPOINT_TENSORS", "LOSS_LIMIT", "DIVERGED_MARGIN"]
 
 CHECKPOINT_JSON, CHECKPOINT_TENSORS = "checkpoint.json", "checkpoint.safetensors"
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,6 +30,11 @@ LR_SCHEDULES = ("constant", "cosine")
 # run has diverged, even where the loss stays finite (a marginal floor bounds the likelihood; the
 # KL term then grows to 1e31 instead of the likelihood overflowing to infinity)
 LOSS_LIMIT = 1e20
+# nats a sample by which a run's best loss may be above the untrained network's (or |that loss|, if
+# more) before the run counts as diverged: a converging run ends below where it started; one whose
+# steps were too large can settle far above it with a finite loss (a stuck encoder, a huge KL, every
+# column at the floor's bound) and would otherwise give a model that flags nothing useful
+DIVERGED_MARGIN = 100.0
 
 
 def epoch_learning_rate(cfg: "TrainConfig", epoch: int) -> float:
@@ -140,6 +145,9 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
         log.info("resuming from %s after epoch %d", ckpt, first)
     snap = _Rule(int(snapshot[1]), int(snapshot[2])) if snapshot is not None else None
     last = max(cfg.epochs, snap.epochs) if snap is not None else cfg.epochs
+    # the untrained network's loss, by the metric early stopping uses (not known when resuming)
+    initial = (_evaluate(model, x_val if x_val is not None and x_val.shape[0] > 0 else x_train, cfg,
+                         generator_seed=2**31 - 1) if first == 0 and not stopped else None)
     bar = tqdm(range(first, last if not stopped else first), desc="training", unit="epoch",
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=last)
     for epoch in bar:
@@ -195,6 +203,11 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
         if stopped and (snap is None or snap.stopped):
             break
     bar.close()
+    if initial is not None and math.isfinite(best) and best > initial + max(DIVERGED_MARGIN, abs(initial)):
+        raise TrainingDivergedError(
+            f"training diverged: its best {'validation ' if x_val is not None and x_val.shape[0] else ''}loss, "
+            f"{best:.4g} nats a sample, is far above the untrained network's ({initial:.4g}); lower learning_rate "
+            f"(now {cfg.learning_rate:g}) or check the input scale")
     if snapshot is not None:
         snapshot[0].load_state_dict(snap.best_state)  # set at the latest when its last epoch ended
         snapshot[0].eval()
@@ -339,6 +352,11 @@ def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generat
         why = f" ({', '.join(changed)})" if changed else ""
         if "epochs" in changed and "cosine" in (old.get("lr_schedule"), new.get("lr_schedule")):
             why += "; a cosine schedule spans epochs, so it resumes only with the same epochs"
+        old_net, new_net = meta["fingerprint"].get("model", {}), expected["model"]
+        net = [f"{k} {old_net.get(k, 'absent')} there, {new_net.get(k, 'absent')} here"
+               for k in sorted({*old_net, *new_net}) if k != "pair" and old_net.get(k) != new_net.get(k)]
+        if net:  # e.g. marginal_floor, "auto" since session 12: 0.01 for a table
+            why += f" (the network: {'; '.join(net)}; the same settings as that run's resume it)"
         raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's{why}; "
                          "remove it, or give another checkpoint_dir")
     tensors = load_file(str(path / CHECKPOINT_TENSORS))

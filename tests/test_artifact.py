@@ -738,6 +738,9 @@ def test_a_pair_is_format_4_and_loads_to_the_same_scores(fitted, pair_saved):
     (set_at("architecture.pair.aggregate_prior", 10**6), r"architecture.pair.aggregate_prior: expected"),
     (set_at("architecture.pair.aggregate_prior", 5), r"model.second.prior_mu: expected shape \[5, "),
     (set_at("architecture.pair.pair", {}), r"architecture.pair.pair: unknown field"),
+    # the first network's own run: a one-run pair has none (`info` would show "5 + N epochs")
+    (set_at("training.summary.epochs_run_first", 5),
+     r"training.summary.epochs_run_first: expected present only with params.pair_hidden_sizes"),
 ])
 def test_a_tampered_pair_is_refused(pair_saved, tmp_path, change, match):
     d = copy_of(pair_saved, tmp_path)

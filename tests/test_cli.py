@@ -156,7 +156,7 @@ def test_train_with_a_marginal_floor_and_info_shows_it(table: Path, tmp_path: Pa
             "--epochs", "2", "--marginal-floor", "0", "--no-pair", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((off / "model.json").read_text())["format_version"] == 2  # one network, no floor: as before
-    for bad in ("1", "-0.1", "nan", "x"):
+    for bad in ("1", "-0.1", "nan", "x", "Auto"):
         r = run("train", table, "--out", tmp_path / "no", "--marginal-floor", bad, "--quiet")
         assert r.returncode == 2 and "marginal floor must be" in r.stderr
 
@@ -546,6 +546,9 @@ def test_train_a_pair_with_its_own_layers(table: Path, tmp_path: Path, cli_here)
         assert r.returncode == 2 and f"{flags[-2]} takes 1 to 16 layer widths (integers in 1..4096)" in r.stderr, flags
     r = cli_here("train", small, "--out", tmp_path / "x", "--pair-hidden-sizes", "")
     assert r.returncode == 2 and "--pair-hidden-sizes takes 1 to 16 layer widths" in r.stderr
+    for flags in (["--pair"], ["--pair-hidden-sizes", "24,12"]):  # a flag conflict: a usage error, not exit 1
+        r = cli_here("train", small, "--out", tmp_path / "x", "--checkpoint-dir", tmp_path / "ck", *flags)
+        assert r.returncode == 2 and "a pair is not checkpointed; drop --checkpoint-dir or give --no-pair" in r.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -26,6 +26,24 @@ def test_divergence_is_a_clear_error(cancer):
         VAEAnomalyDetector(epochs=2, random_state=0, learning_rate=1e3).fit(X)
 
 
+def test_a_run_that_settles_far_above_where_it_started_is_divergence(cancer):
+    """With the marginal floor (a table's default) a too-large step no longer overflows: the
+    likelihood stays bounded while the KL grows, and the run settled at about 13,600 nats a sample
+    (an untrained network: 41) with a finite loss, giving a model that flags nothing useful."""
+    with pytest.raises(TrainingDivergedError, match=r"its best validation loss, 1\.\d+e\+04 nats a sample, is far "
+                                                    r"above the untrained network's \(\d+\.\d+\)"):
+        VAEAnomalyDetector(epochs=10, random_state=0, alpha=0.05, learning_rate=30).fit(cancer[0])
+
+
+def test_a_checkpoint_of_another_network_names_what_differs(cancer, tmp_path):
+    """A checkpoint written with marginal_floor=0 (the tables' default before session 12) does not
+    go on under today's "auto" floor: the message says which field of the network differs."""
+    ckpt = str(tmp_path / "ck")
+    VAEAnomalyDetector(epochs=2, random_state=0, alpha=0.1, marginal_floor=0.0, checkpoint_dir=ckpt).fit(cancer[0])
+    with pytest.raises(ValueError, match=r"the network: marginal_floor absent there, 0\.01 here"):
+        VAEAnomalyDetector(epochs=4, random_state=0, alpha=0.1, checkpoint_dir=ckpt).fit(cancer[0])
+
+
 def test_huge_learning_rate_diverges_with_clear_error(cancer):
     with pytest.raises(TrainingDivergedError, match="training diverged at epoch"):
         VAEAnomalyDetector(epochs=20, random_state=0, learning_rate=1e6, grad_clip=0.0).fit(cancer[0])

@@ -77,8 +77,7 @@ def train(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"model": args.model, "alpha": args.alpha, "epochs": args.epochs,
                               "likelihood": args.likelihood, "score_kind": args.score, "verbose": 0 if args.quiet else 1,
                               "device": args.device}
-    if args.latent_dim:
-        params["latent_dim"] = args.latent_dim
+    params.update({"latent_dim": args.latent_dim} if args.latent_dim else {})
     if args.hidden_sizes is not None:
         params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")
     if args.activation:
@@ -86,6 +85,8 @@ def train(args: argparse.Namespace) -> int:
     if args.checkpoint_dir:
         params["checkpoint_dir"] = args.checkpoint_dir
     params.update({k: v for k, v in (("marginal_floor", args.marginal_floor), ("pair", args.pair)) if v is not None})
+    if args.checkpoint_dir and (args.pair or args.pair_hidden_sizes is not None):
+        raise UsageError("--pair / --pair-hidden-sizes: a pair is not checkpointed; drop --checkpoint-dir or give --no-pair")
     if args.pair_hidden_sizes is not None:
         if args.pair is False:
             raise UsageError("--pair-hidden-sizes is the long network of a pair: not with --no-pair")

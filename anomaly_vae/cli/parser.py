@@ -46,7 +46,12 @@ def _in_unit_interval(what: str, zero_ok: bool) -> Callable[[str], float]:
 
 
 _alpha = _in_unit_interval("alpha", zero_ok=False)
-_floor = _in_unit_interval("marginal floor", zero_ok=True)
+_floor_number = _in_unit_interval("marginal floor", zero_ok=True)
+
+
+def _floor(text: str) -> float | None:
+    """``--marginal-floor``: a number in [0, 1), or ``auto`` (None: the detector's "auto")."""
+    return None if text == "auto" else _floor_number(text)
 
 
 def _positive(text: str) -> int:
@@ -119,7 +124,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--likelihood", choices=LIKELIHOODS, default="gaussian", help="decoder likelihood (default gaussian, learned sigma)")
     p.add_argument("--marginal-floor", type=_floor, metavar="EPS", help="tables: mix each numeric column's "
                    "likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column cannot "
-                   "dominate a score (default: 0.01 for tables; 0: off)")
+                   "dominate a score (default auto: 0.01 for tables; 0: off)")
     p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=None, help="tables: score with two "
                    "networks, the early-stopped one and one trained to 30 x --epochs updates (3000) with the training "
                    "rows' aggregate posterior as its prior; the score is their sum (default: on for tables, except with "

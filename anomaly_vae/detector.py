@@ -504,8 +504,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             x_train = t[train_idx].to(device)
             self.model_.likelihood.init_from_data(x_train)
             generator = torch.Generator().manual_seed(seed)
+            first = None  # a pair of two runs: the first network's epochs
             if self.pair_:
-                self.history_ = self._train_pair(x_train, t[val_idx].to(device) if n_val else None, generator, seed)
+                self.history_, first = self._train_pair(x_train, t[val_idx].to(device) if n_val else None, generator,
+                                                        seed)
             else:
                 self.history_ = train(
                     self.model_, x_train, t[val_idx].to(device) if n_val else None,
@@ -518,7 +520,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.fit_info_ = {"n_samples": n, "n_train": len(train_idx), "n_validation": n_val, "n_calibration": n_cal,
                           "seed": seed, "seconds": round(time.perf_counter() - start, 3),
                           "epochs_run": len(self.history_), "device": str(device)}
-        first = self.__dict__.pop("_first_epochs", None)
         if first is not None:  # a pair's two runs: history_ and epochs_run are the long network's
             self.fit_info_["epochs_run_first"] = first
         if self.contamination is not None:
@@ -531,7 +532,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         """The fitted ``marginal_floor_``, ``pair_`` and ``pair_hidden_sizes_``: the parameters, with
         "auto" made what it means for this input (quality-study.md, section 19). They, not the
         parameters, are what the fit and the card use: a set_params after the fit changes neither."""
-        table = self.input_kind_ == "table" and self.model != "conv"
+        table = self.input_kind_ == "table"  # a dense network: model="conv" on a table was refused by _prepare
         self.marginal_floor_ = ((TABLE_MARGINAL_FLOOR if table else 0.0) if _is_auto(self.marginal_floor)
                                 else float(self.marginal_floor))
         if _is_auto(self.pair):  # not where a pair cannot be trained: those settings give one network
@@ -552,23 +553,24 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.pair_hidden_sizes_ = tuple(int(h) for h in sizes) if self.pair_ and sizes is not None else None
 
     def _train_pair(self, x_train: torch.Tensor, x_val: torch.Tensor | None, generator: torch.Generator,
-                    seed: int) -> list[dict[str, float]]:
+                    seed: int) -> tuple[list[dict[str, float]], int | None]:
         """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` x ``epochs`` / 100 updates (patience
         ``PAIR_PATIENCE``) while ``model_`` keeps the best weights of the run's first ``epochs`` epochs
         (patience ``patience``), the network a fit without the pair ends with; then the long
         network's prior becomes the aggregate posterior of up to ``PAIR_CODES`` training rows (never
-        calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair."""
+        calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair.
+        Returns the long network's history and, for two runs, the first network's epochs (else None)."""
         cfg = self._train_config()
         per_epoch = -(-x_train.shape[0] // cfg.batch_size)
         # epochs=100 (the default): PAIR_UPDATES; fewer epochs ask for a quicker fit, of both networks
         cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES * int(self.epochs) // (100 * per_epoch))), PAIR_PATIENCE
+        first = None
         if self.pair_hidden_sizes_ is None:
             long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
             history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
                             snapshot=(self.model_, int(self.epochs), int(self.patience)))
         else:  # two runs: the first network as a fit without the pair trains it, then the long one
-            self._first_epochs = len(train(self.model_, x_train, x_val, self._train_config(), generator,
-                                           verbose=int(self.verbose)))
+            first = len(train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose)))
             long = self._default_model(x_train[:1].cpu().numpy(), self.pair_hidden_sizes_)
             long = long.to(x_train.device)
             long.likelihood.init_from_data(x_train)
@@ -580,7 +582,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         long.set_aggregate_prior(mu, logvar)
         self.model_.attach_pair(long)
         self.model_.eval()
-        return history
+        return history, first
 
     def _calibration_rows(self, n: int) -> int:
         """Rows held out for calibration: ``calibration_size`` of ``n``, raised to the number the

@@ -146,8 +146,9 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     snap = _Rule(int(snapshot[1]), int(snapshot[2])) if snapshot is not None else None
     last = max(cfg.epochs, snap.epochs) if snap is not None else cfg.epochs
     # the untrained network's loss, by the metric early stopping uses (not known when resuming)
-    initial = (_evaluate(model, x_val if x_val is not None and x_val.shape[0] > 0 else x_train, cfg,
-                         generator_seed=2**31 - 1) if first == 0 and not stopped else None)
+    has_val = x_val is not None and x_val.shape[0] > 0
+    initial = (_evaluate(model, x_val if has_val else x_train, cfg, generator_seed=2**31 - 1)
+               if first == 0 and not stopped else None)
     bar = tqdm(range(first, last if not stopped else first), desc="training", unit="epoch",
                disable=verbose <= 0, leave=verbose > 1, initial=first, total=last)
     for epoch in bar:
@@ -164,7 +165,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             eps = torch.randn(x.shape[0], k, generator=generator).to(x.device)
             prior = torch.randn(x.shape[0], k, generator=generator).to(x.device) if cfg.objective == "mmd" else None
             terms = loss_terms(model, x, eps, cfg, beta, prior)
-            if not torch.isfinite(terms["loss"]) or terms["loss"].abs() > LOSS_LIMIT:
+            if not terms["loss"].abs() <= LOSS_LIMIT:  # NaN and infinity fail it too
                 raise TrainingDivergedError(
                     f"training diverged at epoch {epoch + 1}, batch {b + 1}: loss is {terms['loss'].item():.4g} nats"
                     f"{'' if not torch.isfinite(terms['loss']) else f' a sample (beyond {LOSS_LIMIT:g})'}; "
@@ -178,7 +179,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v.item() * x.shape[0]
         row = {"epoch": epoch + 1, "beta": beta, "lr": lr, **{key: v / n for key, v in sums.items()}}
-        if x_val is not None and x_val.shape[0] > 0:
+        if has_val:
             row["val_loss"] = _evaluate(model, x_val, cfg, generator_seed=epoch)
         history.append(row)
         metric = row.get("val_loss", row["loss"])
@@ -205,7 +206,7 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     bar.close()
     if initial is not None and math.isfinite(best) and best > initial + max(DIVERGED_MARGIN, abs(initial)):
         raise TrainingDivergedError(
-            f"training diverged: its best {'validation ' if x_val is not None and x_val.shape[0] else ''}loss, "
+            f"training diverged: its best {'validation ' if has_val else ''}loss, "
             f"{best:.4g} nats a sample, is far above the untrained network's ({initial:.4g}); lower learning_rate "
             f"(now {cfg.learning_rate:g}) or check the input scale")
     if snapshot is not None:

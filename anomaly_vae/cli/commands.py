@@ -77,14 +77,11 @@ def train(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"model": args.model, "alpha": args.alpha, "epochs": args.epochs,
                               "likelihood": args.likelihood, "score_kind": args.score, "verbose": 0 if args.quiet else 1,
                               "device": args.device}
-    params.update({"latent_dim": args.latent_dim} if args.latent_dim else {})
+    optional = {"latent_dim": args.latent_dim, "activation": args.activation, "checkpoint_dir": args.checkpoint_dir or None,
+                "marginal_floor": args.marginal_floor, "pair": args.pair}  # flags not given: the detector's defaults
+    params.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden_sizes is not None:
         params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")
-    if args.activation:
-        params["activation"] = args.activation
-    if args.checkpoint_dir:
-        params["checkpoint_dir"] = args.checkpoint_dir
-    params.update({k: v for k, v in (("marginal_floor", args.marginal_floor), ("pair", args.pair)) if v is not None})
     if args.checkpoint_dir and (args.pair or args.pair_hidden_sizes is not None):
         raise UsageError("--pair / --pair-hidden-sizes: a pair is not checkpointed; drop --checkpoint-dir or give --no-pair")
     if args.pair_hidden_sizes is not None:

@@ -12,6 +12,7 @@ of perturbed images). None of them won across the board; see the study."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 # the tables' defaults before session 12 (one network, no floor); since, "auto" gives a table
@@ -107,11 +108,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the same floor on the columns constant in the training rows only (none in the shared ADBench tables)
     "floor_const1e-2": {"_floor": 1e-2, "_floor_constant_only": True},
     "floor_const1e-3": {"_floor": 1e-3, "_floor_constant_only": True},
+    # session 13: the default pair with its early-stopped network's layers chosen by held-out ELBO
+    "pair_sel": {"_select_hidden": [[64, 32], [256, 128]]},
+    "pair_sel3": {"_select_hidden": [[32, 16], [64, 32], [256, 128]]},
 }
 # every configuration written before session 12 measured changes to the defaults of its day: it keeps them
 # (one network and no floor unless it says otherwise; a pair without pair_hidden_sizes was the one-run pair)
 for _name, _cfg in list(CONFIGS.items()):
-    if _name not in ("default", "single", "pair_mf1e-2_ph256", "pair_cfloor1e-2"):
+    if _name not in ("default", "single", "pair_mf1e-2_ph256", "pair_cfloor1e-2", "pair_sel", "pair_sel3"):
         CONFIGS[_name] = {**SINGLE, **({"pair_hidden_sizes": None} if _cfg.get("pair") else {}), **_cfg}
 
 
@@ -263,3 +267,20 @@ def perturbed_images(images: Any, mu: float, seed: int) -> Any:
     hit = rng.random(x.shape) < mu
     x[hit] = rng.integers(0, 256, size=int(hit.sum()), dtype=np.uint8)
     return x
+
+
+def select_hidden(cls: Any, kw: dict[str, Any], train: Any, candidates: Any) -> list[int]:
+    """``_select_hidden``: the early-stopped network's layers, chosen among ``candidates`` by the best
+    held-out (validation) loss of a fit of one network of each, with the configuration's seed (so the
+    same rows) and floor: label-free model selection by ELBO on normal rows. The pair's first network
+    is such a fit bit for bit, so the chosen one is the pair's first member."""
+    best, best_loss = None, float("inf")
+    for sizes in candidates:
+        one = {k: v for k, v in kw.items() if k not in ("pair", "pair_hidden_sizes")}
+        det = cls(**{**one, "pair": False, "hidden_sizes": list(sizes)}).fit(train)
+        loss = min(row.get("val_loss", row["loss"]) for row in det.history_)
+        if loss < best_loss:
+            best, best_loss = list(sizes), loss
+        print(f"  _select_hidden {list(sizes)}: best validation loss {loss:.4f}", file=sys.stderr)
+    print(f"  _select_hidden chose {best}", file=sys.stderr)
+    return best

@@ -53,6 +53,9 @@ TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
 # the parameters a card leaves out at their "off" values (fitted_state): a card without them was fitted so,
 # whatever today's defaults are
 CARD_OFF_VALUES = {"marginal_floor": 0.0, "pair": False, "pair_hidden_sizes": None, "lr_schedule": "constant"}
+# settings of how a fitted model runs, not of what was fitted: set_params after a fit changes them for the
+# model itself, and the card records the current values (every other parameter as the fit had it)
+RUNTIME_PARAMS = ("n_threads", "device", "verbose")
 
 
 def _check_layers(name: str, sizes: Any, least: int) -> None:
@@ -199,6 +202,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     marginal_floor_, pair_, pair_hidden_sizes_ : float, bool, tuple of int or None
         What the fit used for ``marginal_floor``, ``pair`` and ``pair_hidden_sizes`` ("auto"
         resolved for the input; None: no pair, or a one-run pair).
+    fit_params_ : dict
+        ``get_params()`` as the fit had them. A ``set_params`` after the fit is for the next fit: the
+        model card records these (but ``RUNTIME_PARAMS``, how the model runs, as they are now), and
+        scoring uses the fit's ``score_kind`` (``score_kind_``), the score the calibration is of.
+    score_kind_ : str
+        The score the fit calibrated, the default of ``anomaly_score``.
     preprocessor_ : preprocessing.TablePreprocessor or preprocessing.ImagePreprocessor
         The fitted input schema (scaling, categories, image size and channels).
     input_kind_ : str
@@ -470,6 +479,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _fit(self, X: Any) -> "VAEAnomalyDetector":
         self._check_params()
+        fit_params = copy.deepcopy(self.get_params())
         x = self._prepare(X, reset=True)
         n = x.shape[0]
         if n < 10:
@@ -515,13 +525,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                     seed=seed,
                 )
             self.noise_ = draw_noise(int(self.n_score_samples), self.model_.latent_dim, seed + 1)
-            self.calibration_scores_ = self._scores(t[cal_idx], self.score_kind)
-            all_scores = self._scores(t, self.score_kind) if self.contamination is not None else None
+            self.calibration_scores_ = self._scores(t[cal_idx], fit_params["score_kind"])
+            all_scores = self._scores(t, fit_params["score_kind"]) if self.contamination is not None else None
         self.fit_info_ = {"n_samples": n, "n_train": len(train_idx), "n_validation": n_val, "n_calibration": n_cal,
                           "seed": seed, "seconds": round(time.perf_counter() - start, 3),
                           "epochs_run": len(self.history_), "device": str(device)}
         if first is not None:  # a pair's two runs: history_ and epochs_run are the long network's
             self.fit_info_["epochs_run_first"] = first
+        self.fit_params_, self.score_kind_ = fit_params, fit_params["score_kind"]
         if self.contamination is not None:
             self._set_threshold(cal.contamination_threshold(all_scores, self.contamination), "contamination", None)
         else:
@@ -673,8 +684,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return torch.get_num_threads() if long_kernels else 1
 
     def _score_name(self, score: str | None) -> str:
-        """``score``, or the model's ``score_kind`` when None; a name not in ``SCORES`` is a ValueError."""
-        score = score or self.score_kind
+        """``score``, or the fit's ``score_kind`` when None; a name not in ``SCORES`` is a ValueError."""
+        score = score or self.score_kind_
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         return score
@@ -910,7 +921,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         writes and checks the files and knows nothing of the estimator."""
         check_is_fitted(self, "model_")
         params = {}
-        for k, v in self.get_params().items():
+        now = self.get_params()
+        fitted = getattr(self, "fit_params_", now)
+        for k in now:
+            v = now[k] if k in RUNTIME_PARAMS or k not in fitted else fitted[k]
             if isinstance(v, tuple):
                 v = list(v)
             if isinstance(v, list):
@@ -947,7 +961,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 "feature_names_in": [str(c) for c in names] if names is not None else None,
                 "preprocessing": self.preprocessor_.to_dict(),
             },
-            "score": {"name": self.score_kind, "units": "nats", "higher_is_more_anomalous": True,
+            "score": {"name": self.score_kind_, "units": "nats", "higher_is_more_anomalous": True,
                       "n_score_samples": int(self.noise_.shape[0])},
             "calibration": {
                 "method": self.threshold_method_, "alpha": self.alpha_, "threshold": self.threshold_,
@@ -974,6 +988,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         model = build_model(card["architecture"])
         det.pair_ = "pair" in card["architecture"]
         det.pair_hidden_sizes_ = det.pair_hidden_sizes
+        det.fit_params_ = copy.deepcopy(det.get_params())
+        det.score_kind_ = det.score_kind
         det.marginal_floor_ = float(getattr(model, "marginal_floor", 0.0))
         try:
             model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},

@@ -201,7 +201,7 @@ def evaluate_job(model_dir: str | Path, data: str | Path, opts: DataOptions,
     y = anomaly_labels(labels, normal_label)
     metrics = evaluate_scores(np.asarray(scores), y, det.threshold_, det.alpha_)
     metrics.update(normal_label=normal_label, rows=len(scores) + len(errors), errors=len(errors),
-                   model=str(model_dir), data=str(data), score=det.score_kind)
+                   model=str(model_dir), data=str(data), score=det.score_kind_)
     return metrics, np.asarray(scores), y, errors
 
 

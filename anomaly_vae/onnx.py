@@ -193,7 +193,7 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
     ----------
     det : a fitted ``VAEAnomalyDetector`` (fitted here or loaded with ``load_detector``).
     path : the ``.onnx`` file to write (replaced atomically; its folder must exist).
-    score : "elbo", "reconstruction" or "iwae"; None is the detector's ``score_kind``. The
+    score : "elbo", "reconstruction" or "iwae"; None is the score the fit calibrated (``score_kind_``). The
         threshold and p-values are those of the detector's calibration, which was made with
         ``score_kind``: with another score they are left out (they would not mean anything).
     p_value : add the ``p_value`` output (needs calibration scores).
@@ -228,7 +228,7 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
         raise FileNotFoundError(f"{target}: the folder {target.parent} does not exist")
     if target.is_dir():
         raise ExportError(f"{target} is a directory: give the path of the .onnx file to write")
-    score = score or det.score_kind
+    score = score or det.score_kind_
     if score not in SCORES:
         raise ExportError(f"score must be one of {SCORES}, got {score!r}")
     pre, kind = det.preprocessor_, det.input_kind_
@@ -240,10 +240,10 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
     raw = can_raw and not prepared_input
 
     notes: dict[str, str] = {}
-    same_score = score == det.score_kind
+    same_score = score == det.score_kind_
     threshold: float | None = None
     if not same_score:
-        notes["threshold_note"] = (f"no is_anomaly / p_value: the calibration is of the {det.score_kind!r} score, "
+        notes["threshold_note"] = (f"no is_anomaly / p_value: the calibration is of the {det.score_kind_!r} score, "
                                    f"this graph computes {score!r}")
     else:
         try:

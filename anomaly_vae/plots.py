@@ -310,7 +310,7 @@ def scores_figure(det: Any, X: Any, labels: list[Any] | None = None) -> Any:
     if np.isfinite(threshold):
         ax.axvline(threshold, color="black", linestyle="--",
                    label=f"threshold {threshold:.4g}" + (f" (alpha {alpha:g})" if alpha is not None else ""))
-    ax.set_xlabel(f"anomaly score ({det.score_kind}, nats, higher = more anomalous; clipped to the 0.5-99.5% range)")
+    ax.set_xlabel(f"anomaly score ({det.score_kind_}, nats, higher = more anomalous; clipped to the 0.5-99.5% range)")
     ax.set_title("Anomaly scores")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -362,7 +362,7 @@ def features_figure(det: Any, row: Any, top: int = 20) -> Any:
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.3 * len(order) + 1.2)), dpi=100)
     ax.barh([str(names[i]) for i in order][::-1], values[order][::-1], color="tab:red")
     ax.set_xlabel("contribution to -log p(x | z), nats")
-    ax.set_title(f"Per-column contributions (reconstruction {values.sum():.1f} nats; {det.score_kind} score "
+    ax.set_title(f"Per-column contributions (reconstruction {values.sum():.1f} nats; {det.score_kind_} score "
                  f"{score:.1f}, threshold {det.threshold_:.1f})", fontsize=9)
     fig.tight_layout()
     return fig

@@ -63,7 +63,7 @@ class Scorer:
                      "backend": settings.backend, **card}
         self.metrics = ServiceMetrics(
             det.calibration_scores_, self.threshold, self.alpha,
-            info={"model_version": self.model_version, "score": det.score_kind, "input_kind": det.input_kind_,
+            info={"model_version": self.model_version, "score": det.score_kind_, "input_kind": det.input_kind_,
                   "package_version": str(card.get("package_version"))},
             window_seconds=settings.drift_window_seconds, window_size=settings.drift_window_size)
         if settings.backend == "onnxruntime":  # one call that releases the GIL: it runs in the batcher's thread

@@ -402,7 +402,7 @@ def model_metadata(det: Any, name: str, version: str, threshold: float, alpha: f
     """The model metadata answer: the inputs (with types and shapes, -1 for any size), the outputs,
     and the threshold, alpha and score definition in ``parameters``."""
     pre = det.preprocessor_
-    params: dict[str, Any] = {"threshold": threshold, "alpha": alpha, "score": det.score_kind,
+    params: dict[str, Any] = {"threshold": threshold, "alpha": alpha, "score": det.score_kind_,
                               "score_units": "nats, higher = more anomalous", "input_kind": det.input_kind_}
     if det.input_kind_ == "image":
         inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, *det.prepared_shape]}]

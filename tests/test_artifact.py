@@ -681,6 +681,31 @@ def test_save_writes_the_floor_the_network_has_after_set_params(fitted, tmp_path
     assert load_detector(tmp_path / "plain").model_.marginal_floor == 0.0
 
 
+def test_the_card_records_the_fit_whatever_set_params_says_since(fitted, tmp_path):
+    """set_params after a fit is for the next fit: the card's params are the fit's, so that a clone of
+    the loaded model refits the same network (a hostile review: epochs=7 after the fit wrote a card
+    that refit to other scores, lr_schedule='cosine' after a pair's fit one whose refit raised); the
+    settings of how a model runs (RUNTIME_PARAMS) are recorded as they are now."""
+    _, df = fitted
+    det = VAEAnomalyDetector(epochs=3, random_state=0).fit(df.iloc[:400])  # the default pair
+    want = det.anomaly_score(df.iloc[:30])
+    det.set_params(epochs=7, lr_schedule="cosine", hidden_sizes=(8,), score_kind="reconstruction",
+                   learning_rate=0.1, n_threads=1, alpha=0.05)
+    assert np.array_equal(det.anomaly_score(df.iloc[:30]), want)  # still the fit's score, the one calibrated
+    det.save(tmp_path / "m")
+    params = read_card(tmp_path / "m")["params"]
+    assert params["epochs"] == 3 and "lr_schedule" not in params and params["hidden_sizes"] is None
+    assert params["score_kind"] == "elbo" and params["learning_rate"] == 1e-3
+    assert params["alpha"] == 0.01  # the fit's: it chose how many rows calibrate (set_alpha moves the threshold)
+    assert params["n_threads"] == 1  # how the model runs: as set now
+    loaded = load_detector(tmp_path / "m")
+    assert loaded.get_params()["epochs"] == 3 and loaded.score_kind_ == "elbo"
+    refit = clone(loaded).fit(df.iloc[:400])
+    assert np.array_equal(refit.anomaly_score(df.iloc[:30]), want)
+    loaded.set_params(epochs=5).save(tmp_path / "again")  # and a loaded model's card the same way
+    assert read_card(tmp_path / "again")["params"]["epochs"] == 3
+
+
 def test_numpy_scalar_settings_are_saved_as_plain_numbers(fitted, tmp_path):
     _, df = fitted
     det = VAEAnomalyDetector(epochs=np.int64(2), alpha=np.float32(0.1), marginal_floor=np.float32(0.01),

@@ -95,7 +95,7 @@ def train(args: argparse.Namespace) -> int:
     print(f"  rows                 {result.n_rows} read; {info['n_train']} trained on, {info['n_validation']} "
           f"for early stopping, {info['n_calibration']} for calibration")
     print(f"  epochs               {_epochs(info)} ({info['seconds']:.1f} s)")
-    print(f"  threshold            {_fmt(det.threshold_, '.4g')} nats of {det.score_kind} score, alpha {det.alpha_}")
+    print(f"  threshold            {_fmt(det.threshold_, '.4g')} nats of {det.score_kind_} score, alpha {det.alpha_}")
     if det.calibration_error_:
         print(f"  warning              no usable threshold: {det.calibration_error_} "
               "(`anomaly-vae calibrate` fixes this without retraining)")

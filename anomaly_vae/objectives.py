@@ -153,9 +153,17 @@ def log_normal_mixture(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) 
     inv = torch.exp(-lvd)  # (M, k)
     const = -0.5 * ((mud * mud * inv).sum(dim=-1) + lvd.sum(dim=-1) + mu.shape[-1] * LOG_2PI)  # (M,)
     weights = torch.cat([-0.5 * inv, mud * inv], dim=-1)  # (M, 2k)
-    comp = torch.cat([zd * zd, zd], dim=-1) @ weights.T + const  # (..., M)
-    top = comp.amax(dim=-1, keepdim=True)
-    total = torch.exp((comp - top).clamp_min(-80.0)).sum(dim=-1)
+    comp = torch.cat([zd * zd, zd], dim=-1) @ weights.T  # (..., M)
+    if comp.requires_grad:
+        comp = comp + const
+        top = comp.amax(dim=-1, keepdim=True)
+        total = torch.exp((comp - top).clamp_min(-80.0)).sum(dim=-1)
+    else:  # scoring: the same numbers in place, one (..., M) buffer instead of four (a pair scores B x S x M
+        # float64 a block: four fresh 8 MB buffers a block made glibc map and fault in 32 MB a block, and halved
+        # the rows a second, whenever its heap's trim and mmap thresholds were where a Parquet read left them)
+        comp.add_(const)
+        top = comp.amax(dim=-1, keepdim=True)
+        total = comp.sub_(top).clamp_min_(-80.0).exp_().sum(dim=-1)
     return (top.squeeze(-1) + torch.log(total) - math.log(mu.shape[0])).to(z.dtype)
 
 

@@ -269,7 +269,7 @@ def perturbed_images(images: Any, mu: float, seed: int) -> Any:
     return x
 
 
-def select_hidden(cls: Any, kw: dict[str, Any], train: Any, candidates: Any) -> list[int]:
+def select_hidden(fit: Any, kw: dict[str, Any], candidates: Any) -> list[int]:
     """``_select_hidden``: the early-stopped network's layers, chosen among ``candidates`` by the best
     held-out (validation) loss of a fit of one network of each, with the configuration's seed (so the
     same rows) and floor: label-free model selection by ELBO on normal rows. The pair's first network
@@ -277,7 +277,7 @@ def select_hidden(cls: Any, kw: dict[str, Any], train: Any, candidates: Any) -> 
     best, best_loss = None, float("inf")
     for sizes in candidates:
         one = {k: v for k, v in kw.items() if k not in ("pair", "pair_hidden_sizes")}
-        det = cls(**{**one, "pair": False, "hidden_sizes": list(sizes)}).fit(train)
+        det = fit({**one, "pair": False, "hidden_sizes": list(sizes)})
         loss = min(row.get("val_loss", row["loss"]) for row in det.history_)
         if loss < best_loss:
             best, best_loss = list(sizes), loss

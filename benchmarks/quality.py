@@ -107,7 +107,9 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         if "_steps" in proto:
             kw["epochs"] = ablations.epochs_for_steps(proto["_steps"], len(train_x), kw)
         if "_select_hidden" in proto:  # the early-stopped network's width chosen by held-out ELBO (label-free)
-            kw["hidden_sizes"] = ablations.select_hidden(VAEAnomalyDetector, kw, train_x, proto["_select_hidden"])
+            kw["hidden_sizes"] = ablations.select_hidden(
+                lambda k: _fit(VAEAnomalyDetector, k, train_x, f"{dataset} {key} {name} select"), kw,
+                proto["_select_hidden"])
         floor = (ablations.marginal_floor(proto["_floor"], bool(proto.get("_floor_constant_only")))
                  if "_floor" in proto else contextlib.nullcontext())
         with floor:  # the prototype's patch holds for this fit and its scoring only

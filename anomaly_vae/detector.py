@@ -925,6 +925,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         fitted = getattr(self, "fit_params_", now)
         for k in now:
             v = now[k] if k in RUNTIME_PARAMS or k not in fitted else fitted[k]
+            if isinstance(v, torch.device):
+                v = str(v)  # device=torch.device("cpu") works as "cpu" does
+            if isinstance(v, np.ndarray) and v.ndim == 1:
+                v = v.tolist()  # hidden_sizes=np.array([16]) fits like [16]
             if isinstance(v, tuple):
                 v = list(v)
             if isinstance(v, list):
@@ -988,6 +992,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         model = build_model(card["architecture"])
         det.pair_ = "pair" in card["architecture"]
         det.pair_hidden_sizes_ = det.pair_hidden_sizes
+        det._params_from_network(card["architecture"], int(tensors["scoring.noise"].shape[0]))
         det.fit_params_ = copy.deepcopy(det.get_params())
         det.score_kind_ = det.score_kind
         det.marginal_floor_ = float(getattr(model, "marginal_floor", 0.0))
@@ -1017,6 +1022,36 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             det.best_f1_ = c["best_f1"]
         det.model_card_ = card
         return det
+
+    def _params_from_network(self, arch: dict[str, Any], n_noise: int) -> None:
+        """Make the loaded params say what the network was fitted with where they contradict it: a card
+        written before session 13 could record a set_params made after the fit (``latent_dim=5`` on a network
+        of 2), which would refit another network. Logs each such setting and takes the network's."""
+        fixes: dict[str, Any] = {}
+        if self.latent_dim is not None and self.latent_dim != arch["latent_dim"]:
+            fixes["latent_dim"] = arch["latent_dim"]
+        if self.model not in ("auto", arch["kind"]):
+            fixes["model"] = arch["kind"]
+        if self.likelihood != arch["likelihood"]:
+            fixes["likelihood"] = arch["likelihood"]
+        if self.min_scale is not None and float(self.min_scale) != float(arch["min_scale"]):
+            fixes["min_scale"] = arch["min_scale"]
+        if arch["kind"] == "dense":
+            if self.hidden_sizes is not None and list(self.hidden_sizes) != list(arch["hidden"]):
+                fixes["hidden_sizes"] = tuple(arch["hidden"])
+            if self.activation != arch["activation"]:
+                fixes["activation"] = arch["activation"]
+        elif self.conv_channels is not None and list(self.conv_channels) != list(arch["channels"]):
+            fixes["conv_channels"] = tuple(arch["channels"])
+        if int(self.n_score_samples) != n_noise:
+            fixes["n_score_samples"] = n_noise
+        if fixes:
+            log.warning("the model card's params say %s, and the network was fitted with %s (a set_params after the "
+                        "fit, which anomaly-vae recorded until session 13): taking the network's, so that a refit gives "
+                        "this network; save the model again to correct its card",
+                        ", ".join(f"{k}={getattr(self, k)!r}" for k in fixes),
+                        ", ".join(f"{k}={v!r}" for k, v in fixes.items()))
+            self.set_params(**fixes)
 
     def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
         tags = super().__sklearn_tags__()

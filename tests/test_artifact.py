@@ -706,6 +706,40 @@ def test_the_card_records_the_fit_whatever_set_params_says_since(fitted, tmp_pat
     assert read_card(tmp_path / "again")["params"]["epochs"] == 3
 
 
+def test_a_card_that_would_not_load_is_not_saved_and_leaves_the_saved_model(fitted, saved, tmp_path):
+    """A hostile review: set_params(n_threads=0) after a fit saved a card that load_detector refused,
+    and device=torch.device("cpu") raised a raw TypeError after the new weights had replaced the old
+    ones beside the old card. Both are refused before anything is written."""
+    det, df = fitted
+    d = copy_of(saved, tmp_path)
+    other = VAEAnomalyDetector(epochs=2, random_state=1, **SINGLE).fit(df)
+    for bad, field in (({"n_threads": 0}, "n_threads"), ({"verbose": -1}, "verbose"), ({"device": "tpu"}, "device")):
+        other.set_params(**bad)
+        with pytest.raises(ModelCardError, match=rf"params\.{field}: .*not saved, a model with this card would not load"):
+            other.save(d)
+        other.set_params(n_threads=None, verbose=0, device="cpu")
+        assert np.array_equal(load_detector(d).anomaly_score(df.iloc[:20]), det.anomaly_score(df.iloc[:20]))
+    other.set_params(device=torch.device("cpu"), hidden_sizes=np.array([8]))  # written as "cpu" and [8]
+    other.save(tmp_path / "ok")
+    assert load_detector(tmp_path / "ok").device == "cpu"
+    assert [p.name for p in d.iterdir()] == [p.name for p in saved.iterdir()]  # no temporary files left
+
+
+def test_params_an_older_card_recorded_after_the_fit_are_taken_from_the_network(saved, fitted, tmp_path, caplog):
+    """Cards written before session 13 recorded set_params made after the fit: loading takes the
+    network's settings where they contradict it (and says so), so that a refit gives this network."""
+    d = copy_of(saved, tmp_path)
+    edit_card(d, lambda c: c["params"].update(latent_dim=5, hidden_sizes=[64, 64], activation="tanh", n_score_samples=2))
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.detector"):
+        loaded = load_detector(d)
+    assert "the network was fitted with" in caplog.text and "latent_dim=5" in caplog.text
+    arch = read_card(d)["architecture"]
+    assert loaded.latent_dim == arch["latent_dim"] and list(loaded.hidden_sizes) == arch["hidden"]
+    assert loaded.activation == "relu" and loaded.n_score_samples == fitted[0].n_score_samples
+    assert np.array_equal(clone(loaded).fit(fitted[1]).anomaly_score(fitted[1].iloc[:20]),
+                          fitted[0].anomaly_score(fitted[1].iloc[:20]))
+
+
 def test_numpy_scalar_settings_are_saved_as_plain_numbers(fitted, tmp_path):
     _, df = fitted
     det = VAEAnomalyDetector(epochs=np.int64(2), alpha=np.float32(0.1), marginal_floor=np.float32(0.01),

@@ -36,7 +36,7 @@ from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_im
 from .scoring import SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
-from .training import TrainConfig, checkpoint_run, train
+from .training import CHECKPOINT_JSON, CHECKPOINT_TENSORS, TrainConfig, checkpoint_run, train
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE
 # the training rows whose codes make its prior (quality-study.md, sections 10 and 12: measured, not tuned)
 # the pair's long run: PAIR_UPDATES gradient updates at the default 100 epochs (scaled with ``epochs``)
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
+PAIR_CHECKPOINT = "pair"  # a two-run pair's long run checkpoints in this folder of checkpoint_dir
 # what "auto" gives a table (quality-study.md, section 19): the marginal floor, and a pair whose long
 # network has these layers, in a run of its own
 TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
@@ -157,8 +158,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         in nats, calibrated as one score. The long network fits the many-mode tables the short one
         under-fits, the short one keeps the tables where longer training models the anomalies too.
         "auto" (the default): True for a table (a dense network) fitted with
-        ``lr_schedule="constant"`` and no ``checkpoint_dir``, False otherwise (images; those
-        settings, which a pair cannot be trained with, give one network); True with them raises.
+        ``lr_schedule="constant"``, False otherwise (images; the cosine schedule, which a pair cannot
+        be trained with, gives one network); True with it raises. A two-run pair (see
+        ``pair_hidden_sizes``) is checkpointed: the first run where one network's checkpoint is,
+        the long run in ``checkpoint_dir/pair``; the one-run pair (``pair_hidden_sizes=None``) is not.
         The second rule is a budget of updates, not of epochs: on a table of more than about 3800
         training rows (batch 128) it is fewer epochs than the first network's 100. Costs: the fit
         trains both networks; scoring is 5-10 times slower than a single network's on two cores
@@ -319,9 +322,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             if self.likelihood == "bernoulli":  # standardised columns are not in [0, 1]: the long run exploits it
                 raise ValueError("pair=True needs a Gaussian likelihood: table columns are standardised, not in [0, 1] "
                                  "as the bernoulli likelihood assumes")
-            if self.lr_schedule != "constant" or self.checkpoint_dir is not None:
+            if self.lr_schedule != "constant":
                 raise ValueError("pair=True needs lr_schedule='constant' (the short network is a snapshot of the long "
-                                 "run) and no checkpoint_dir")
+                                 "run, or its first epochs)")
+            if self.checkpoint_dir is not None and self.pair_hidden_sizes is None:
+                raise ValueError("pair=True with pair_hidden_sizes=None (one run, the short network a snapshot of the "
+                                 "long run) cannot be checkpointed; the two-run pair (pair_hidden_sizes='auto' or "
+                                 "layers of its own) can")
         # the card's bounds: a fit must not write a model that cannot be read back
         _check_layers("hidden_sizes", self.hidden_sizes, 0)
         _check_layers("conv_channels", self.conv_channels, 0)
@@ -490,7 +497,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         seed = self._seed()
         run = checkpoint_run(self.checkpoint_dir) if self.random_state is None else None
         if run is not None and run["seed"] is not None:
-            if run["stopped"] or run["epoch"] >= int(self.epochs):
+            finished = run["stopped"] or run["epoch"] >= int(self.epochs)
+            if finished and self.pair_:  # a pair's first run: the pair is finished when its long run is
+                n_train = n - n_cal - int(round(float(self.validation_size) * (n - n_cal)))
+                long = checkpoint_run(Path(self.checkpoint_dir) / PAIR_CHECKPOINT)
+                finished = long is not None and (long["stopped"] or long["epoch"] >= self._pair_epochs(n_train))
+                run = long if finished else run
+            if finished:
                 # nothing left to train: taking its seed would give that run's model again, silently,
                 # to a caller who asked for a random one (an ensemble of seeds, restarts)
                 raise ValueError(f"the checkpoint in {self.checkpoint_dir} is of a finished run (seed {run['seed']}, "
@@ -547,11 +560,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.marginal_floor_ = ((TABLE_MARGINAL_FLOOR if table else 0.0) if _is_auto(self.marginal_floor)
                                 else float(self.marginal_floor))
         if _is_auto(self.pair):  # not where a pair cannot be trained: those settings give one network
-            self.pair_ = table and self.lr_schedule == "constant" and self.checkpoint_dir is None
+            one_run = self.pair_hidden_sizes is None  # a snapshot of one run: not with a checkpoint
+            self.pair_ = table and self.lr_schedule == "constant" and not (one_run and self.checkpoint_dir is not None)
             if table and not self.pair_:
                 log.info("pair='auto': one network, not the tables' default pair, which cannot be trained with %s "
                          "(pair=False says so without this message)",
-                         "checkpoint_dir" if self.checkpoint_dir is not None else f"lr_schedule={self.lr_schedule!r}")
+                         f"lr_schedule={self.lr_schedule!r}" if self.lr_schedule != "constant"
+                         else "checkpoint_dir and pair_hidden_sizes=None")
         else:
             self.pair_ = bool(self.pair)
         if self.pair_ and not table:
@@ -559,7 +574,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if not self.pair_ and self.pair_hidden_sizes is not None and not _is_auto(self.pair_hidden_sizes):
             raise ValueError(f"pair_hidden_sizes={self.pair_hidden_sizes!r} is the long network of a pair, and this "
                              "fit has none: pair='auto' pairs only tables fitted with lr_schedule='constant' and "
-                             "no checkpoint_dir")
+                             "not a checkpoint_dir with pair_hidden_sizes=None")
         sizes = PAIR_HIDDEN_SIZES if _is_auto(self.pair_hidden_sizes) else self.pair_hidden_sizes
         self.pair_hidden_sizes_ = tuple(int(h) for h in sizes) if self.pair_ and sizes is not None else None
 
@@ -572,20 +587,27 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair.
         Returns the long network's history and, for two runs, the first network's epochs (else None)."""
         cfg = self._train_config()
-        per_epoch = -(-x_train.shape[0] // cfg.batch_size)
-        # epochs=100 (the default): PAIR_UPDATES; fewer epochs ask for a quicker fit, of both networks
-        cfg.epochs, cfg.patience = max(1, -(-PAIR_UPDATES * int(self.epochs) // (100 * per_epoch))), PAIR_PATIENCE
+        cfg.epochs, cfg.patience = self._pair_epochs(x_train.shape[0]), PAIR_PATIENCE
         first = None
         if self.pair_hidden_sizes_ is None:
             long = copy.deepcopy(self.model_)  # the same initial weights: the short network is the run's snapshot
             history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
                             snapshot=(self.model_, int(self.epochs), int(self.patience)))
         else:  # two runs: the first network as a fit without the pair trains it, then the long one
-            first = len(train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose)))
+            ckpt = self.checkpoint_dir  # the first run's checkpoint where one network's is, the long one's below it
+            before = checkpoint_run(ckpt) if ckpt is not None else None
+            first = len(train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose),
+                              checkpoint_dir=ckpt, seed=seed))
+            if ckpt is not None and (before is None or before["epoch"] != first):
+                # the first run trained on in this fit: a long run checkpointed after an earlier end of it started
+                # from other random draws, and going on with it would not give the pair of an uninterrupted fit
+                for name in (CHECKPOINT_JSON, CHECKPOINT_TENSORS):
+                    Path(ckpt, PAIR_CHECKPOINT, name).unlink(missing_ok=True)
             long = self._default_model(x_train[:1].cpu().numpy(), self.pair_hidden_sizes_)
             long = long.to(x_train.device)
             long.likelihood.init_from_data(x_train)
-            history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose))
+            history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
+                            checkpoint_dir=None if ckpt is None else Path(ckpt) / PAIR_CHECKPOINT, seed=seed)
         # the codes scored against each of the K noise draws of a row: K x M numbers a row, bounded
         rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:pair_codes(int(self.n_score_samples))]
         with torch.no_grad():
@@ -594,6 +616,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.model_.attach_pair(long)
         self.model_.eval()
         return history, first
+
+    def _pair_epochs(self, n_train: int) -> int:
+        """The long run's epochs: ``PAIR_UPDATES`` updates at ``epochs=100`` (the default); fewer epochs
+        ask for a quicker fit, of both networks."""
+        per_epoch = -(-n_train // int(self.batch_size))
+        return max(1, -(-PAIR_UPDATES * int(self.epochs) // (100 * per_epoch)))
 
     def _calibration_rows(self, n: int) -> int:
         """Rows held out for calibration: ``calibration_size`` of ``n``, raised to the number the

@@ -341,7 +341,7 @@ def test_auto_gives_images_and_settings_a_pair_cannot_train_with_one_network(can
     images = VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=0).fit(fashion_sample[0][:60])
     assert (images.pair_, images.marginal_floor_, images.pair_hidden_sizes_) == (False, 0.0, None)
     assert images.model_.kind == "conv"
-    for kw in ({"lr_schedule": "cosine"}, {"checkpoint_dir": str(tmp_path / "ck")}):
+    for kw in ({"lr_schedule": "cosine"}, {"checkpoint_dir": str(tmp_path / "ck"), "pair_hidden_sizes": None}):
         det = VAEAnomalyDetector(epochs=2, alpha=0.05, random_state=0, **kw).fit(cancer[0])
         assert not det.pair_ and "pair" not in det.model_.config() and det.marginal_floor_ == 0.01, kw
         assert "epochs_run_first" not in det.fit_info_
@@ -389,7 +389,7 @@ def test_pair_hidden_sizes_that_cannot_work_are_refused_before_any_work(cancer, 
     ({"pair": True, "model": "conv"}, "pair=True applies to dense networks"),
     ({"pair": True, "likelihood": "bernoulli"}, "pair=True needs a Gaussian likelihood"),
     ({"pair": True, "lr_schedule": "cosine"}, "pair=True needs lr_schedule='constant'"),
-    ({"pair": True, "checkpoint_dir": "ck"}, "pair=True needs lr_schedule='constant'.*no checkpoint_dir"),
+    ({"pair": True, "checkpoint_dir": "ck", "pair_hidden_sizes": None}, "pair_hidden_sizes=None .* cannot be checkpointed"),
 ])
 def test_pair_settings_that_cannot_work_are_refused_before_any_work(cancer, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -71,7 +71,7 @@ def test_checkpoints_resume_to_exactly_the_uninterrupted_run(cancer, tmp_path):
     import json
 
     X = cancer[0]
-    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # a checkpointed fit is one network
+    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # one network (a pair: the tests at the end)
     full = VAEAnomalyDetector(epochs=6, **settings).fit(X)
     ckpt = tmp_path / "ckpt"
     VAEAnomalyDetector(epochs=3, checkpoint_dir=str(ckpt), **settings).fit(X)  # "interrupted" after 3 epochs
@@ -139,7 +139,7 @@ def test_a_fit_without_a_seed_resumes_with_its_checkpoints_seed(cancer, tmp_path
     """A seed drawn anew split the rows otherwise: every resume was refused as "other data". A
     finished run's checkpoint is refused instead (taking its seed would give its model again)."""
     X, ckpt = cancer[0], tmp_path / "ckpt"
-    settings = dict(patience=100, alpha=0.1, checkpoint_dir=str(ckpt))
+    settings = dict(patience=100, alpha=0.1, checkpoint_dir=str(ckpt), pair=False)  # a pair's: the test below
     first = VAEAnomalyDetector(epochs=2, **settings).fit(X)
     seed = first.fit_info_["seed"]
     resumed = VAEAnomalyDetector(epochs=4, **settings).fit(X)  # "interrupted" after 2 of 4 epochs
@@ -162,7 +162,10 @@ def test_a_checkpoint_that_is_not_a_file_or_not_json_is_no_hang_and_no_traceback
     fifo = tmp_path / "fifo"
     fifo.mkdir()
     os.mkfifo(fifo / "checkpoint.json")  # reading it would wait for a writer forever
-    assert VAEAnomalyDetector(epochs=1, alpha=0.1, checkpoint_dir=str(fifo)).fit(X).fit_info_["epochs_run"] == 1
+    (fifo / "pair").mkdir()
+    os.mkfifo(fifo / "pair" / "checkpoint.json")  # the default pair's long run's
+    det = VAEAnomalyDetector(epochs=1, alpha=0.1, checkpoint_dir=str(fifo)).fit(X)
+    assert det.pair_ and det.fit_info_["epochs_run_first"] == 1
     for text in ("[" * 100000, "not json", '{"seed": "abc"}', "[1, 2]"):
         bad = tmp_path / f"bad{len(text)}"
         bad.mkdir()
@@ -191,7 +194,7 @@ def test_a_checkpoint_written_before_the_schedule_option_resumes(cancer, tmp_pat
     from anomaly_vae import load_detector
 
     X = cancer[0]
-    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # a checkpointed fit is one network
+    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)  # one network (a pair: the tests at the end)
     ckpt = tmp_path / "ckpt"
     VAEAnomalyDetector(epochs=2, checkpoint_dir=str(ckpt), **settings).fit(X)
     meta = json.loads((ckpt / "checkpoint.json").read_text())
@@ -249,3 +252,57 @@ def test_a_snapshot_rule_is_refused_where_the_run_is_not_the_shorter_runs_prefix
             train(DenseVAE(3), x, None, cfg, torch.Generator(), snapshot=(DenseVAE(3), 2, 1), **kw)
     with pytest.raises(ValueError, match="epochs and patience >= 1"):
         train(DenseVAE(3), x, None, TrainConfig(epochs=3), torch.Generator(), snapshot=(DenseVAE(3), 0, 1))
+
+
+def _interrupt_after(monkeypatch, folder_name: str, saves: int) -> None:
+    """KeyboardInterrupt once the run checkpointing in a folder named ``folder_name`` has saved ``saves`` times."""
+    from anomaly_vae import training
+
+    real, count = training._save_checkpoint, {"n": 0}
+
+    def save(path, *args, **kw):
+        real(path, *args, **kw)
+        if path.name == folder_name:
+            count["n"] += 1
+            if count["n"] == saves:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save)
+
+
+@pytest.mark.parametrize("where", ["first", "long"])
+def test_the_default_pair_checkpoints_both_runs_and_resumes_to_the_uninterrupted_pair(cancer, tmp_path, monkeypatch,
+                                                                                       where):
+    """Until session 13 a checkpoint_dir gave a table one network instead of the default pair: the pair's
+    first run is checkpointed where one network's is, its long run in checkpoint_dir/pair."""
+    X, ckpt = cancer[0], tmp_path / "ckpt"
+    settings = dict(epochs=4, patience=100, random_state=0, alpha=0.1)  # the default: a pair of two runs
+    full = VAEAnomalyDetector(**settings).fit(X)
+    assert full.pair_ and full.pair_hidden_sizes_ == (256, 128)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "ckpt" if where == "first" else "pair", 2)
+        with pytest.raises(KeyboardInterrupt):
+            VAEAnomalyDetector(checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert (ckpt / "checkpoint.json").is_file() and (ckpt / "pair" / "checkpoint.json").is_file() == (where == "long")
+    resumed = VAEAnomalyDetector(checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert resumed.pair_ and resumed.history_ == full.history_
+    assert resumed.fit_info_["epochs_run_first"] == full.fit_info_["epochs_run_first"]
+    assert np.array_equal(resumed.anomaly_score(X), full.anomaly_score(X))
+
+
+def test_a_pair_trained_on_for_more_epochs_starts_its_long_run_again(cancer, tmp_path):
+    """The long run starts from the random draws the first run leaves: after the first run trained on
+    (more epochs), the long run's checkpoint is of another start and is not gone on with."""
+    X, ckpt = cancer[0], tmp_path / "ckpt"
+    settings = dict(patience=100, random_state=0, alpha=0.1, checkpoint_dir=str(ckpt))
+    VAEAnomalyDetector(epochs=2, **settings).fit(X)
+    longer = VAEAnomalyDetector(epochs=4, **settings).fit(X)
+    full = VAEAnomalyDetector(epochs=4, patience=100, random_state=0, alpha=0.1).fit(X)
+    assert np.array_equal(longer.anomaly_score(X), full.anomaly_score(X))
+    # random_state=None: an unfinished long run goes on with the checkpoint's seed; a finished pair is refused
+    settings.pop("random_state")
+    with pytest.raises(ValueError, match="is of a finished run \\(seed 0, .*: a fit with random_state=None"):
+        VAEAnomalyDetector(epochs=4, **settings).fit(X)
+    (ckpt / "pair" / "checkpoint.json").unlink()
+    again = VAEAnomalyDetector(epochs=4, **settings).fit(X)
+    assert again.fit_info_["seed"] == 0 and np.array_equal(again.anomaly_score(X), full.anomaly_score(X))

@@ -82,8 +82,9 @@ def train(args: argparse.Namespace) -> int:
     params.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden_sizes is not None:
         params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")
-    if args.checkpoint_dir and (args.pair or args.pair_hidden_sizes is not None):
-        raise UsageError("--pair / --pair-hidden-sizes: a pair is not checkpointed; drop --checkpoint-dir or give --no-pair")
+    if args.checkpoint_dir and args.pair_hidden_sizes == "same":
+        raise UsageError("the one-run pair (--pair-hidden-sizes same) is not checkpointed; drop --checkpoint-dir, or give "
+                         "the long network layers of its own")
     if args.pair_hidden_sizes is not None:
         if args.pair is False:
             raise UsageError("--pair-hidden-sizes is the long network of a pair: not with --no-pair")

@@ -127,8 +127,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    "dominate a score (default auto: 0.01 for tables; 0: off)")
     p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=None, help="tables: score with two "
                    "networks, the early-stopped one and one trained to 30 x --epochs updates (3000) with the training "
-                   "rows' aggregate posterior as its prior; the score is their sum (default: on for tables, except with "
-                   "--checkpoint-dir; --no-pair: one network, scoring about 9x faster)")
+                   "rows' aggregate posterior as its prior; the score is their sum (default: on for tables; "
+                   "--no-pair: one network, scoring about 9x faster)")
     p.add_argument("--pair-hidden-sizes", metavar="N,N", help="the pair's long network's own hidden layers, trained "
                    "in a run of its own (default 256,128); 'same': the first network's layers, trained on in its run")
     p.add_argument("--score", choices=SCORES, default="elbo", help="anomaly score (default elbo: -ELBO in nats)")

@@ -196,7 +196,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     checkpoint_dir : write the training state there after every epoch, and go on from a checkpoint
         found there (the same weights as a run never interrupted); see ``training.train``. With
         ``random_state=None`` a fit that finds the checkpoint of an unfinished run takes its seed
-        (a finished run's is refused: the fit would only give that run's model again).
+        (a finished run's is refused: the fit would only give that run's model again). A two-run pair
+        checkpoints its first run there and its long run in ``checkpoint_dir/pair``.
 
     Attributes
     ----------

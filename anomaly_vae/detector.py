@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import os
 import threading
@@ -31,6 +32,7 @@ from . import calibration as cal
 from .artifact import read_model, save_model
 from .card import MAX_LAYERS, MAX_PRIOR_WORK, MAX_WIDTH
 from .exceptions import ArtifactError, CalibrationError, InputError
+from .io import atomic_output
 from .models import ACTIVATIONS, VAE, build_model, check_marginal_floor, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
 from .scoring import SCORES, draw_noise
@@ -69,6 +71,39 @@ def _check_layers(name: str, sizes: Any, least: int) -> None:
                        for h in sizes)):
         raise ValueError(f"{name} must be None or a list of {least} to {MAX_LAYERS} layer widths, integers in "
                          f"1..{MAX_WIDTH}; got {sizes!r}")
+
+
+PAIR_START = "start"  # in checkpoint_dir/pair: which end of the first run the long run's checkpoint started from
+
+
+def _long_start(folder: Path) -> str:
+    """What ``folder/PAIR_START`` says ("" when there is none, or it is no regular file)."""
+    mark = folder / PAIR_START
+    try:
+        return mark.read_text()[:200] if mark.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _start_long_checkpoint(folder: Path, first_epochs: int, generator: torch.Generator) -> None:
+    """Keep the long run's checkpoint in ``folder`` only if it started where this fit's long run starts:
+    after the first run's ``first_epochs`` epochs, with the random generator in this state (the long
+    run's draws follow from it). Otherwise (the first run trained on since, in this fit or another,
+    or no record of where it started) its files are removed and the start is recorded afresh."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder: a pair's long run checkpoints there; remove it, or give another "
+                         "checkpoint_dir")
+    start = f"{first_epochs}-{hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest()[:32]}"
+    if _long_start(folder) == start:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CHECKPOINT_JSON, CHECKPOINT_TENSORS):
+        try:
+            (folder / name).unlink(missing_ok=True)
+        except IsADirectoryError:
+            pass  # not a checkpoint; saving one there says so
+    with atomic_output(folder / PAIR_START) as tmp:
+        tmp.write_text(start)
 
 
 def _is_auto(value: Any) -> bool:
@@ -499,16 +534,22 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         run = checkpoint_run(self.checkpoint_dir) if self.random_state is None else None
         if run is not None and run["seed"] is not None:
             finished = run["stopped"] or run["epoch"] >= int(self.epochs)
-            if finished and self.pair_:  # a pair's first run: the pair is finished when its long run is
+            what = f"{run['epoch']} epochs{', early-stopped' if run['stopped'] else ''}"
+            if finished and self.pair_:  # a pair's first run: the pair is finished when its long run (of this end
+                # of the first run) is
                 n_train = n - n_cal - int(round(float(self.validation_size) * (n - n_cal)))
-                long = checkpoint_run(Path(self.checkpoint_dir) / PAIR_CHECKPOINT)
-                finished = long is not None and (long["stopped"] or long["epoch"] >= self._pair_epochs(n_train))
-                run = long if finished else run
+                folder = Path(self.checkpoint_dir) / PAIR_CHECKPOINT
+                long = checkpoint_run(folder)
+                finished = (long is not None and long["seed"] == run["seed"]
+                            and _long_start(folder).split("-")[0] == str(run["epoch"])
+                            and (long["stopped"] or long["epoch"] >= self._pair_epochs(n_train)))
+                if long is not None:
+                    what = f"a pair: its first network {what}, its long one {long['epoch']} epochs in {folder}"
             if finished:
                 # nothing left to train: taking its seed would give that run's model again, silently,
                 # to a caller who asked for a random one (an ensemble of seeds, restarts)
                 raise ValueError(f"the checkpoint in {self.checkpoint_dir} is of a finished run (seed {run['seed']}, "
-                                 f"{run['epoch']} epochs{', early-stopped' if run['stopped'] else ''}): a fit with "
+                                 f"{what}): a fit with "
                                  f"random_state=None would not start a new one; remove it or give another "
                                  f"checkpoint_dir for a new run, random_state={run['seed']} for that run's model, or "
                                  "more epochs to train it on")
@@ -561,13 +602,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.marginal_floor_ = ((TABLE_MARGINAL_FLOOR if table else 0.0) if _is_auto(self.marginal_floor)
                                 else float(self.marginal_floor))
         if _is_auto(self.pair):  # not where a pair cannot be trained: those settings give one network
-            one_run = self.pair_hidden_sizes is None  # a snapshot of one run: not with a checkpoint
-            self.pair_ = table and self.lr_schedule == "constant" and not (one_run and self.checkpoint_dir is not None)
+            if table and self.pair_hidden_sizes is None and self.checkpoint_dir is not None:
+                raise ValueError("pair_hidden_sizes=None (the one-run pair: the short network a snapshot of the long "
+                                 "run) cannot be checkpointed; give the long network layers of its own, 'auto', or "
+                                 "pair=False for one network")
+            self.pair_ = table and self.lr_schedule == "constant"
             if table and not self.pair_:
                 log.info("pair='auto': one network, not the tables' default pair, which cannot be trained with %s "
                          "(pair=False says so without this message)",
-                         f"lr_schedule={self.lr_schedule!r}" if self.lr_schedule != "constant"
-                         else "checkpoint_dir and pair_hidden_sizes=None")
+                         f"lr_schedule={self.lr_schedule!r}")
         else:
             self.pair_ = bool(self.pair)
         if self.pair_ and not table:
@@ -596,14 +639,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                             snapshot=(self.model_, int(self.epochs), int(self.patience)))
         else:  # two runs: the first network as a fit without the pair trains it, then the long one
             ckpt = self.checkpoint_dir  # the first run's checkpoint where one network's is, the long one's below it
-            before = checkpoint_run(ckpt) if ckpt is not None else None
             first = len(train(self.model_, x_train, x_val, self._train_config(), generator, verbose=int(self.verbose),
                               checkpoint_dir=ckpt, seed=seed))
-            if ckpt is not None and (before is None or before["epoch"] != first):
-                # the first run trained on in this fit: a long run checkpointed after an earlier end of it started
-                # from other random draws, and going on with it would not give the pair of an uninterrupted fit
-                for name in (CHECKPOINT_JSON, CHECKPOINT_TENSORS):
-                    Path(ckpt, PAIR_CHECKPOINT, name).unlink(missing_ok=True)
+            if ckpt is not None:
+                _start_long_checkpoint(Path(ckpt) / PAIR_CHECKPOINT, first, generator)
             long = self._default_model(x_train[:1].cpu().numpy(), self.pair_hidden_sizes_)
             long = long.to(x_train.device)
             long.likelihood.init_from_data(x_train)

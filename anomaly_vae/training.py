@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -300,7 +301,8 @@ def _save_checkpoint(path: Path, epoch: int, model: VAE, opt: torch.optim.Optimi
             "since_best": since_best, "stopped": stopped, "param_groups": state["param_groups"],
             "fingerprint": fingerprint, "seed": seed}
     # both files to temporaries first, then renamed: a crash mid-write leaves the previous checkpoint
-    for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f)),
+    # the epoch in both files: a kill between the two renames leaves a pair of files of two epochs, refused
+    for name, write in ((CHECKPOINT_TENSORS, lambda f: save_file(tensors, f, metadata={"epoch": str(epoch)})),
                         (CHECKPOINT_JSON, lambda f: Path(f).write_text(json.dumps(meta)))):
         with atomic_output(path / name) as tmp:  # removed if interrupted (SIGTERM in the CLI)
             write(str(tmp))
@@ -360,15 +362,33 @@ def _load_checkpoint(path: Path, model: VAE, opt: torch.optim.Optimizer, generat
             why += f" (the network: {'; '.join(net)}; the same settings as that run's resume it)"
         raise ValueError(f"the checkpoint in {path} was written for other {' and '.join(differ)} than this run's{why}; "
                          "remove it, or give another checkpoint_dir")
-    tensors = load_file(str(path / CHECKPOINT_TENSORS))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    generator.set_state(tensors["generator"])
-    best = meta["best"] if meta["best"] is not None else math.inf
-    return meta["epoch"], meta["history"], best, best_state, meta["since_best"], meta["stopped"]
+    file = path / CHECKPOINT_TENSORS
+    if not file.is_file():  # missing, or a FIFO or a device that reading would wait on forever
+        raise ValueError(f"the checkpoint in {path} cannot be resumed: {file} is missing or not a regular file; remove "
+                         "the checkpoint, or give another checkpoint_dir")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            written = (f.metadata() or {}).get("epoch")
+        if written is not None and written != str(meta["epoch"]):
+            raise ValueError(f"its tensors are of epoch {written} and {CHECKPOINT_JSON} of epoch {meta['epoch']} (a "
+                             "write interrupted between the two files)")
+        tensors = load_file(str(file))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        generator.set_state(tensors["generator"])
+        best = float(meta["best"]) if meta["best"] is not None else math.inf
+        epoch, history, since_best, stopped = int(meta["epoch"]), list(meta["history"]), int(meta["since_best"]), \
+            bool(meta["stopped"])
+        if not all(isinstance(row, dict) for row in history):
+            raise ValueError("its history is not a list of epochs")
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as err:
+        problem = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(f"the checkpoint in {path} cannot be resumed ({type(err).__name__}: {problem}); remove it, or "
+                         "give another checkpoint_dir") from None
+    return epoch, history, best, best_state, since_best, stopped

@@ -341,7 +341,9 @@ def test_auto_gives_images_and_settings_a_pair_cannot_train_with_one_network(can
     images = VAEAnomalyDetector(epochs=1, alpha=0.2, random_state=0).fit(fashion_sample[0][:60])
     assert (images.pair_, images.marginal_floor_, images.pair_hidden_sizes_) == (False, 0.0, None)
     assert images.model_.kind == "conv"
-    for kw in ({"lr_schedule": "cosine"}, {"checkpoint_dir": str(tmp_path / "ck"), "pair_hidden_sizes": None}):
+    with pytest.raises(ValueError, match=r"pair_hidden_sizes=None \(the one-run pair.*cannot be checkpointed"):
+        VAEAnomalyDetector(epochs=2, checkpoint_dir=str(tmp_path / "ck"), pair_hidden_sizes=None).fit(cancer[0])
+    for kw in ({"lr_schedule": "cosine"},):
         det = VAEAnomalyDetector(epochs=2, alpha=0.05, random_state=0, **kw).fit(cancer[0])
         assert not det.pair_ and "pair" not in det.model_.config() and det.marginal_floor_ == 0.01, kw
         assert "epochs_run_first" not in det.fit_info_

@@ -306,3 +306,43 @@ def test_a_pair_trained_on_for_more_epochs_starts_its_long_run_again(cancer, tmp
     (ckpt / "pair" / "checkpoint.json").unlink()
     again = VAEAnomalyDetector(epochs=4, **settings).fit(X)
     assert again.fit_info_["seed"] == 0 and np.array_equal(again.anomaly_score(X), full.anomaly_score(X))
+
+
+def test_a_long_run_checkpoint_of_another_end_of_the_first_run_is_not_gone_on_with(cancer, tmp_path):
+    """A hostile review: one network (pair=False) trained the first run's checkpoint on from 3 to 5
+    epochs, and the pair fitted next went on with a long run that had started after epoch 3."""
+    X, ckpt = cancer[0], tmp_path / "ckpt"
+    settings = dict(patience=100, random_state=0, alpha=0.1, checkpoint_dir=str(ckpt))
+    VAEAnomalyDetector(epochs=3, **settings).fit(X)
+    VAEAnomalyDetector(epochs=5, pair=False, **settings).fit(X)
+    got = VAEAnomalyDetector(epochs=5, **settings).fit(X)
+    full = VAEAnomalyDetector(epochs=5, patience=100, random_state=0, alpha=0.1).fit(X)
+    assert np.array_equal(got.anomaly_score(X), full.anomaly_score(X))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_torn_or_garbled_checkpoint_is_a_one_line_error_not_a_hang_or_another_model(cancer, tmp_path):
+    import shutil
+
+    X = cancer[0]
+    settings = dict(patience=100, random_state=0, alpha=0.1, pair=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    VAEAnomalyDetector(epochs=1, checkpoint_dir=str(a), **settings).fit(X)
+    VAEAnomalyDetector(epochs=2, checkpoint_dir=str(b), **settings).fit(X)
+    shutil.copy(b / "checkpoint.safetensors", a / "checkpoint.safetensors")  # killed between the two renames
+    with pytest.raises(ValueError, match=r"cannot be resumed \(ValueError: its tensors are of epoch 2 and checkpoint"
+                                         r"\.json of epoch 1"):
+        VAEAnomalyDetector(epochs=3, checkpoint_dir=str(a), **settings).fit(X)
+    (a / "checkpoint.safetensors").unlink()
+    os.mkfifo(a / "checkpoint.safetensors")  # reading it would wait for a writer forever
+    with pytest.raises(ValueError, match="checkpoint.safetensors is missing or not a regular file"):
+        VAEAnomalyDetector(epochs=3, checkpoint_dir=str(a), **settings).fit(X)
+    (a / "checkpoint.safetensors").unlink()
+    (a / "checkpoint.safetensors").write_bytes((b / "checkpoint.safetensors").read_bytes()[:100])  # truncated
+    import json
+
+    meta = json.loads((b / "checkpoint.json").read_text())
+    for broken in ({k: v for k, v in meta.items() if k != "history"}, {**meta, "epoch": "x"}):
+        (a / "checkpoint.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=r"cannot be resumed \(\w+: .*\); remove it, or give another checkpoint_dir"):
+            VAEAnomalyDetector(epochs=3, checkpoint_dir=str(a), **settings).fit(X)

@@ -99,30 +99,26 @@ def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: 
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    # write beside the target and rename, so a crash never leaves a half-written model; the card is made and
-    # checked as a loader checks it before the weights are renamed into place, so that a card that could not
-    # be written or loaded leaves the directory as it was (a model saved there before still loads)
+    # write beside the target and rename, so a crash never leaves a half-written model; the card is made and checked
+    # as a loader checks it before the weights are renamed into place: a card that would not load is not written
     with atomic_output(out / WEIGHTS_NAME) as tmp:  # removed if interrupted (SIGTERM in the CLI)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         card = {
-            "format": FORMAT_NAME,
-            "format_version": _format_version(sections),
-            "package_version": __version__,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
+            "format": FORMAT_NAME, "format_version": _format_version(sections), "package_version": __version__,
+            "torch_version": torch.__version__, "python_version": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **sections,
             "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(tmp)},
         }
-        try:
-            card = json.loads(json.dumps(card, allow_nan=True))  # the card as a reader sees it: lists, string keys
+        try:  # the card as a reader sees it: lists, string keys
+            card = json.loads(json.dumps(card, allow_nan=True))
         except (TypeError, ValueError) as err:
             raise ArtifactError(f"not saved to {out}: the model card cannot be written as JSON ({err})") from None
         try:
             check_card(card, str(out / JSON_NAME))
-        except ModelCardError as err:
-            raise ModelCardError(err.file, err.field, f"{err.problem}: not saved, a model with this card would not "
-                                 "load (set_params a valid value and save again)") from None
+        except ModelCardError as err:  # a model saved there before is left as it was
+            raise ModelCardError(err.file, err.field, f"{err.problem}: not saved, a model with this card would not load "
+                                 "(set_params a valid value and save again)") from None
         card["card_sha256"] = card_sha256(card)
         text = json.dumps(card, indent=2, allow_nan=True)
     with atomic_output(out / JSON_NAME) as tmp:

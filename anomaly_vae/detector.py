@@ -50,6 +50,7 @@ __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE
 # the pair's long run: PAIR_UPDATES gradient updates at the default 100 epochs (scaled with ``epochs``)
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
 PAIR_CHECKPOINT = "pair"  # a two-run pair's long run checkpoints in this folder of checkpoint_dir
+PAIR_START = "start"  # in checkpoint_dir/pair: which end of the first run the long run's checkpoint started from
 # what "auto" gives a table (quality-study.md, section 19): the marginal floor, and a pair whose long
 # network has these layers, in a run of its own
 TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
@@ -71,9 +72,6 @@ def _check_layers(name: str, sizes: Any, least: int) -> None:
                        for h in sizes)):
         raise ValueError(f"{name} must be None or a list of {least} to {MAX_LAYERS} layer widths, integers in "
                          f"1..{MAX_WIDTH}; got {sizes!r}")
-
-
-PAIR_START = "start"  # in checkpoint_dir/pair: which end of the first run the long run's checkpoint started from
 
 
 def _long_start(folder: Path) -> str:
@@ -531,18 +529,18 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         n_cal = self._calibration_rows(n)
         self._resolve_auto()
         seed = self._seed()
+        n_val = int(round(float(self.validation_size) * (n - n_cal)))
         run = checkpoint_run(self.checkpoint_dir) if self.random_state is None else None
         if run is not None and run["seed"] is not None:
             finished = run["stopped"] or run["epoch"] >= int(self.epochs)
             what = f"{run['epoch']} epochs{', early-stopped' if run['stopped'] else ''}"
             if finished and self.pair_:  # a pair's first run: the pair is finished when its long run (of this end
                 # of the first run) is
-                n_train = n - n_cal - int(round(float(self.validation_size) * (n - n_cal)))
                 folder = Path(self.checkpoint_dir) / PAIR_CHECKPOINT
                 long = checkpoint_run(folder)
                 finished = (long is not None and long["seed"] == run["seed"]
                             and _long_start(folder).split("-")[0] == str(run["epoch"])
-                            and (long["stopped"] or long["epoch"] >= self._pair_epochs(n_train)))
+                            and (long["stopped"] or long["epoch"] >= self._pair_epochs(n - n_cal - n_val)))
                 if long is not None:
                     what = f"a pair: its first network {what}, its long one {long['epoch']} epochs in {folder}"
             if finished:
@@ -556,7 +554,6 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             seed = run["seed"]  # a seed drawn anew would split the rows otherwise: the unfinished run goes on
         rng = np.random.RandomState(seed)
         perm = rng.permutation(n)
-        n_val = int(round(float(self.validation_size) * (n - n_cal)))
         cal_idx, val_idx, train_idx = perm[:n_cal], perm[n_cal : n_cal + n_val], perm[n_cal + n_val :]
         start = time.perf_counter()
         device = self._device()
@@ -617,8 +614,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError("pair=True applies to tables (a dense network), not to images")
         if not self.pair_ and self.pair_hidden_sizes is not None and not _is_auto(self.pair_hidden_sizes):
             raise ValueError(f"pair_hidden_sizes={self.pair_hidden_sizes!r} is the long network of a pair, and this "
-                             "fit has none: pair='auto' pairs only tables fitted with lr_schedule='constant' and "
-                             "not a checkpoint_dir with pair_hidden_sizes=None")
+                             "fit has none: pair='auto' pairs only tables fitted with lr_schedule='constant'")
         sizes = PAIR_HIDDEN_SIZES if _is_auto(self.pair_hidden_sizes) else self.pair_hidden_sizes
         self.pair_hidden_sizes_ = tuple(int(h) for h in sizes) if self.pair_ and sizes is not None else None
 
@@ -990,9 +986,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         params = {}
         now = self.get_params()
-        fitted = getattr(self, "fit_params_", now)
         for k in now:
-            v = now[k] if k in RUNTIME_PARAMS or k not in fitted else fitted[k]
+            v = now[k] if k in RUNTIME_PARAMS else self.fit_params_[k]
             if isinstance(v, torch.device):
                 v = str(v)  # device=torch.device("cpu") works as "cpu" does
             if isinstance(v, np.ndarray) and v.ndim == 1:

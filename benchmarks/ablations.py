@@ -7,7 +7,9 @@ seeds), ``_tails`` (asinh of heavy-tailed columns), ``_agg`` (the aggregate-post
 scoring), ``_floor`` (each numeric column's marginal N(0, 1) mixed into its likelihood; with
 ``_floor_constant_only``, only for the columns constant in training; the package's
 ``marginal_floor`` option since), ``_background`` (images: the likelihood ratio against a model
-of perturbed images). None of them won across the board; see the study."""
+of perturbed images), ``_select_hidden`` (the early-stopped network's layers chosen by held-out
+ELBO), ``_latent`` (the latent size as a multiple of the input's width), ``_seed`` (another model
+seed on the same split), ``_runs`` (training settings of one of a pair's two runs). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -117,6 +119,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 for _name, _cfg in list(CONFIGS.items()):
     if _name not in ("default", "single", "pair_mf1e-2_ph256", "pair_cfloor1e-2", "pair_sel", "pair_sel3"):
         CONFIGS[_name] = {**SINGLE, **({"pair_hidden_sizes": None} if _cfg.get("pair") else {}), **_cfg}
+# since session 14, on top of the package's defaults of the day (the pair on a table)
+CONFIGS.update({
+    # a latent size of d (both networks), capped, instead of clip(d // 2, 2, 16)
+    "latent_d": {"_latent": [1.0, 32]},
+    "seed100": {"_seed": 100},  # the default with another model seed, for combine.py's ensembles
+    "beta0.5": {"beta": 0.5},
+    # training settings of one of the pair's runs only (``_runs``: TrainConfig fields of the first run, then the long one)
+    "long_beta0.5": {"_runs": [{}, {"beta": 0.5}]},
+    "short_beta0.5": {"_runs": [{"beta": 0.5}, {}]},
+})
 
 
 def parse(spec: str) -> dict[str, dict[str, Any]]:
@@ -184,6 +196,63 @@ def marginal_floor(eps: float, constant_only: bool = False) -> Any:
         finally:
             models.DenseVAE.log_likelihood = original  # type: ignore[method-assign]
             detector.VAEAnomalyDetector._default_model = original_default  # type: ignore[method-assign]
+
+    return ctx()
+
+
+def latent_size(mult: float, cap: int) -> Any:
+    """``_latent``: a context manager under which a dense network's latent size, where unset, is
+    clip(int(mult * d), 2, cap) for d input features (the package: clip(d // 2, 2, 16))."""
+    import contextlib
+
+    import numpy as np
+
+    from anomaly_vae import detector
+
+    original = detector.default_network
+
+    def patched(kind: str, event_shape: Any, **kw: Any) -> Any:
+        if kind == "dense" and kw.get("latent_dim") is None:
+            d = int(np.prod(event_shape))
+            kw["latent_dim"] = min(int(cap), max(2, int(mult * d)))
+        return original(kind, event_shape, **kw)
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        detector.default_network = patched
+        try:
+            yield
+        finally:
+            detector.default_network = original
+
+    return ctx()
+
+
+def run_settings(runs: list[dict[str, Any]]) -> Any:
+    """``_runs``: a context manager under which the n-th training run of a fit (a pair: 0 the
+    early-stopped network, 1 the long one) has ``runs[n]``'s ``TrainConfig`` fields replaced."""
+    import contextlib
+    import dataclasses
+
+    from anomaly_vae import detector
+
+    original = detector.train
+    calls = [0]
+
+    def patched(model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
+        n = calls[0]
+        calls[0] += 1
+        if n < len(runs) and runs[n]:
+            cfg = dataclasses.replace(cfg, **runs[n])
+        return original(model, x_train, x_val, cfg, *args, **kw)
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        detector.train = patched
+        try:
+            yield
+        finally:
+            detector.train = original
 
     return ctx()
 

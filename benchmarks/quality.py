@@ -112,10 +112,13 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
                 proto["_select_hidden"])
         floor = (ablations.marginal_floor(proto["_floor"], bool(proto.get("_floor_constant_only")))
                  if "_floor" in proto else contextlib.nullcontext())
-        with floor:  # the prototype's patch holds for this fit and its scoring only
+        latent = ablations.latent_size(*proto["_latent"]) if "_latent" in proto else contextlib.nullcontext()
+        runs = ablations.run_settings(proto["_runs"]) if "_runs" in proto else contextlib.nullcontext()
+        with floor, latent, runs:  # the prototypes' patches hold for this fit and its scoring only
             members = []
             for m in range(int(proto.get("_members", 1))):
-                kw_m = {**kw, "random_state": seed if m == 0 else 1000 * (seed + 1) + m}
+                first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split
+                kw_m = {**kw, "random_state": first if m == 0 else 1000 * (seed + 1) + m}
                 members.append(_fit(VAEAnomalyDetector, kw_m, train_x, f"{dataset} {key} {name}"))
             fit_s = time.perf_counter() - t
             if "_agg" in proto:

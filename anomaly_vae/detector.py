@@ -45,10 +45,12 @@ log = logging.getLogger(__name__)
 __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE", "PAIR_CODES", "TABLE_MARGINAL_FLOOR",
            "PAIR_HIDDEN_SIZES"]
 
-# pair=True: the long network's training (gradient updates at most, early-stopping patience in epochs) and
-# the training rows whose codes make its prior (quality-study.md, sections 10 and 12: measured, not tuned)
-# the pair's long run: PAIR_UPDATES gradient updates at the default 100 epochs (scaled with ``epochs``)
-PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 30, 1000
+# pair=True: the long network's training and the training rows whose codes make its prior (quality-study.md,
+# sections 10, 12 and 21: measured, not tuned). The long run trains PAIR_UPDATES gradient updates at the
+# default 100 epochs (scaled with ``epochs``) and keeps its best validation epoch of them all: PAIR_PATIENCE
+# (epochs) is never reached. Until session 14 it was 30 epochs, which on a small table are a few dozen
+# updates: the long network of a table of a few hundred rows stopped barely trained (section 21)
+PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 2**31 - 1, 1000
 PAIR_CHECKPOINT = "pair"  # a two-run pair's long run checkpoints in this folder of checkpoint_dir
 PAIR_START = "start"  # in checkpoint_dir/pair: which end of the first run the long run's checkpoint started from
 # what "auto" gives a table (quality-study.md, section 19): the marginal floor, and a pair whose long
@@ -185,8 +187,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     pair : score a table with two networks (quality-study.md, sections 10-19): the network
         early-stopped by ``epochs`` and ``patience`` as without the option, and a long network
         trained to ``PAIR_UPDATES`` gradient updates at the default ``epochs`` of 100, scaled with
-        ``epochs`` (30 x ``epochs``; early-stopped with patience ``PAIR_PATIENCE``)
-        whose prior is the aggregate posterior of up to ``PAIR_CODES`` training rows (a VampPrior
+        ``epochs`` (30 x ``epochs``; not stopped early: it keeps the weights of its best validation
+        epoch of them all) whose prior is the aggregate posterior of up to ``PAIR_CODES`` training rows (a VampPrior
         whose pseudo-inputs are training rows). The score is the sum of the two networks' scores,
         in nats, calibrated as one score. The long network fits the many-mode tables the short one
         under-fits, the short one keeps the tables where longer training models the anomalies too.
@@ -620,11 +622,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _train_pair(self, x_train: torch.Tensor, x_val: torch.Tensor | None, generator: torch.Generator,
                     seed: int) -> tuple[list[dict[str, float]], int | None]:
-        """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` x ``epochs`` / 100 updates (patience
-        ``PAIR_PATIENCE``) while ``model_`` keeps the best weights of the run's first ``epochs`` epochs
-        (patience ``patience``), the network a fit without the pair ends with; then the long
-        network's prior becomes the aggregate posterior of up to ``PAIR_CODES`` training rows (never
-        calibration rows, whose scores must be like new data's) and it becomes ``model_``'s pair.
+        """``pair=True``: one run trains ``model_``'s copy for ``PAIR_UPDATES`` x ``epochs`` / 100 updates (never
+        stopped early: ``PAIR_PATIENCE``; it keeps its best validation epoch's weights) while ``model_`` keeps
+        the best weights of the run's first ``epochs`` epochs (patience ``patience``), the network a fit
+        without the pair ends with; then the long network's prior becomes the aggregate posterior of up to
+        ``PAIR_CODES`` training rows (never calibration rows, whose scores must be like new data's) and it
+        becomes ``model_``'s pair.
         Returns the long network's history and, for two runs, the first network's epochs (else None)."""
         cfg = self._train_config()
         cfg.epochs, cfg.patience = self._pair_epochs(x_train.shape[0]), PAIR_PATIENCE

@@ -9,7 +9,8 @@ scoring), ``_floor`` (each numeric column's marginal N(0, 1) mixed into its like
 ``marginal_floor`` option since), ``_background`` (images: the likelihood ratio against a model
 of perturbed images), ``_select_hidden`` (the early-stopped network's layers chosen by held-out
 ELBO), ``_latent`` (the latent size as a multiple of the input's width), ``_seed`` (another model
-seed on the same split), ``_runs`` (training settings of one of a pair's two runs). None of them won across the board; see the study."""
+seed on the same split), ``_runs`` (training settings of one of a pair's two runs), ``_module``
+(the pair's constants). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -128,6 +129,17 @@ CONFIGS.update({
     # training settings of one of the pair's runs only (``_runs``: TrainConfig fields of the first run, then the long one)
     "long_beta0.5": {"_runs": [{}, {"beta": 0.5}]},
     "short_beta0.5": {"_runs": [{"beta": 0.5}, {}]},
+    "iwae": {"score_kind": "iwae"},  # the pair scored by the importance-weighted bound (16 samples)
+    "ns64": {"n_score_samples": 64},  # the ELBO averaged over 64 draws instead of 16
+    "latent_q": {"_latent": [0.25, 16]},  # a quarter of the width instead of half
+    # ``_module``: the package's pair constants (anomaly_vae.detector) replaced for the fit
+    "long6k": {"_module": {"PAIR_UPDATES": 6000}},
+    "long_nostop": {"_module": {"PAIR_PATIENCE": 100000}},
+    "codes4k": {"_module": {"PAIR_CODES": 4000}},
+    # the long run without early stopping (its best validation epoch of all PAIR_UPDATES updates), and the
+    # first run's patience at least this many updates (10 epochs are 10 updates on a table of 128 rows)
+    "nostop_p100": {"_module": {"PAIR_PATIENCE": 100000}, "_runs": [{"_patience_updates": 100}]},
+    "nostop_p300": {"_module": {"PAIR_PATIENCE": 100000}, "_runs": [{"_patience_updates": 300}]},
 })
 
 
@@ -243,7 +255,12 @@ def run_settings(runs: list[dict[str, Any]]) -> Any:
         n = calls[0]
         calls[0] += 1
         if n < len(runs) and runs[n]:
-            cfg = dataclasses.replace(cfg, **runs[n])
+            fields = dict(runs[n])
+            least = fields.pop("_patience_updates", None)  # patience of at least this many updates
+            if least is not None:
+                per_epoch = -(-len(x_train) // int(cfg.batch_size))
+                fields["patience"] = max(int(cfg.patience), -(-int(least) // per_epoch))
+            cfg = dataclasses.replace(cfg, **fields)
         return original(model, x_train, x_val, cfg, *args, **kw)
 
     @contextlib.contextmanager
@@ -253,6 +270,27 @@ def run_settings(runs: list[dict[str, Any]]) -> Any:
             yield
         finally:
             detector.train = original
+
+    return ctx()
+
+
+def module_constants(values: dict[str, Any]) -> Any:
+    """``_module``: a context manager under which ``anomaly_vae.detector``'s constants named in
+    ``values`` (``PAIR_UPDATES``, ``PAIR_PATIENCE``, ``PAIR_CODES``) have those values."""
+    import contextlib
+
+    from anomaly_vae import detector
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        old = {k: getattr(detector, k) for k in values}
+        for k, v in values.items():
+            setattr(detector, k, v)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                setattr(detector, k, v)
 
     return ctx()
 

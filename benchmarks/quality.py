@@ -114,7 +114,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
                  if "_floor" in proto else contextlib.nullcontext())
         latent = ablations.latent_size(*proto["_latent"]) if "_latent" in proto else contextlib.nullcontext()
         runs = ablations.run_settings(proto["_runs"]) if "_runs" in proto else contextlib.nullcontext()
-        with floor, latent, runs:  # the prototypes' patches hold for this fit and its scoring only
+        consts = ablations.module_constants(proto["_module"]) if "_module" in proto else contextlib.nullcontext()
+        with floor, latent, runs, consts:  # the prototypes' patches hold for this fit and its scoring only
             members = []
             for m in range(int(proto.get("_members", 1))):
                 first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split

@@ -14,9 +14,22 @@ FAST = dict(epochs=30, random_state=0)
 
 
 def test_history_and_early_stopping(cancer):
-    det = VAEAnomalyDetector(epochs=200, patience=3, random_state=0).fit(cancer[0])
+    det = VAEAnomalyDetector(epochs=200, patience=3, random_state=0, pair=False).fit(cancer[0])
     assert len(det.history_) < 200
     assert {"loss", "recon", "kl", "val_loss", "log_px", "log_pz", "log_qz"} <= set(det.history_[0])
+
+
+def test_a_pairs_first_network_stops_early_and_its_long_one_trains_to_its_end(cancer):
+    """The long run is never stopped early (quality-study.md section 21: a patience in epochs was a few
+    dozen updates on a small table): it runs all of PAIR_UPDATES x epochs / 100 updates."""
+    from anomaly_vae.detector import PAIR_UPDATES
+
+    # 120 rows: about 60 to train on, one update an epoch, where the old patience of 30 epochs stopped the
+    # long run after 136 of its 300 epochs
+    det = VAEAnomalyDetector(epochs=10, patience=2, alpha=0.05, random_state=0).fit(cancer[0].iloc[:120])
+    long_epochs = -(-PAIR_UPDATES * 10 // (100 * -(-det.fit_info_["n_train"] // 128)))  # 128: the batch size
+    assert det.fit_info_["epochs_run_first"] < 10  # patience 2 stopped the first run
+    assert det.fit_info_["epochs_run"] == len(det.history_) == long_epochs > 10
 
 
 def test_divergence_is_a_clear_error(cancer):

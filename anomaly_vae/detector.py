@@ -53,6 +53,9 @@ __all__ = ["VAEAnomalyDetector", "load_detector", "PAIR_UPDATES", "PAIR_PATIENCE
 PAIR_UPDATES, PAIR_PATIENCE, PAIR_CODES = 3000, 2**31 - 1, 1000
 PAIR_CHECKPOINT = "pair"  # a two-run pair's long run checkpoints in this folder of checkpoint_dir
 PAIR_START = "start"  # in checkpoint_dir/pair: which end of the first run the long run's checkpoint started from
+# ... and by which rule it runs: a long-run checkpoint of the early-stopped long run (before session 14; its
+# start mark has no rule) is started again, not refused for its patience nor gone on with to another model
+LONG_RULE = "to-end"
 # what "auto" gives a table (quality-study.md, section 19): the marginal floor, and a pair whose long
 # network has these layers, in a run of its own
 TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
@@ -88,12 +91,13 @@ def _long_start(folder: Path) -> str:
 def _start_long_checkpoint(folder: Path, first_epochs: int, generator: torch.Generator) -> None:
     """Keep the long run's checkpoint in ``folder`` only if it started where this fit's long run starts:
     after the first run's ``first_epochs`` epochs, with the random generator in this state (the long
-    run's draws follow from it). Otherwise (the first run trained on since, in this fit or another,
-    or no record of where it started) its files are removed and the start is recorded afresh."""
+    run's draws follow from it), by today's rule (``LONG_RULE``). Otherwise (the first run trained on
+    since, in this fit or another, no record of where it started, or a long run stopped early by the
+    rule before session 14) its files are removed and the start is recorded afresh."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: a pair's long run checkpoints there; remove it, or give another "
                          "checkpoint_dir")
-    start = f"{first_epochs}-{hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest()[:32]}"
+    start = f"{first_epochs}-{hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest()[:32]}-{LONG_RULE}"
     if _long_start(folder) == start:
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -542,6 +546,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 long = checkpoint_run(folder)
                 finished = (long is not None and long["seed"] == run["seed"]
                             and _long_start(folder).split("-")[0] == str(run["epoch"])
+                            and _long_start(folder).endswith(f"-{LONG_RULE}")
                             and (long["stopped"] or long["epoch"] >= self._pair_epochs(n - n_cal - n_val)))
                 if long is not None:
                     what = f"a pair: its first network {what}, its long one {long['epoch']} epochs in {folder}"

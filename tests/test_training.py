@@ -333,6 +333,27 @@ def test_a_long_run_checkpoint_of_another_end_of_the_first_run_is_not_gone_on_wi
     assert np.array_equal(got.anomaly_score(X), full.anomaly_score(X))
 
 
+def test_a_long_run_checkpoint_of_the_early_stopped_rule_is_started_again(cancer, tmp_path):
+    """Before session 14 the long run stopped after 30 epochs without improvement, and its checkpoint
+    says so (patience 30) and has a start mark without the rule: it is neither refused for a patience
+    the user never set nor gone on with to a model of neither rule; the long run starts again."""
+    import json
+
+    X, ckpt = cancer[0], tmp_path / "ckpt"
+    settings = dict(epochs=3, patience=100, random_state=0, alpha=0.1)
+    VAEAnomalyDetector(checkpoint_dir=str(ckpt), **settings).fit(X)
+    meta = json.loads((ckpt / "pair" / "checkpoint.json").read_text())
+    meta["fingerprint"]["settings"]["patience"] = 30  # as the old rule wrote it
+    (ckpt / "pair" / "checkpoint.json").write_text(json.dumps(meta))
+    mark = ckpt / "pair" / "start"
+    mark.write_text(mark.read_text().rsplit("-", 1)[0])  # "{epochs}-{hash}", the old mark
+    got = VAEAnomalyDetector(checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert np.array_equal(got.anomaly_score(X), VAEAnomalyDetector(**settings).fit(X).anomaly_score(X))
+    assert mark.read_text().endswith("-to-end")
+    with pytest.raises(ValueError, match="finished"):  # and now it is finished: random_state=None refuses it
+        VAEAnomalyDetector(checkpoint_dir=str(ckpt), **{**settings, "random_state": None}).fit(X)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_torn_or_garbled_checkpoint_is_a_one_line_error_not_a_hang_or_another_model(cancer, tmp_path):
     import shutil

@@ -97,6 +97,9 @@ def _start_long_checkpoint(folder: Path, first_epochs: int, generator: torch.Gen
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: a pair's long run checkpoints there; remove it, or give another "
                          "checkpoint_dir")
+    if (folder / PAIR_START).is_dir():  # before anything is removed: the mark could not be written over it
+        raise ValueError(f"{folder / PAIR_START} is a folder: it should be the long run's start mark, a file; remove "
+                         "it, or give another checkpoint_dir")
     start = f"{first_epochs}-{hashlib.sha256(generator.get_state().numpy().tobytes()).hexdigest()[:32]}-{LONG_RULE}"
     if _long_start(folder) == start:
         return

@@ -352,6 +352,11 @@ def test_a_long_run_checkpoint_of_the_early_stopped_rule_is_started_again(cancer
     assert mark.read_text().endswith("-to-end")
     with pytest.raises(ValueError, match="finished"):  # and now it is finished: random_state=None refuses it
         VAEAnomalyDetector(checkpoint_dir=str(ckpt), **{**settings, "random_state": None}).fit(X)
+    mark.unlink()
+    mark.mkdir()  # a folder where the mark should be: one line, and the long run's checkpoint is left as it was
+    with pytest.raises(ValueError, match=r"pair/start is a folder: it should be the long run's start mark"):
+        VAEAnomalyDetector(checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert (ckpt / "pair" / "checkpoint.json").is_file()
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")

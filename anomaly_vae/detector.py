@@ -88,6 +88,13 @@ def _long_start(folder: Path) -> str:
         return ""
 
 
+def _long_run_start(folder: Path) -> str | None:
+    """The first run's epochs (as the mark writes them) after which the long run checkpointed in
+    ``folder`` started, when it runs by today's rule (``LONG_RULE``); else None."""
+    mark = _long_start(folder)
+    return mark.split("-")[0] if mark.endswith(f"-{LONG_RULE}") else None
+
+
 def _start_long_checkpoint(folder: Path, first_epochs: int, generator: torch.Generator) -> None:
     """Keep the long run's checkpoint in ``folder`` only if it started where this fit's long run starts:
     after the first run's ``first_epochs`` epochs, with the random generator in this state (the long
@@ -548,8 +555,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 folder = Path(self.checkpoint_dir) / PAIR_CHECKPOINT
                 long = checkpoint_run(folder)
                 finished = (long is not None and long["seed"] == run["seed"]
-                            and _long_start(folder).split("-")[0] == str(run["epoch"])
-                            and _long_start(folder).endswith(f"-{LONG_RULE}")
+                            and _long_run_start(folder) == str(run["epoch"])
                             and (long["stopped"] or long["epoch"] >= self._pair_epochs(n - n_cal - n_val)))
                 if long is not None:
                     what = f"a pair: its first network {what}, its long one {long['epoch']} epochs in {folder}"

@@ -14,8 +14,10 @@ seed on the same split), ``_runs`` (training settings of one of a pair's two run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 # the tables' defaults before session 12 (one network, no floor); since, "auto" gives a table
@@ -168,11 +170,24 @@ def parse(spec: str) -> dict[str, dict[str, Any]]:
 
 
 # -- prototypes: rules tried in the benchmark before any of them went into the package ----------------------
+@contextlib.contextmanager
+def setattrs(target: Any, values: dict[str, Any]) -> Iterator[None]:
+    """``target``'s attributes named in ``values`` set for the block, the old ones put back after it:
+    a prototype's patch holds for one fit and its scoring only."""
+    old = {k: getattr(target, k) for k in values}
+    for k, v in values.items():
+        setattr(target, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(target, k, v)
+
+
 def marginal_floor(eps: float, constant_only: bool = False) -> Any:
     """``_floor``: a context manager under which every dense VAE's numeric columns have the likelihood
     (1 - eps) N(x; loc(z), sigma^2) + eps N(x; 0, 1) (categorical groups unchanged); with
     ``constant_only`` (``_floor_const``), only the columns constant in the training rows."""
-    import contextlib
     import math
 
     import torch
@@ -199,24 +214,15 @@ def marginal_floor(eps: float, constant_only: bool = False) -> Any:
         floor = math.log(eps) - 0.5 * math.log(2 * math.pi) - 0.5 * x ** 2
         return torch.where(numeric, torch.logaddexp(out + math.log1p(-eps), floor), out)
 
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        models.DenseVAE.log_likelihood = patched  # type: ignore[method-assign]
-        detector.VAEAnomalyDetector._default_model = default_model  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            models.DenseVAE.log_likelihood = original  # type: ignore[method-assign]
-            detector.VAEAnomalyDetector._default_model = original_default  # type: ignore[method-assign]
-
-    return ctx()
+    stack = contextlib.ExitStack()
+    stack.enter_context(setattrs(models.DenseVAE, {"log_likelihood": patched}))
+    stack.enter_context(setattrs(detector.VAEAnomalyDetector, {"_default_model": default_model}))
+    return stack
 
 
 def latent_size(mult: float, cap: int) -> Any:
     """``_latent``: a context manager under which a dense network's latent size, where unset, is
     clip(int(mult * d), 2, cap) for d input features (the package: clip(d // 2, 2, 16))."""
-    import contextlib
-
     import numpy as np
 
     from anomaly_vae import detector
@@ -229,21 +235,12 @@ def latent_size(mult: float, cap: int) -> Any:
             kw["latent_dim"] = min(int(cap), max(2, int(mult * d)))
         return original(kind, event_shape, **kw)
 
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        detector.default_network = patched
-        try:
-            yield
-        finally:
-            detector.default_network = original
-
-    return ctx()
+    return setattrs(detector, {"default_network": patched})
 
 
 def run_settings(runs: list[dict[str, Any]]) -> Any:
     """``_runs``: a context manager under which the n-th training run of a fit (a pair: 0 the
     early-stopped network, 1 the long one) has ``runs[n]``'s ``TrainConfig`` fields replaced."""
-    import contextlib
     import dataclasses
 
     from anomaly_vae import detector
@@ -263,36 +260,15 @@ def run_settings(runs: list[dict[str, Any]]) -> Any:
             cfg = dataclasses.replace(cfg, **fields)
         return original(model, x_train, x_val, cfg, *args, **kw)
 
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        detector.train = patched
-        try:
-            yield
-        finally:
-            detector.train = original
-
-    return ctx()
+    return setattrs(detector, {"train": patched})
 
 
 def module_constants(values: dict[str, Any]) -> Any:
     """``_module``: a context manager under which ``anomaly_vae.detector``'s constants named in
     ``values`` (``PAIR_UPDATES``, ``PAIR_PATIENCE``, ``PAIR_CODES``) have those values."""
-    import contextlib
-
     from anomaly_vae import detector
 
-    @contextlib.contextmanager
-    def ctx() -> Any:
-        old = {k: getattr(detector, k) for k in values}
-        for k, v in values.items():
-            setattr(detector, k, v)
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                setattr(detector, k, v)
-
-    return ctx()
+    return setattrs(detector, values)
 
 
 def epochs_for_steps(steps: int, n: int, kw: dict[str, Any]) -> int:

@@ -117,8 +117,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         consts = ablations.module_constants(proto["_module"]) if "_module" in proto else contextlib.nullcontext()
         with floor, latent, runs, consts:  # the prototypes' patches hold for this fit and its scoring only
             members = []
+            first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split
             for m in range(int(proto.get("_members", 1))):
-                first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split
                 kw_m = {**kw, "random_state": first if m == 0 else 1000 * (seed + 1) + m}
                 members.append(_fit(VAEAnomalyDetector, kw_m, train_x, f"{dataset} {key} {name}"))
             fit_s = time.perf_counter() - t

@@ -126,3 +126,28 @@ def test_more_splits_and_against_on_the_command_line(saved, tmp_path):
     bad = subprocess.run([sys.executable, str(BENCH / "combine.py"), str(folder), "a", "--more", str(twice),
                           "--baselines", ""], capture_output=True, text=True)
     assert bad.returncode != 0 and "['a'] saved in" in bad.stderr
+
+
+def test_the_pair_taken_apart_adds_up_to_the_detectors_score(tmp_path):
+    """benchmarks/members.py: the two networks' scores it saves add up to the default's own score,
+    and its variants are what they say (on a scikit-learn table, so the default run has the data)."""
+    import combine
+    import members
+    import quality
+
+    out = members.one_split("sk_breast_cancer", 0)
+    default = out["default"]["scores"]
+    assert np.allclose(out["short"]["scores"] + out["long"]["scores"], default, rtol=1e-5, atol=1e-4)
+    assert np.allclose(out["short"]["calibration"] + out["long"]["calibration"], out["default"]["calibration"],
+                       rtol=1e-5, atol=1e-4)
+    assert np.array_equal(out["half_short"]["scores"], 0.5 * out["short"]["scores"])
+    variants = ["long", *(f"long_s{c:g}" for c in members.SCALES)]
+    assert any(np.array_equal(out["long_sel"]["scores"], out[n]["scores"]) for n in variants)
+    # a wider kernel (bandwidth) of the same codes: a smaller KL for a row far from them all, so not the same scores
+    for n in variants[1:]:
+        assert not np.allclose(out[n]["scores"], out["long"]["scores"])
+    assert not np.allclose(out["short_agg"]["scores"], out["short"]["scores"])
+    for name, arrays in out.items():
+        quality._save(str(tmp_path), "sk_breast_cancer", 0, name, arrays)
+    split = combine.load(str(tmp_path))[("sk_breast_cancer", 0)]
+    assert np.allclose(combine.evaluate("sum(short,long)", split)[0], default, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,117 @@
+"""The default pair taken apart: each of its two networks' scores, and variants of their scores that
+need no new fit, saved in the format of ``quality.py --save-scores`` so that ``combine.py`` can
+score any combination of them on the same splits (quality-study.md, section 22).
+
+    python benchmarks/members.py --seeds 0,1,2 --save-scores M012
+    python benchmarks/combine.py M012 default long 'sum(short_agg,long)' 'sum(half_short,long)' --against default
+
+One fit of ``VAEAnomalyDetector()`` (the default, a pair on a table) per split; then, on the test
+rows, under these names:
+
+- ``default``: the detector's own score (the sum of the two networks' negative ELBOs), and
+  ``KNN (k=5)``, on the same split;
+- ``short``, ``long``: the negative ELBO of the early-stopped network alone (prior N(0, I)) and of
+  the long one alone (its aggregate prior), with the fit's fixed noise; ``half_short``: half of
+  ``short`` (``sum(half_short,long)`` weighs the short network by one half);
+- ``short_agg``: the short network's negative ELBO under an aggregate prior of its own, made as the
+  long network's is (the codes of the same training rows);
+- ``long_s{c}``: the long network with its aggregate prior's variances multiplied by ``c`` (a
+  kernel density of the training codes with a wider or narrower bandwidth), for ``c`` in
+  ``SCALES``; ``long_sel``: the ``c`` whose mean negative ELBO on the fit's validation rows is the
+  lowest (the bandwidth chosen by held-out likelihood, label-free).
+
+The calibration scores of each name are saved too (``combine.py``'s ``z`` rule uses them). This is a
+research script: it reads the fitted detector's networks (``model_.members``) and rebuilds its
+split of the rows from ``fit_info_``, which the package's own modules never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402
+import quality  # noqa: E402
+
+SCALES = (0.25, 0.5, 2.0, 4.0)
+
+
+def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
+    """Negative ELBO per row, in nats (the detector's "elbo" score of one network)."""
+    with torch.no_grad():
+        p = net(x, noise.unsqueeze(1))
+        return (-p.log_px.mean(dim=0) + p.kl).double().numpy()
+
+
+def _with_prior(net: torch.nn.Module, mu: torch.Tensor, logvar: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``net`` whose prior is the aggregate posterior of the codes (``mu``, ``logvar``)."""
+    out = copy.deepcopy(net)
+    out.set_aggregate_prior(mu.clone(), logvar.clone())
+    return out
+
+
+def one_split(dataset: str, key: int) -> dict[str, dict[str, np.ndarray]]:
+    """{name: arrays as ``quality.py --save-scores`` writes them} for one split."""
+    from anomaly_vae import VAEAnomalyDetector
+    from anomaly_vae.detector import pair_codes
+
+    s = quality.split(dataset, key, None)
+    t = time.perf_counter()
+    det = quality._fit(VAEAnomalyDetector, {"random_state": key}, s["ours_train"], f"{dataset} {key}")
+    fit_s = time.perf_counter() - t
+    short, long = det.model_.members
+    x = det._tensor(det._prepare(s["ours_train"], reset=False))
+    info = det.fit_info_
+    perm = np.random.RandomState(info["seed"]).permutation(x.shape[0])  # the fit's own split of the rows
+    n_cal, n_val = info["n_calibration"], info["n_validation"]
+    rows = {"cal": perm[:n_cal], "val": perm[n_cal:n_cal + n_val], "train": perm[n_cal + n_val:]}
+    x_train = x[torch.from_numpy(rows["train"])]
+    codes = np.random.RandomState(info["seed"] + 2).permutation(len(x_train))[:pair_codes(int(det.n_score_samples))]
+    with torch.no_grad():
+        mu, logvar = short.encode(x_train[torch.from_numpy(np.sort(codes))])
+    nets = {"short": short, "long": long, "short_agg": _with_prior(short, mu, logvar)}
+    for c in SCALES:
+        nets[f"long_s{c:g}"] = _with_prior(long, long.prior_mu, long.prior_logvar + math.log(c))
+    test = det._tensor(det._prepare(s["ours_test"], reset=False))
+    parts = {"test": test, "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
+    scores = {name: {part: _elbo(net, xs, det.noise_) for part, xs in parts.items()} for name, net in nets.items()}
+    scores["half_short"] = {part: 0.5 * v for part, v in scores["short"].items()}
+    if n_val:  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
+        chosen = min(["long", *(f"long_s{c:g}" for c in SCALES)], key=lambda n: float(np.mean(scores[n]["val"])))
+        scores["long_sel"] = scores[chosen]
+        print(f"{dataset} {key}: long_sel is {chosen}")
+    y = np.asarray(s["y"])
+    out = {name: {"scores": v["test"], "calibration": v["calibration"], "y": y, "fit_seconds": np.float64(fit_s)}
+           for name, v in scores.items()}
+    out["default"] = {"scores": det.anomaly_score(s["ours_test"]), "calibration": np.asarray(det.calibration_scores_),
+                      "y": y, "fit_seconds": np.float64(fit_s)}
+    out["KNN (k=5)"] = {"scores": quality.knn_scores(s["train"], s["test"]), "y": y, "fit_seconds": np.float64(0.0)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--datasets", help="comma-separated tables (default: the 11 shared ones and the scikit-learn tasks)")
+    ap.add_argument("--save-scores", metavar="DIR", required=True)
+    args = ap.parse_args()
+    tables = (args.datasets.split(",") if args.datasets
+              else datasets.ADBENCH + [datasets.MIXED] + datasets.SKLEARN)
+    for dataset in tables:
+        for key in (int(k) for k in args.seeds.split(",")):
+            t = time.perf_counter()
+            for name, arrays in one_split(dataset, key).items():
+                quality._save(args.save_scores, dataset, key, name, arrays)
+            print(f"{dataset} {key}: {time.perf_counter() - t:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,8 @@ rows, under these names:
   ``SCALES``; ``long_sel``: the ``c`` whose mean negative ELBO on the fit's validation rows is the
   lowest (the bandwidth chosen by held-out likelihood, label-free).
 
-The calibration scores of each name are saved too (``combine.py``'s ``z`` rule uses them). This is a
+Every name's ``fit_seconds`` is the one fit's, so ``combine.py`` adds it once per member of a
+rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved too (``combine.py``'s ``z`` rule uses them). This is a
 research script: it reads the fitted detector's networks (``model_.members``) and rebuilds its
 split of the rows from ``fit_info_``, which the package's own modules never do.
 """
@@ -44,11 +45,40 @@ import quality  # noqa: E402
 SCALES = (0.25, 0.5, 2.0, 4.0)
 
 
-def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -> np.ndarray:
-    """Negative ELBO per row, in nats (the detector's "elbo" score of one network)."""
+def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int = 1024) -> np.ndarray:
+    """Negative ELBO per row, in nats (the detector's "elbo" score of one network), ``block`` rows at a
+    time (an aggregate prior holds draws x codes numbers a row)."""
+    out = []
     with torch.no_grad():
-        p = net(x, noise.unsqueeze(1))
-        return (-p.log_px.mean(dim=0) + p.kl).double().numpy()
+        for start in range(0, x.shape[0], block):
+            p = net(x[start:start + block], noise.unsqueeze(1))
+            out.append((-p.log_px.mean(dim=0) + p.kl).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def fit_rows(det: object, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The fit's own split of ``x`` (its rows, prepared): {"cal", "val", "train": row indices}, and the
+    indices into the training rows whose codes make the long network's aggregate prior, rebuilt
+    as ``VAEAnomalyDetector._fit`` and ``_train_pair`` draw them from ``fit_info_["seed"]``."""
+    from anomaly_vae.detector import pair_codes
+
+    info = det.fit_info_  # type: ignore[attr-defined]
+    perm = np.random.RandomState(info["seed"]).permutation(x.shape[0])
+    n_cal, n_val = info["n_calibration"], info["n_validation"]
+    rows = {"cal": perm[:n_cal], "val": perm[n_cal:n_cal + n_val], "train": perm[n_cal + n_val:]}
+    n_codes = pair_codes(int(det.n_score_samples))  # type: ignore[attr-defined]
+    codes = np.sort(np.random.RandomState(info["seed"] + 2).permutation(len(rows["train"]))[:n_codes])
+    return rows, codes
+
+
+def fit_default(dataset: str, key: int) -> tuple[object, dict[str, object], float]:
+    """(the default fitted on one split's training rows, the split, fit seconds)."""
+    from anomaly_vae import VAEAnomalyDetector
+
+    s = quality.split(dataset, key, None)
+    t = time.perf_counter()
+    det = quality._fit(VAEAnomalyDetector, {"random_state": key}, s["ours_train"], f"{dataset} {key}")
+    return det, s, time.perf_counter() - t
 
 
 def _with_prior(net: torch.nn.Module, mu: torch.Tensor, logvar: torch.Tensor) -> torch.nn.Module:
@@ -58,25 +88,17 @@ def _with_prior(net: torch.nn.Module, mu: torch.Tensor, logvar: torch.Tensor) ->
     return out
 
 
-def one_split(dataset: str, key: int) -> dict[str, dict[str, np.ndarray]]:
-    """{name: arrays as ``quality.py --save-scores`` writes them} for one split."""
-    from anomaly_vae import VAEAnomalyDetector
-    from anomaly_vae.detector import pair_codes
-
-    s = quality.split(dataset, key, None)
-    t = time.perf_counter()
-    det = quality._fit(VAEAnomalyDetector, {"random_state": key}, s["ours_train"], f"{dataset} {key}")
-    fit_s = time.perf_counter() - t
+def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], float] | None = None
+              ) -> dict[str, dict[str, np.ndarray]]:
+    """{name: arrays as ``quality.py --save-scores`` writes them} for one split (``fitted``: what
+    ``fit_default`` returned for it, else it fits)."""
+    det, s, fit_s = fitted or fit_default(dataset, key)
     short, long = det.model_.members
     x = det._tensor(det._prepare(s["ours_train"], reset=False))
-    info = det.fit_info_
-    perm = np.random.RandomState(info["seed"]).permutation(x.shape[0])  # the fit's own split of the rows
-    n_cal, n_val = info["n_calibration"], info["n_validation"]
-    rows = {"cal": perm[:n_cal], "val": perm[n_cal:n_cal + n_val], "train": perm[n_cal + n_val:]}
+    rows, codes = fit_rows(det, x)
     x_train = x[torch.from_numpy(rows["train"])]
-    codes = np.random.RandomState(info["seed"] + 2).permutation(len(x_train))[:pair_codes(int(det.n_score_samples))]
     with torch.no_grad():
-        mu, logvar = short.encode(x_train[torch.from_numpy(np.sort(codes))])
+        mu, logvar = short.encode(x_train[torch.from_numpy(codes)])
     nets = {"short": short, "long": long, "short_agg": _with_prior(short, mu, logvar)}
     for c in SCALES:
         nets[f"long_s{c:g}"] = _with_prior(long, long.prior_mu, long.prior_logvar + math.log(c))
@@ -84,7 +106,7 @@ def one_split(dataset: str, key: int) -> dict[str, dict[str, np.ndarray]]:
     parts = {"test": test, "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
     scores = {name: {part: _elbo(net, xs, det.noise_) for part, xs in parts.items()} for name, net in nets.items()}
     scores["half_short"] = {part: 0.5 * v for part, v in scores["short"].items()}
-    if n_val:  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
+    if len(rows["val"]):  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
         chosen = min(["long", *(f"long_s{c:g}" for c in SCALES)], key=lambda n: float(np.mean(scores[n]["val"])))
         scores["long_sel"] = scores[chosen]
         print(f"{dataset} {key}: long_sel is {chosen}")
@@ -103,8 +125,12 @@ def main() -> None:
     ap.add_argument("--datasets", help="comma-separated tables (default: the 11 shared ones and the scikit-learn tasks)")
     ap.add_argument("--save-scores", metavar="DIR", required=True)
     args = ap.parse_args()
-    tables = (args.datasets.split(",") if args.datasets
-              else datasets.ADBENCH + [datasets.MIXED] + datasets.SKLEARN)
+    known = datasets.ADBENCH + [datasets.MIXED] + datasets.SKLEARN
+    tables = known if args.datasets is None else [d.strip() for d in args.datasets.split(",")]
+    unknown = [d for d in tables if d not in known]
+    if unknown or not tables:  # before any fit: a typo in the last name would otherwise end a long run
+        ap.error(f"--datasets: {unknown or 'none given'}; the tables are {', '.join(known)} (the default pair is "
+                 "a table's: images have one network)")
     for dataset in tables:
         for key in (int(k) for k in args.seeds.split(",")):
             t = time.perf_counter()

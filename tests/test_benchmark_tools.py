@@ -130,12 +130,33 @@ def test_more_splits_and_against_on_the_command_line(saved, tmp_path):
 
 def test_the_pair_taken_apart_adds_up_to_the_detectors_score(tmp_path):
     """benchmarks/members.py: the two networks' scores it saves add up to the default's own score,
-    and its variants are what they say (on a scikit-learn table, so the default run has the data)."""
+    each name is the network it says, the fit's rows are rebuilt as the fit drew them, and its
+    variants are what they say (on a scikit-learn table, so the default run has the data)."""
     import combine
     import members
     import quality
+    import torch
 
-    out = members.one_split("sk_breast_cancer", 0)
+    fitted = members.fit_default("sk_breast_cancer", 0)
+    det, s, _ = fitted
+    out = members.one_split("sk_breast_cancer", 0, fitted)
+    short, long = det.model_.members
+    assert getattr(short, "prior_mu", None) is None and long.prior_mu is not None  # the fit's own networks
+    test = det._tensor(det._prepare(s["ours_test"], reset=False))
+    assert np.allclose(out["short"]["scores"], members._elbo(short, test, det.noise_), rtol=1e-6, atol=1e-5)
+    assert np.allclose(out["long"]["scores"], members._elbo(long, test, det.noise_), rtol=1e-6, atol=1e-5)
+    x = det._tensor(det._prepare(s["ours_train"], reset=False))
+    rows, codes = members.fit_rows(det, x)
+    assert sorted(np.concatenate(list(rows.values()))) == list(range(len(x)))
+    assert [len(rows[k]) for k in ("cal", "val", "train")] == [
+        det.fit_info_["n_calibration"], det.fit_info_["n_validation"], det.fit_info_["n_train"]]
+    with torch.no_grad():  # the long network's prior is the codes of exactly these training rows
+        mu, _ = long.encode(x[torch.from_numpy(rows["train"])][torch.from_numpy(codes)])
+    assert mu.shape == long.prior_mu.shape and torch.allclose(mu, long.prior_mu, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # short_agg: the short network under the codes of the same rows, its own encoder's
+        s_mu, s_logvar = short.encode(x[torch.from_numpy(rows["train"])][torch.from_numpy(codes)])
+    expected = members._elbo(members._with_prior(short, s_mu, s_logvar), test, det.noise_)
+    assert np.allclose(out["short_agg"]["scores"], expected, rtol=1e-6, atol=1e-5)
     default = out["default"]["scores"]
     assert np.allclose(out["short"]["scores"] + out["long"]["scores"], default, rtol=1e-5, atol=1e-4)
     assert np.allclose(out["short"]["calibration"] + out["long"]["calibration"], out["default"]["calibration"],
@@ -151,3 +172,9 @@ def test_the_pair_taken_apart_adds_up_to_the_detectors_score(tmp_path):
         quality._save(str(tmp_path), "sk_breast_cancer", 0, name, arrays)
     split = combine.load(str(tmp_path))[("sk_breast_cancer", 0)]
     assert np.allclose(combine.evaluate("sum(short,long)", split)[0], default, rtol=1e-5, atol=1e-4)
+
+
+def test_members_refuses_an_unknown_table_before_fitting(tmp_path):
+    run = subprocess.run([sys.executable, str(BENCH / "members.py"), "--datasets", "sk_wine_0,fashion-mnist",
+                          "--save-scores", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "fashion-mnist" in run.stderr and not list(tmp_path.iterdir())

@@ -130,6 +130,20 @@ def pair_codes(n_score_samples: int) -> int:
     return max(1, min(PAIR_CODES, MAX_PRIOR_WORK // max(1, n_score_samples)))
 
 
+def fit_rows(n: int, n_calibration: int, n_validation: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit's split of its ``n`` rows by its ``seed`` (``fit_info_`` holds all four): the indices of
+    the (calibration, validation, training) rows."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_cv = n_calibration + n_validation
+    return perm[:n_calibration], perm[n_calibration:n_cv], perm[n_cv:]
+
+
+def pair_code_rows(n_train: int, n_score_samples: int, seed: int) -> np.ndarray:
+    """Which of a fit's ``n_train`` training rows (sorted indices into them) give their codes to a
+    pair's aggregate prior: ``pair_codes`` of them, drawn by the fit's ``seed``."""
+    return np.sort(np.random.RandomState(seed + 2).permutation(n_train)[:pair_codes(n_score_samples)])
+
+
 @contextlib.contextmanager
 def _threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` torch threads, then restore the previous setting."""
@@ -568,9 +582,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                                  f"checkpoint_dir for a new run, random_state={run['seed']} for that run's model, or "
                                  "more epochs to train it on")
             seed = run["seed"]  # a seed drawn anew would split the rows otherwise: the unfinished run goes on
-        rng = np.random.RandomState(seed)
-        perm = rng.permutation(n)
-        cal_idx, val_idx, train_idx = perm[:n_cal], perm[n_cal : n_cal + n_val], perm[n_cal + n_val :]
+        cal_idx, val_idx, train_idx = fit_rows(n, n_cal, n_val, seed)
         start = time.perf_counter()
         device = self._device()
         with _threads(self.n_threads), _deterministic_cudnn(device), torch.random.fork_rng(devices=[]):
@@ -662,9 +674,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             history = train(long, x_train, x_val, cfg, generator, verbose=int(self.verbose),
                             checkpoint_dir=None if ckpt is None else Path(ckpt) / PAIR_CHECKPOINT, seed=seed)
         # the codes scored against each of the K noise draws of a row: K x M numbers a row, bounded
-        rows = np.random.RandomState(seed + 2).permutation(x_train.shape[0])[:pair_codes(int(self.n_score_samples))]
+        rows = pair_code_rows(x_train.shape[0], int(self.n_score_samples), seed)
         with torch.no_grad():
-            mu, logvar = long.encode(x_train[torch.from_numpy(np.sort(rows))])
+            mu, logvar = long.encode(x_train[torch.from_numpy(rows)])
         long.set_aggregate_prior(mu, logvar)
         self.model_.attach_pair(long)
         self.model_.eval()

@@ -23,7 +23,7 @@ rows, under these names:
 Every name's ``fit_seconds`` is the one fit's, so ``combine.py`` adds it once per member of a
 rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved too (``combine.py``'s ``z`` rule uses them). This is a
 research script: it reads the fitted detector's networks (``model_.members``) and rebuilds its
-split of the rows from ``fit_info_``, which the package's own modules never do.
+split of the rows from ``fit_info_`` (``detector.fit_rows``, ``pair_code_rows``).
 """
 
 from __future__ import annotations
@@ -56,19 +56,16 @@ def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def fit_rows(det: object, x: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The fit's own split of ``x`` (its rows, prepared): {"cal", "val", "train": row indices}, and the
-    indices into the training rows whose codes make the long network's aggregate prior, rebuilt
-    as ``VAEAnomalyDetector._fit`` and ``_train_pair`` draw them from ``fit_info_["seed"]``."""
-    from anomaly_vae.detector import pair_codes
+def fit_split(det: object, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The fit's own split of its ``n`` rows: {"cal", "val", "train": row indices}, and the indices into
+    the training rows whose codes make the long network's aggregate prior (the package's
+    ``detector.fit_rows`` and ``pair_code_rows``, from what ``fit_info_`` recorded)."""
+    from anomaly_vae.detector import fit_rows, pair_code_rows
 
     info = det.fit_info_  # type: ignore[attr-defined]
-    perm = np.random.RandomState(info["seed"]).permutation(x.shape[0])
-    n_cal, n_val = info["n_calibration"], info["n_validation"]
-    rows = {"cal": perm[:n_cal], "val": perm[n_cal:n_cal + n_val], "train": perm[n_cal + n_val:]}
-    n_codes = pair_codes(int(det.n_score_samples))  # type: ignore[attr-defined]
-    codes = np.sort(np.random.RandomState(info["seed"] + 2).permutation(len(rows["train"]))[:n_codes])
-    return rows, codes
+    cal, val, train = fit_rows(n, info["n_calibration"], info["n_validation"], info["seed"])
+    return ({"cal": cal, "val": val, "train": train},
+            pair_code_rows(len(train), int(det.n_score_samples), info["seed"]))  # type: ignore[attr-defined]
 
 
 def fit_default(dataset: str, key: int) -> tuple[object, dict[str, object], float]:
@@ -94,16 +91,16 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
     ``fit_default`` returned for it, else it fits)."""
     det, s, fit_s = fitted or fit_default(dataset, key)
     short, long = det.model_.members
-    x = det._tensor(det._prepare(s["ours_train"], reset=False))
-    rows, codes = fit_rows(det, x)
+    x = torch.from_numpy(det.preprocess(s["ours_train"]))  # a table's rows as the network takes them
+    rows, codes = fit_split(det, len(x))
     x_train = x[torch.from_numpy(rows["train"])]
     with torch.no_grad():
         mu, logvar = short.encode(x_train[torch.from_numpy(codes)])
     nets = {"short": short, "long": long, "short_agg": _with_prior(short, mu, logvar)}
     for c in SCALES:
         nets[f"long_s{c:g}"] = _with_prior(long, long.prior_mu, long.prior_logvar + math.log(c))
-    test = det._tensor(det._prepare(s["ours_test"], reset=False))
-    parts = {"test": test, "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
+    test = det.preprocess(s["ours_test"])
+    parts = {"test": torch.from_numpy(test), "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
     scores = {name: {part: _elbo(net, xs, det.noise_) for part, xs in parts.items()} for name, net in nets.items()}
     scores["half_short"] = {part: 0.5 * v for part, v in scores["short"].items()}
     if len(rows["val"]):  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
@@ -113,7 +110,7 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
     y = np.asarray(s["y"])
     out = {name: {"scores": v["test"], "calibration": v["calibration"], "y": y, "fit_seconds": np.float64(fit_s)}
            for name, v in scores.items()}
-    out["default"] = {"scores": det.anomaly_score(s["ours_test"]), "calibration": np.asarray(det.calibration_scores_),
+    out["default"] = {"scores": det.score_prepared(test), "calibration": np.asarray(det.calibration_scores_),
                       "y": y, "fit_seconds": np.float64(fit_s)}
     out["KNN (k=5)"] = {"scores": quality.knn_scores(s["train"], s["test"]), "y": y, "fit_seconds": np.float64(0.0)}
     return out

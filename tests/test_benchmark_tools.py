@@ -142,11 +142,11 @@ def test_the_pair_taken_apart_adds_up_to_the_detectors_score(tmp_path):
     out = members.one_split("sk_breast_cancer", 0, fitted)
     short, long = det.model_.members
     assert getattr(short, "prior_mu", None) is None and long.prior_mu is not None  # the fit's own networks
-    test = det._tensor(det._prepare(s["ours_test"], reset=False))
+    test = torch.from_numpy(det.preprocess(s["ours_test"]))
     assert np.allclose(out["short"]["scores"], members._elbo(short, test, det.noise_), rtol=1e-6, atol=1e-5)
     assert np.allclose(out["long"]["scores"], members._elbo(long, test, det.noise_), rtol=1e-6, atol=1e-5)
-    x = det._tensor(det._prepare(s["ours_train"], reset=False))
-    rows, codes = members.fit_rows(det, x)
+    x = torch.from_numpy(det.preprocess(s["ours_train"]))
+    rows, codes = members.fit_split(det, len(x))
     assert sorted(np.concatenate(list(rows.values()))) == list(range(len(x)))
     assert [len(rows[k]) for k in ("cal", "val", "train")] == [
         det.fit_info_["n_calibration"], det.fit_info_["n_validation"], det.fit_info_["n_train"]]

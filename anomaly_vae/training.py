@@ -141,6 +141,10 @@ def train(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor | None, cfg: Tr
     if ckpt is not None and (ckpt / CHECKPOINT_JSON).is_file():
         first, history, best, best_state, since_best, stopped = _load_checkpoint(ckpt, model, opt, generator, fingerprint,
                                                                                  seed)
+        if first > cfg.epochs:  # its weights and best epoch are of a longer run than this one
+            raise ValueError(f"the checkpoint in {ckpt} is of epoch {first}, past this run's {cfg.epochs} epochs: "
+                             f"its model is a longer run's. Give epochs >= {first} to go on with it, or remove it, "
+                             "or give another checkpoint_dir")
         for row in history:  # written before the step was in the history: it was the constant one
             row.setdefault("lr", epoch_learning_rate(cfg, int(row["epoch"]) - 1))
         log.info("resuming from %s after epoch %d", ckpt, first)

@@ -427,3 +427,40 @@ def test_image_names_with_url_characters_and_empty_files_match_the_cli(spark, fa
         spark_score(spark, str(tmp_path / "model"), uri, str(tmp_path / f"uri{k}.parquet"))
         by_uri = _read(tmp_path / f"uri{k}.parquet").sort_values("path").reset_index(drop=True)
         assert by_uri["path"].tolist() == want["path"].tolist(), uri
+
+
+def test_a_job_loads_its_model_once_and_scores_with_the_card_it_checked(spark, table, tmp_path, monkeypatch):
+    """The command line checked the model before Spark started, the job loaded it again and the
+    scorer a third time: three loads, and a model written over in between could be summarised from
+    one card and scored from another. Now one load, and the card shipped must be the one loaded."""
+    import json
+
+    import anomaly_vae.detector as detector_module
+    from anomaly_vae import ArtifactError
+    from anomaly_vae.spark import spark_score
+    from anomaly_vae.spark.job import check_job
+
+    _, model, rows = table
+    mine = tmp_path / "model"
+    shutil.copytree(model, mine)
+    card = json.loads((mine / "model.json").read_text())
+    (mine / "model.json").write_text(json.dumps(card, indent=3))  # same model, a card never shipped before
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    loads = []
+    real = detector_module.load_detector
+    monkeypatch.setattr(detector_module, "load_detector", lambda path: loads.append(path) or real(path))
+
+    checked = check_job(str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), 0.05, local=True)
+    assert len(loads) == 1
+    summary = spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), alpha=0.05,
+                          checked=checked)
+    assert len(loads) == 1 and summary.rows == len(rows)  # the executors load the shipped copy, not counted here
+    with pytest.raises(ValueError, match="check_job's result for"):  # another job's check is refused
+        spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "other.csv"), checked=checked)
+
+    (mine / "model.json").write_text(json.dumps(card, indent=5))  # a fresh card, checked; then written over
+    checked = check_job(str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out2.csv"))
+    (mine / "model.json").write_text(json.dumps(card, indent=6))
+    with pytest.raises(ArtifactError, match="changed after it was loaded"):
+        spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out2.csv"), checked=checked)
+    assert not (tmp_path / "out2.csv").exists()

@@ -97,6 +97,11 @@ def test_checkpoints_resume_to_exactly_the_uninterrupted_run(cancer, tmp_path):
     assert np.array_equal(full.anomaly_score(X), resumed.anomaly_score(X))
     with pytest.raises(ValueError, match="was written for other settings than this run's"):
         VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), learning_rate=0.01, **settings).fit(X)
+    # fewer epochs than the checkpoint ran returned the 6-epoch model as a 4-epoch fit's
+    with pytest.raises(ValueError, match=r"is of epoch 6, past this run's 4 epochs: .* Give epochs >= 6"):
+        VAEAnomalyDetector(epochs=4, checkpoint_dir=str(ckpt), **settings).fit(X)
+    assert np.array_equal(full.anomaly_score(X),  # and the checkpoint is left as it was
+                          VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X).anomaly_score(X))
     with pytest.raises(ValueError, match="was written for other data than this run's"):
         VAEAnomalyDetector(epochs=6, checkpoint_dir=str(ckpt), **settings).fit(X.iloc[::-1])
 

@@ -196,7 +196,8 @@ def spark_score(args: argparse.Namespace) -> int:
     if args.explain < 0:
         raise UsageError(f"--explain must be >= 0, got {args.explain}")
     # a wrong path, output name or model is said before Spark's JVM starts (seconds)
-    check_job(args.model_dir, args.data, args.out, args.alpha, local=reads_local_files(args.master, dict(args.conf)))
+    checked = check_job(args.model_dir, args.data, args.out, args.alpha,
+                        local=reads_local_files(args.master, dict(args.conf)))
     # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
     # call a signal interrupts: keep this command's handlers (clean exit 128 + signal) and its quiet
     logging.getLogger("py4j").setLevel(logging.CRITICAL)
@@ -207,7 +208,8 @@ def spark_score(args: argparse.Namespace) -> int:
         spark.sparkContext.setLogLevel("ERROR")
     try:
         summary = job(spark, args.model_dir, args.data, args.out, id_column=args.id_column, explain=args.explain,
-                      alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv)
+                      alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv,
+                      checked=checked)  # the model checked above, loaded once for the whole job
     except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
         if type(err).__module__.startswith(("pyspark", "py4j")):
             raise InputError(f"Spark: {_spark_message(err)}") from None

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..artifact import JSON_NAME, WEIGHTS_NAME
 from ..batch import RESULT_COLUMNS, explain_columns
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from ..detector import VAEAnomalyDetector
 
-__all__ = ["score_dataframe", "score_images", "ship_model", "driver_detector", "result_schema", "BATCH_BYTES",
-           "ROW_COLUMN"]
+__all__ = ["score_dataframe", "score_images", "ship_model", "driver_detector", "driver_model", "DriverModel",
+           "result_schema", "BATCH_BYTES", "ROW_COLUMN"]
 
 BATCH_BYTES = 16 << 20
 """Input bytes scored at once on an executor (Arrow batches are merged or split to about this)."""
@@ -37,13 +37,14 @@ def ship_model(spark: SparkSession, model_dir: str | os.PathLike[str]) -> tuple[
     """Check ``model_dir`` on the driver and ship a copy of it to the executors with
     ``SparkContext.addFile``. Returns (name under ``SparkFiles``, sha256 of its model.json); the
     card pins the weights' sha256, so the pair identifies the whole model."""
-    driver_detector(model_dir)  # a bad model stops the job here, before any executor starts
-    return _ship(spark, Path(model_dir))
+    model = driver_model(model_dir)  # a bad model stops the job here, before any executor starts
+    return _ship(spark, Path(model_dir), model.digest)
 
 
-def _ship(spark: SparkSession, src: Path) -> tuple[str, str]:
-    """``ship_model`` for a model directory the caller has already loaded (so checked)."""
-    digest = card_digest(src)
+def _ship(spark: SparkSession, src: Path, digest: str) -> tuple[str, str]:
+    """``ship_model`` for a model directory the caller has already loaded (so checked) from the card
+    whose sha256 is ``digest``: the copy shipped must be that card, so the executors score with the
+    model the driver checked (and summarises with), not one written over it since."""
     name = f"anomaly-vae-model-{digest[:24]}"
     sc = spark.sparkContext
     shipped = getattr(sc, "_anomaly_vae_models", None)
@@ -57,10 +58,32 @@ def _ship(spark: SparkSession, src: Path) -> tuple[str, str]:
         for f in (JSON_NAME, WEIGHTS_NAME):
             shutil.copyfile(src / f, staging / f)
         if card_digest(staging) != digest:
-            raise ArtifactError(f"{src / JSON_NAME} changed while it was being shipped; run the job again")
+            shutil.rmtree(parent, ignore_errors=True)
+            raise ArtifactError(f"{src / JSON_NAME} changed after it was loaded; run the job again")
         sc.addFile(str(staging), recursive=True)
         shipped[name] = staging
     return name, digest
+
+
+class DriverModel(NamedTuple):
+    """A model loaded on the driver, and the sha256 of the card it was loaded from."""
+
+    detector: VAEAnomalyDetector
+    digest: str
+
+
+def driver_model(model_dir: str | os.PathLike[str], alpha: float | None = None) -> DriverModel:
+    """``driver_detector`` with the sha256 of the card it loaded: the card read before and after
+    the load must be the same bytes (a model being written over while the job starts is refused)."""
+    path = Path(model_dir)
+    try:
+        digest = card_digest(path)
+    except OSError:
+        digest = ""  # load_detector says what is wrong with the directory
+    det = driver_detector(path, alpha)
+    if card_digest(path) != digest:
+        raise ArtifactError(f"{path / JSON_NAME} changed while it was being loaded; run the job again")
+    return DriverModel(det, digest)
 
 
 def driver_detector(model_dir: str | os.PathLike[str], alpha: float | None = None) -> VAEAnomalyDetector:
@@ -126,7 +149,7 @@ def _table_columns(det: VAEAnomalyDetector, df: DataFrame) -> list[str]:
 def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_column: str | None = None,
                     explain: int = 0, score: str | None = None, alpha: float | None = None,
                     partitions: int | None = None, batch_bytes: int = BATCH_BYTES, _file_order: bool = False,
-                    _csv: CsvLayout | None = None) -> DataFrame:
+                    _csv: CsvLayout | None = None, _model: DriverModel | None = None) -> DataFrame:
     """Score every row of a Spark DataFrame with the model in ``model_dir``, as ``anomaly-vae score``.
 
     Parameters
@@ -147,14 +170,14 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
     DataFrame : lazy; one row per input row: the id or ``row``, score, p_value, is_anomaly, threshold,
         error, and with ``explain`` the ``top1_feature``, ``top1_nats``, ... columns.
     """
-    det = driver_detector(model_dir, alpha)
+    det, digest = _model or driver_model(model_dir, alpha)  # _model: spark_score's, loaded once per job
     det.check_threshold()
     columns = _table_columns(det, df)
     if id_column is not None and id_column not in df.columns:
         raise InputError(f"the id column {id_column!r} is not in the DataFrame; columns are {df.columns}")
     if batch_bytes < 1:
         raise InputError(f"batch_bytes must be >= 1, got {batch_bytes}")
-    name, digest = _ship(df.sparkSession, Path(model_dir))
+    name, digest = _ship(df.sparkSession, Path(model_dir), digest)
     keep = list(dict.fromkeys([*columns, *([id_column] if id_column else []),
                                *([CORRUPT_COLUMN] if _csv is not None else [])]))
     if id_column is None:
@@ -177,19 +200,19 @@ def score_dataframe(df: DataFrame, model_dir: str | os.PathLike[str], *, id_colu
 
 
 def score_images(spark: SparkSession, folder: str, model_dir: str | os.PathLike[str], *, explain: int = 0,
-                 score: str | None = None, alpha: float | None = None, batch_bytes: int = BATCH_BYTES
-                 ) -> tuple[DataFrame, int]:
+                 score: str | None = None, alpha: float | None = None, batch_bytes: int = BATCH_BYTES,
+                 _model: DriverModel | None = None) -> tuple[DataFrame, int]:
     """Score every image file under ``folder`` (recursively) through Spark's ``binaryFile`` source,
     as ``anomaly-vae score`` scores a folder: one row per image file, ``path`` relative to the
     folder, a corrupt file kept with its error. Returns (lazy output DataFrame, files skipped:
     other extensions or hidden)."""
     from pyspark.sql import functions as F
 
-    det = driver_detector(model_dir, alpha)
+    det, digest = _model or driver_model(model_dir, alpha)
     det.check_threshold()
     if det.input_kind_ != "image":
         raise InputError(f"{folder} is a folder of images, but this model scores tables")
-    name, digest = _ship(spark, Path(model_dir))
+    name, digest = _ship(spark, Path(model_dir), digest)
     files = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(glob_escaped(folder))
              .select("path", "content"))
     ext = F.lower(F.regexp_extract("path", r"(\.[^./]+)$", 1))

@@ -10,11 +10,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..batch import BatchSummary
 from ..exceptions import InputError
-from .frames import BATCH_BYTES, driver_detector, score_dataframe, score_images
+from .frames import BATCH_BYTES, DriverModel, driver_model, score_dataframe, score_images
 from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path, on_another_file_system
 
 if TYPE_CHECKING:
@@ -197,44 +197,62 @@ def _output_format(out: str) -> str:
     raise InputError(f"{out}: the output's name must end in .csv or .parquet (a directory of part files)")
 
 
+class JobCheck(NamedTuple):
+    """What ``check_job`` found: the output's format, and the model as the job will use it."""
+
+    format: str
+    model: DriverModel
+    job: tuple[str, str, str, float | None]  # model_dir, data, out and alpha, as given
+
+
 def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *,
-              local: bool = False) -> tuple[str, VAEAnomalyDetector]:
+              local: bool = False) -> JobCheck:
     """The checks of ``spark_score`` that need no Spark, so that a command line can make them
-    before it starts one (seconds): the output's format (returned), the input and output paths,
-    and the model, loaded and checked, with a usable threshold at ``alpha`` (returned). ``local``: the job runs on this machine
-    (``local[...]`` master), so a local input path that does not exist is refused here too; on
-    a cluster a path without a scheme may name the cluster's file system."""
+    before it starts one (seconds): the output's format, the input and output paths, and the
+    model, loaded and checked, with a usable threshold at ``alpha`` (all returned; pass the result
+    to ``spark_score`` as ``checked`` and the model is not loaded again). ``local``: the job runs on
+    this machine (``local[...]`` master), so a local input path that does not exist is refused here
+    too; on a cluster a path without a scheme may name the cluster's file system."""
     fmt_out = _output_format(out)
     _check_paths(data, out)
-    det = driver_detector(model_dir, alpha)
+    model = driver_model(model_dir, alpha)
+    det = model.detector
     det.check_threshold()  # an alpha the calibration cannot serve: before Spark starts, not after
     if local and not on_another_file_system(data):
         if not os.path.exists(local_path(data)):  # a dangling link too
             raise FileNotFoundError(f"{data}: no such file or directory")
         if det.input_kind_ == "table":
             _format_of(data)  # a folder of images, or of files that are not tables, for a table model
-    return fmt_out, det
+    return JobCheck(fmt_out, model, (str(model_dir), str(data), str(out), alpha))
 
 
 def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_column: str | None = None,
                 explain: int = 0, score: str | None = None, alpha: float | None = None, sep: str | None = None,
                 partitions: int | None = None, multiline: bool = False,
-                batch_bytes: int = BATCH_BYTES) -> BatchSummary:
+                batch_bytes: int = BATCH_BYTES, checked: JobCheck | None = None) -> BatchSummary:
     """The job of ``anomaly-vae spark-score``: score ``data`` (CSV / Parquet, a directory of part
     files, or a folder of images) into ``out`` (a directory of .csv or .parquet part files, written
     by Spark's committer to a temporary directory and renamed into place, replacing an old one), and
-    summarise it as ``anomaly-vae score`` does. Checks that the output has one row per input row."""
+    summarise it as ``anomaly-vae score`` does. Checks that the output has one row per input row.
+    ``checked``: ``check_job``'s result for this model, data, output and alpha (the model is then
+    loaded once per job, not again here)."""
     start = time.perf_counter()
     from pyspark.sql import functions as F
 
-    fmt_out, det = check_job(model_dir, data, out, alpha)  # det for the summary; the scorers check it in full
+    job = (str(model_dir), str(data), str(out), alpha)
+    if checked is None:
+        checked = check_job(model_dir, data, out, alpha)
+    elif checked.job != job:
+        raise ValueError(f"checked is check_job's result for (model_dir, data, out, alpha) = {checked.job}, not {job}")
+    fmt_out, model = checked.format, checked.model
+    det = model.detector  # for the summary; the scorers use this load too, and the executors its card
     images = det.input_kind_ == "image"  # the model says what the data is
     skipped = 0
     if images:
         if id_column:
             raise InputError("an id column is for CSV and Parquet tables, not image folders")
         scored, skipped = score_images(spark, data, model_dir, explain=explain, score=score, alpha=alpha,
-                                       batch_bytes=batch_bytes)
+                                       batch_bytes=batch_bytes, _model=model)
         id_name = "path"
     else:
         df, layout = read_table(spark, data, sep=sep, multiline=multiline, numeric=tuple(
@@ -244,7 +262,7 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
                   .withColumn("_anomaly_vae_block", F.col("_metadata.file_block_start")))
         scored = score_dataframe(df, model_dir, id_column=id_column, explain=explain, score=score, alpha=alpha,
                                  partitions=partitions, batch_bytes=batch_bytes, _file_order=id_column is None,
-                                 _csv=layout)
+                                 _csv=layout, _model=model)
         id_name = id_column or "row"
     # a CSV line with too few or too many fields is a malformed record only when the parser splits
     # every field (with column pruning it tokenizes the selected ones): off for the scoring pass

@@ -464,3 +464,72 @@ def test_a_job_loads_its_model_once_and_scores_with_the_card_it_checked(spark, t
     with pytest.raises(ArtifactError, match="changed after it was loaded"):
         spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out2.csv"), checked=checked)
     assert not (tmp_path / "out2.csv").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
+@pytest.mark.parametrize("whom", ["process", "group"])
+def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table, tmp_path, whom):
+    """SIGTERM while PySpark waited for its JVM (the first seconds of the command) exited 143 and
+    left the JVM running for good: PySpark removes the folder the JVM writes its port to and forgets
+    it, the JVM's main thread fails and its gateway thread keeps it up. ``whom``: the command alone
+    (Kubernetes signals the container's first process) or its process group (systemd, a shell)."""
+    import os
+    import signal
+    import time
+
+    if shutil.which("java") is None:
+        pytest.skip("no Java runtime on this machine")
+    pytest.importorskip("pyspark")
+    _, model, rows = table
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
+           str(tmp_path / "out.csv"), "--master", "local[1]", "--conf", "spark.ui.enabled=false"]
+    log = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: a JVM left behind would hold a pipe open
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    jvm, deadline = None, time.monotonic() + 120
+    try:
+        while jvm is None and proc.poll() is None and time.monotonic() < deadline:
+            jvm = next(iter(_children(proc.pid)), None)  # spark-submit execs java: the JVM is the child
+            time.sleep(0.02)
+        assert jvm is not None, "the command started no JVM"
+        time.sleep(0.5)  # the JVM is starting; PySpark polls for its port
+        os.killpg(proc.pid, signal.SIGTERM) if whom == "group" else proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        err = (tmp_path / "stderr.txt").read_text()
+        assert proc.returncode == 143, err[-2000:]
+        assert "anomaly-vae: interrupted by SIGTERM" in err
+        assert "Traceback" not in err and "KeyboardInterrupt while sending command" not in err, err[-2000:]
+        for _ in range(300):  # the JVM goes when its stdin closes or the context stops
+            if not _alive(jvm):
+                break
+            time.sleep(0.1)
+        assert not _alive(jvm), f"the JVM {jvm} is still running 30 s after the command exited"
+        assert not (tmp_path / "out.csv").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if jvm is not None and _alive(jvm):
+            os.kill(jvm, signal.SIGKILL)
+        proc.wait()
+        log.close()

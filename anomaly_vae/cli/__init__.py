@@ -15,22 +15,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from .commands import EXIT_FATAL, EXIT_OK, EXIT_ROW_ERRORS, EXIT_USAGE, UsageError
 from .parser import build_parser
+from .signals import EXIT_SIGNAL_BASE, STOP_SIGNALS, Stopped  # noqa: F401 - STOP_SIGNALS: the package's names
+from .signals import stop_signals as _stop_signals
 
 __all__ = ["main", "build_parser", "UsageError", "Stopped", "EXIT_OK", "EXIT_FATAL", "EXIT_USAGE", "EXIT_ROW_ERRORS",
            "EXIT_SIGNAL_BASE"]
 
-EXIT_SIGNAL_BASE = 128  # + the signal's number, as a shell reports a process killed by it
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 # The allowed values of some flags, under the names this module gave its copies of them; they are
 # the owners' own, imported on first access (the owners import torch).
@@ -43,54 +39,6 @@ def __getattr__(name: str) -> Any:
         module, attr = _OWNED[name]
         return getattr(importlib.import_module(f"..{module}", __name__), attr)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt``, so
-    that every ``with`` and ``finally`` on the way out runs (the output's ``.part`` is removed)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP stop the command by an exception in the main thread (see the
-    module docstring). Only handlers still at their defaults are replaced: a signal that was
-    ignored when the process started (nohup, ``&``) stays ignored. The previous handlers are
-    restored on exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    stopping = False
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if stopping:  # the first signal's cleanup is still running: do not wait for it
-            from ..io import remove_partial_outputs
-
-            remove_partial_outputs()
-            os.write(2, f"anomaly-vae: {signal.Signals(signum).name} again: exiting now\n".encode())
-            os._exit(EXIT_SIGNAL_BASE + signum)
-        stopping = True
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Stopped(signum)
-
-    previous: dict[int, Any] = {}
-    for name in STOP_SIGNALS:
-        signum = getattr(signal, name, None)
-        if signum is None:  # no SIGHUP on Windows
-            continue
-        current = signal.getsignal(signum)
-        if current in (signal.SIG_DFL, signal.default_int_handler):
-            previous[signum] = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..jobs import DataOptions
 
 __all__ = ["EXIT_OK", "EXIT_FATAL", "EXIT_USAGE", "EXIT_ROW_ERRORS", "UsageError", "parse_size", "train", "score",
-           "spark_score", "evaluate", "calibrate", "info", "plot", "export", "demo"]
+           "evaluate", "calibrate", "info", "plot", "export", "demo"]
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 1, 2, 3
 
@@ -182,53 +182,6 @@ def _report(summary: Any, data: str, files: bool) -> int:
         print(f"  not images, skipped  {summary.skipped_files} file(s) in the folder (other extensions or hidden)")
     print(f"  written to           {summary.output}")
     return EXIT_ROW_ERRORS if summary.errors else EXIT_OK
-
-
-def spark_score(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-
-    from ..exceptions import InputError
-    from ..spark import session
-    from ..spark import spark_score as job
-    from ..spark.job import check_job, reads_local_files
-
-    if args.explain < 0:
-        raise UsageError(f"--explain must be >= 0, got {args.explain}")
-    # a wrong path, output name or model is said before Spark's JVM starts (seconds)
-    checked = check_job(args.model_dir, args.data, args.out, args.alpha,
-                        local=reads_local_files(args.master, dict(args.conf)))
-    # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
-    # call a signal interrupts: keep this command's handlers (clean exit 128 + signal) and its quiet
-    logging.getLogger("py4j").setLevel(logging.CRITICAL)
-    handler = signal.getsignal(signal.SIGINT)
-    spark = session(args.master, dict(args.conf))
-    signal.signal(signal.SIGINT, handler)
-    if args.quiet:
-        spark.sparkContext.setLogLevel("ERROR")
-    try:
-        summary = job(spark, args.model_dir, args.data, args.out, id_column=args.id_column, explain=args.explain,
-                      alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv,
-                      checked=checked)  # the model checked above, loaded once for the whole job
-    except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
-        if type(err).__module__.startswith(("pyspark", "py4j")):
-            raise InputError(f"Spark: {_spark_message(err)}") from None
-        raise
-    finally:
-        try:
-            spark.stop()
-        except Exception:  # noqa: BLE001 - after a signal the Java side may already be gone
-            pass
-    return _report(summary, args.data, summary.id_name == "path")
-
-
-def _spark_message(err: BaseException) -> str:
-    """One line for a Spark error: the core's own message when a Python worker raised one (an
-    ``InputError`` or ``ArtifactError`` inside the stack trace), else the error's first line."""
-    import re
-
-    found = re.findall(r"anomaly_vae\.exceptions\.\w+: (.+)", str(err))
-    return found[-1].strip()[:500] if found else _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._version import __version__
-from . import commands
+from . import commands, spark_command
 
 __all__ = ["build_parser", "EPILOG", "MODELS", "DEVICES"]
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the order of the files' names and of the rows in each file. Runs Spark in local "
                                    "mode unless --master (or spark-submit) names another.",
                        flags=_spark_score_flags)
-    p.set_defaults(func=commands.spark_score)
+    p.set_defaults(func=spark_command.spark_score)
 
     p = sub.add_parser("evaluate", formatter_class=fmt, epilog=EPILOG, help="measure a model on labelled data",
                        description="Score labelled DATA and report AUROC, average precision, the realized false-alarm "

@@ -668,6 +668,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                               checkpoint_dir=ckpt, seed=seed))
             if ckpt is not None:
                 _start_long_checkpoint(Path(ckpt) / PAIR_CHECKPOINT, first, generator)
+                self._refuse_a_longer_long_run(Path(ckpt) / PAIR_CHECKPOINT, x_train.shape[0], cfg.epochs)
             long = self._default_model(x_train[:1].cpu().numpy(), self.pair_hidden_sizes_)
             long = long.to(x_train.device)
             long.likelihood.init_from_data(x_train)
@@ -682,11 +683,27 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.model_.eval()
         return history, first
 
-    def _pair_epochs(self, n_train: int) -> int:
+    def _pair_epochs(self, n_train: int, epochs: int | None = None) -> int:
         """The long run's epochs: ``PAIR_UPDATES`` updates at ``epochs=100`` (the default); fewer epochs
-        ask for a quicker fit, of both networks."""
+        ask for a quicker fit, of both networks. ``epochs``: another value of the setting than this one's."""
         per_epoch = -(-n_train // int(self.batch_size))
-        return max(1, -(-PAIR_UPDATES * int(self.epochs) // (100 * per_epoch)))
+        epochs = int(self.epochs) if epochs is None else epochs
+        return max(1, -(-PAIR_UPDATES * epochs // (100 * per_epoch)))
+
+    def _refuse_a_longer_long_run(self, folder: Path, n_train: int, long_epochs: int) -> None:
+        """The long run's checkpoint, kept for this end of the first run, is past the epochs this fit's
+        ``epochs`` gives the long run (the first run stopped early, the same as before, and ``epochs`` is
+        lower than then): refused as ``train`` refuses one, in the terms the caller set (``epochs`` and
+        ``checkpoint_dir``), not the long run's own epochs (a number the caller never gave)."""
+        run = checkpoint_run(folder)
+        if run is None or run["epoch"] <= long_epochs:
+            return
+        need = max(1, (run["epoch"] - 1) * 100 * -(-n_train // int(self.batch_size)) // PAIR_UPDATES)
+        while self._pair_epochs(n_train, need) < run["epoch"]:
+            need += 1
+        raise ValueError(f"the checkpoint in {self.checkpoint_dir} is of a pair fitted with more epochs: its long run "
+                         f"(in {folder}) is at epoch {run['epoch']}, past the {long_epochs} that epochs={int(self.epochs)} "
+                         f"gives it. Give epochs >= {need} to go on with it, or remove it, or give another checkpoint_dir")
 
     def _calibration_rows(self, n: int) -> int:
         """Rows held out for calibration: ``calibration_size`` of ``n``, raised to the number the

@@ -364,6 +364,26 @@ def test_a_long_run_checkpoint_of_the_early_stopped_rule_is_started_again(cancer
     assert (ckpt / "pair" / "checkpoint.json").is_file()
 
 
+def test_a_long_run_checkpoint_past_this_fits_epochs_is_refused_in_the_callers_terms(cancer, tmp_path):
+    """A hostile review: the first run stopped early, so a fit with fewer epochs (still more than the
+    first run's) kept the long run's checkpoint, and ``train`` refused it in the long run's epochs
+    ("past this run's 27 epochs ... Give epochs >= 120"), numbers the caller never gave. Now the
+    refusal names ``epochs`` and ``checkpoint_dir`` and the epochs that go on with it."""
+    import re
+
+    X, ckpt = cancer[0].iloc[:120], tmp_path / "ckpt"  # one update an epoch: the long run is 300 epochs at epochs=10
+    settings = dict(patience=2, alpha=0.05, random_state=0, checkpoint_dir=str(ckpt))
+    full = VAEAnomalyDetector(epochs=10, **settings).fit(X)
+    first = full.fit_info_["epochs_run_first"]
+    assert first < 10 and full.fit_info_["epochs_run"] == 300  # patience 2 stopped the first run
+    with pytest.raises(ValueError, match=re.escape(f"the checkpoint in {ckpt} is of a pair fitted with more epochs: its "
+                                                   f"long run (in {ckpt / 'pair'}) is at epoch 300, past the {30 * first}"
+                                                   f" that epochs={first} gives it. Give epochs >= 10 to go on with it")):
+        VAEAnomalyDetector(epochs=first, **settings).fit(X)
+    again = VAEAnomalyDetector(epochs=10, **settings).fit(X)  # the refusal changed nothing: it goes on as said
+    assert again.history_ == full.history_ and np.array_equal(again.anomaly_score(X), full.anomaly_score(X))
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_torn_or_garbled_checkpoint_is_a_one_line_error_not_a_hang_or_another_model(cancer, tmp_path):
     import shutil

@@ -258,6 +258,7 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     run = spark_cli(tmp_path / "in.csv", tmp_path / "out.parquet")
     assert run.returncode == 3, run.stderr[-2000:]  # two rows with errors, as `anomaly-vae score`
     assert f"scored 298 of 300 rows from {tmp_path / 'in.csv'}" in run.stdout
+    assert "Warning" not in run.stderr, run.stderr[-2000:]  # PySpark's pandas 3 FutureWarning is not the user's
     assert "key k005: column 'f02': expected a number, got 'abc'" in run.stdout
     got = _read(tmp_path / "out.parquet")
     assert sorted(got["key"]) == sorted(rows["key"])
@@ -434,6 +435,8 @@ def test_a_job_loads_its_model_once_and_scores_with_the_card_it_checked(spark, t
     scorer a third time: three loads, and a model written over in between could be summarised from
     one card and scored from another. Now one load, and the card shipped must be the one loaded."""
     import json
+    import re
+    import tempfile
 
     import anomaly_vae.detector as detector_module
     from anomaly_vae import ArtifactError
@@ -464,6 +467,20 @@ def test_a_job_loads_its_model_once_and_scores_with_the_card_it_checked(spark, t
     with pytest.raises(ArtifactError, match="changed after it was loaded"):
         spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out2.csv"), checked=checked)
     assert not (tmp_path / "out2.csv").exists()
+
+    # the weights written over between the check and the shipping: refused on the driver, in one line
+    # naming the user's file (it was found only on the executors, under Spark's copy, one trace a task)
+    (mine / "model.json").write_text(json.dumps(card, indent=7))
+    checked = check_job(str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out3.csv"))
+    weights = bytearray((mine / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # a flipped bit in the last tensor: a well-formed file, another model
+    (mine / "model.safetensors").write_bytes(bytes(weights))
+    staged = set(Path(tempfile.gettempdir()).glob("anomaly-vae-spark-*"))
+    with pytest.raises(ArtifactError, match=f"^{re.escape(str(mine / 'model.safetensors'))} changed after the model "
+                                            "was loaded"):
+        spark_score(spark, str(mine), str(tmp_path / "in.csv"), str(tmp_path / "out3.csv"), checked=checked)
+    assert not (tmp_path / "out3.csv").exists()
+    assert set(Path(tempfile.gettempdir()).glob("anomaly-vae-spark-*")) <= staged  # the refused copy is not left
 
 
 def _children(pid: int) -> list[int]:
@@ -533,3 +550,45 @@ def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table
             os.kill(jvm, signal.SIGKILL)
         proc.wait()
         log.close()
+
+
+@pytest.mark.parametrize("signal_error", ["Stopped", "KeyboardInterrupt"])
+def test_a_signal_that_lands_in_a_py4j_call_is_reported_as_the_signal_not_a_spark_error(signal_error):
+    """A signal raised inside ``collect`` leaves PySpark's call-site bookkeeping on the way out to
+    fail on the interrupted connection, and that py4j error replaced the signal: the command said
+    "Spark: Answer from Java side is empty" and exited 1 instead of 128 + the signal (seen about
+    one time in three under SIGTERM mid-job). The signal is in the py4j error's context."""
+    import argparse
+    import signal
+
+    py4j = pytest.importorskip("py4j.protocol", reason="PySpark (and py4j) is not installed")
+    from anomaly_vae.cli import Stopped
+    from anomaly_vae.cli.spark_command import _spark_job
+    from anomaly_vae.exceptions import InputError
+
+    stops = []
+
+    class Spark:
+        def stop(self):
+            stops.append(True)
+
+    def job(*args, **kwargs):
+        try:
+            raise Stopped(signal.SIGTERM) if signal_error == "Stopped" else KeyboardInterrupt()
+        finally:  # as SCCallSiteSync.__exit__: one more call to the JVM, whose answer never comes
+            raise py4j.Py4JNetworkError("Answer from Java side is empty")
+
+    args = argparse.Namespace(model_dir="m", data="d", out="o", id_column=None, explain=0, alpha=None, sep=None,
+                              partitions=None, multiline_csv=False)
+    expected = Stopped if signal_error == "Stopped" else KeyboardInterrupt
+    with pytest.raises(expected) as caught:
+        _spark_job(args, Spark(), job, None)
+    assert type(caught.value) is expected and stops == [True]
+    if signal_error == "Stopped":
+        assert caught.value.signum == signal.SIGTERM
+
+    def failed_stage(*args, **kwargs):  # a Spark error with no signal behind it is still one clear line
+        raise py4j.Py4JNetworkError("Answer from Java side is empty")
+
+    with pytest.raises(InputError, match="Spark: Answer from Java side is empty"):
+        _spark_job(args, Spark(), failed_stage, None)

@@ -5,6 +5,8 @@ starts, stop signals held while it starts, py4j's tracebacks kept off the termin
 from __future__ import annotations
 
 import argparse
+import logging
+import warnings
 from typing import Any
 
 from .commands import UsageError, _first_line, _report, _sep
@@ -14,10 +16,6 @@ __all__ = ["spark_score"]
 
 
 def spark_score(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-
-    from ..spark import session
     from ..spark import spark_score as job
     from ..spark.job import check_job, reads_local_files
 
@@ -26,6 +24,18 @@ def spark_score(args: argparse.Namespace) -> int:
     # a wrong path, output name or model is said before Spark's JVM starts (seconds)
     checked = check_job(args.model_dir, args.data, args.out, args.alpha,
                         local=reads_local_files(args.master, dict(args.conf)))
+    with warnings.catch_warnings():
+        # PySpark 4 warns twice a run that it does not yet fully support pandas 3 (its pandas UDFs work
+        # with it: tests/test_spark.py); the warning is for PySpark's developers, not this command's users
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        return _spark_score(args, job, checked)
+
+
+def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
+    import signal
+
+    from ..spark import session
+
     # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
     # call a signal interrupts, some of it through its own logger and some through the root one
     # (``logging.exception`` in ``send_command``): keep this command's handlers (clean exit 128 +
@@ -69,20 +79,47 @@ class _NotFromPy4j:
 def _spark_job(args: argparse.Namespace, spark: Any, job: Any, checked: Any) -> int:
     from ..exceptions import InputError
 
+    stopped = True  # until the job returns or fails on its own: a signal, or an exception from outside Spark
     try:
         summary = job(spark, args.model_dir, args.data, args.out, id_column=args.id_column, explain=args.explain,
                       alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv,
                       checked=checked)  # the model checked above, loaded once for the whole job
+        stopped = False
     except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
+        stop = _stop_in_chain(err)
+        if stop is not None:  # a signal, then py4j's failure to say so to the JVM: report the signal
+            raise stop from None
+        stopped = False
         if type(err).__module__.startswith(("pyspark", "py4j")):
             raise InputError(f"Spark: {_spark_message(err)}") from None
         raise
     finally:
-        try:
-            spark.stop()
-        except Exception:  # noqa: BLE001 - after a signal the Java side may already be gone
-            pass
+        for step in ((lambda: spark.sparkContext.setLogLevel("OFF")) if stopped else None, spark.stop):
+            # setLogLevel: the job the signal cancelled is logged as an ERROR with a stack trace
+            try:
+                if step is not None:
+                    step()
+            except Exception:  # noqa: BLE001 - after a signal the Java side may already be gone
+                pass
     return _report(summary, args.data, summary.id_name == "path")
+
+
+def _stop_in_chain(err: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal (``KeyboardInterrupt``, ``Stopped``) an exception was raised while handling,
+    if any. A signal that lands in a py4j call (``collect``) is raised there, and PySpark's call-site
+    bookkeeping on the way out then fails on the interrupted connection ("Answer from Java side is
+    empty"): that error replaces the signal, which is still in its context."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        todo += [cause.__context__, cause.__cause__]
+    return None
 
 
 def _spark_message(err: BaseException) -> str:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..artifact import JSON_NAME, WEIGHTS_NAME
+from ..artifact import JSON_NAME, WEIGHTS_NAME, read_model_card
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
@@ -57,9 +57,17 @@ def _ship(spark: SparkSession, src: Path, digest: str) -> tuple[str, str]:
         staging.mkdir()
         for f in (JSON_NAME, WEIGHTS_NAME):
             shutil.copyfile(src / f, staging / f)
-        if card_digest(staging) != digest:
+        try:
+            if card_digest(staging) != digest:
+                raise ArtifactError(f"{src / JSON_NAME} changed after it was loaded; run the job again")
+            try:  # the card pins the weights' sha256: the copy's weights must be the ones the driver loaded
+                read_model_card(staging)
+            except ArtifactError:
+                raise ArtifactError(f"{src / WEIGHTS_NAME} changed after the model was loaded (it no longer "
+                                    f"matches the sha256 in {src / JSON_NAME}); run the job again") from None
+        except BaseException:
             shutil.rmtree(parent, ignore_errors=True)
-            raise ArtifactError(f"{src / JSON_NAME} changed after it was loaded; run the job again")
+            raise
         sc.addFile(str(staging), recursive=True)
         shipped[name] = staging
     return name, digest

@@ -592,3 +592,44 @@ def test_a_signal_that_lands_in_a_py4j_call_is_reported_as_the_signal_not_a_spar
 
     with pytest.raises(InputError, match="Spark: Answer from Java side is empty"):
         _spark_job(args, Spark(), failed_stage, None)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_killed_jobs_model_copy_is_removed_by_the_next_job_and_a_running_ones_is_not(tmp_path, monkeypatch):
+    """A driver killed by SIGKILL (the OOM killer) runs no exit handler: its copy of the model stayed
+    in the temporary directory for good. The next job removes the copies whose process is gone
+    (its lock released by the kernel), never a copy a live process holds, nor a folder without a lock."""
+    import os
+    import signal
+    import tempfile
+
+    from anomaly_vae.spark import staging
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    code = ("import os, signal, sys; from anomaly_vae.spark.staging import new_staging_dir; d = new_staging_dir(); "
+            "(d / 'model').mkdir(); print(d, flush=True); sys.stdin.readline(); os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
+    live = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        killed_dir, live_dir = Path(killed.stdout.readline().strip()), Path(live.stdout.readline().strip())
+        assert killed_dir.parent == live_dir.parent == tmp_path and (killed_dir / ".lock").is_file()
+        killed.communicate("\n", timeout=60)
+        assert killed.returncode == -signal.SIGKILL and (killed_dir / "model").is_dir()  # no exit handler ran
+        unlocked = tmp_path / "anomaly-vae-spark-old"  # made before the lock, or being made this instant
+        unlocked.mkdir()
+        other = tmp_path / "anomaly-vae-other"
+        other.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        mine = staging.new_staging_dir()  # this process's own, made after a sweep
+        assert not killed_dir.exists()
+        assert live_dir.is_dir() and mine.is_dir() and unlocked.is_dir() and other.is_dir()
+        assert staging.sweep_stale() == []  # held by their processes (this one's too)
+        live.communicate("\n", timeout=60)
+        assert staging.sweep_stale() == [live_dir] and not live_dir.exists() and mine.is_dir()
+    finally:
+        for proc in (killed, live):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

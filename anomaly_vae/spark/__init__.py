@@ -6,7 +6,8 @@ that outgrows one machine. Needs the ``spark`` extra (``pyspark>=3.5``) and Java
 same for a folder read by Spark's ``binaryFile`` source; ``spark_score`` is the whole job of
 ``anomaly-vae spark-score`` (read, score, write atomically, summarise); ``python -m anomaly_vae.spark``
 and ``spark-submit .../anomaly_vae/spark/__main__.py`` run that command. Modules: ``frames``
-(DataFrames in, DataFrames out), ``job`` (files in, files out), ``worker`` (the executor side).
+(DataFrames in, DataFrames out), ``job`` (files in, files out), ``worker`` (the executor side),
+``staging`` (the driver's copy of the model, and the copies killed drivers left).
 
 Why ``mapInPandas`` and not ``predict_batch_udf``: a model's output here is a row of several columns
 of mixed types (id, score, p-value, flag, threshold, error, explanations) computed from all of a
@@ -17,7 +18,9 @@ conversion in between, which is exactly the shape of ``batch.score_chunk``.
 The model travels as its directory (``model.json`` and ``model.safetensors``, never a pickled
 detector): ``SparkContext.addFile`` ships a copy named after the sha256 of its card, and each
 executor's Python worker loads it once (``load_detector`` checks the weights against the card),
-after checking that the card it received has that sha256. Batches are regrouped by bytes on the
+after checking that the card it received has that sha256. The copy is checked on the driver first
+(its card the one the job loaded, its weights the card's), and lives in a temporary folder removed
+when the driver exits, or by the next job when the driver was killed (``staging``). Batches are regrouped by bytes on the
 executor (``batch_bytes``), whatever Spark's Arrow batch size is.
 
 Every input row gives exactly one output row with the columns of ``anomaly-vae score``. Without an

@@ -4,10 +4,8 @@ by ``ship_model``; the output schema; row numbering."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -15,6 +13,7 @@ from ..artifact import JSON_NAME, WEIGHTS_NAME, read_model_card
 from ..batch import RESULT_COLUMNS, explain_columns
 from ..exceptions import ArtifactError, InputError
 from ..io.files import IMAGE_SUFFIXES
+from .staging import new_staging_dir
 from .worker import (CORRUPT_COLUMN, ROW_COLUMN, CsvLayout, card_digest, glob_escaped, image_scorer, local_path,
                      on_another_file_system, table_scorer)
 
@@ -51,8 +50,7 @@ def _ship(spark: SparkSession, src: Path, digest: str) -> tuple[str, str]:
     if shipped is None:
         shipped = sc._anomaly_vae_models = {}  # per SparkContext: addFile refuses a name twice
     if name not in shipped:
-        parent = Path(tempfile.mkdtemp(prefix="anomaly-vae-spark-"))
-        atexit.register(shutil.rmtree, parent, True)  # served to executors while the application runs
+        parent = new_staging_dir()  # served to executors while the application runs, removed at exit
         staging = parent / name
         staging.mkdir()
         for f in (JSON_NAME, WEIGHTS_NAME):

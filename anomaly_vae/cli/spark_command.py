@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .commands import UsageError, _first_line, _report, _sep
@@ -32,8 +36,6 @@ def spark_score(args: argparse.Namespace) -> int:
 
 
 def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
-    import signal
-
     from ..spark import session
 
     # PySpark installs its own SIGINT handler with the context, and py4j logs a traceback for a
@@ -45,13 +47,13 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
     logging.getLogger().addFilter(quiet)
     try:
         handler = signal.getsignal(signal.SIGINT)
-        with signals_held() as held:  # not while Spark starts: see signals.signals_held
+        with signals_held() as held, _jvm_ignores_stop_signals():  # held: see signals.signals_held
             try:
                 spark = session(args.master, dict(args.conf))
             except Exception:
                 if not held:
                     raise
-                spark = None  # the signal (to the process group) stopped the JVM too: report the signal
+                spark = None  # the JVM failed to start meanwhile: report the signal
         signal.signal(signal.SIGINT, handler)
         if held:
             try:
@@ -65,6 +67,48 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
         return _spark_job(args, spark, job, checked)
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+@contextmanager
+def _jvm_ignores_stop_signals() -> Iterator[None]:
+    """The JVM PySpark starts meanwhile ignores SIGTERM and SIGHUP, as PySpark already has it ignore
+    SIGINT: a signal to the whole process group (a closed terminal, systemd's stop, ``kill -- -PGID``)
+    then stops the job through this command alone, which quiets Spark's log and stops its context.
+    Acted on by the JVM too, its shutdown hook cancelled the running job first, and Spark logged the
+    cancellation as ERRORs, dozens of lines of Java stack traces on the terminal. The JVM still goes
+    with this command: PySpark's gateway exits when its stdin (a pipe from this process) closes,
+    however this process ends. Done in the child between fork and exec (PySpark's ``Popen`` given
+    one more ``preexec_fn`` step), so this process's own handlers are never changed; a disposition
+    of "ignore" is what survives ``exec`` (a JVM does not install its shutdown handler for a signal
+    it was started with ignored, as under ``nohup``). Where PySpark has no such ``Popen`` (another
+    version) or the system is not POSIX, nothing changes."""
+    try:
+        from pyspark import java_gateway
+    except ImportError:
+        yield
+        return
+    real = getattr(java_gateway, "Popen", None)
+    if real is None or os.name != "posix":
+        yield
+        return
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        theirs = kwargs.get("preexec_fn")
+
+        def preexec() -> None:
+            if theirs is not None:
+                theirs()
+            for name in ("SIGTERM", "SIGHUP"):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+        kwargs["preexec_fn"] = preexec
+        return real(*args, **kwargs)
+
+    java_gateway.Popen = popen
+    try:
+        yield
+    finally:
+        java_gateway.Popen = real
 
 
 class _NotFromPy4j:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -56,17 +57,37 @@ def sweep_stale(root: str | os.PathLike[str] | None = None) -> list[Path]:
         try:
             if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
                 continue
-            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # flock needs no write access
         except OSError:  # no lock file, or gone meanwhile
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its job is running
-            os.close(fd)
-            continue
-        try:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # not a lock this package made
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: its job is running
+                continue
+            if _remove_locked_last(folder, lock):
+                removed.append(folder)
+        except OSError:  # a file this user may not remove: left, with its lock file, for a later sweep
+            pass
         finally:
             os.close(fd)
     return removed
+
+
+def _remove_locked_last(folder: Path, lock: Path) -> bool:
+    """Remove ``folder``, its lock file last: a folder that cannot be emptied (a file this user may
+    not remove) keeps its lock file, so a later sweep tries again, and is not reported removed."""
+    for child in folder.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if any(child.name != LOCK_NAME for child in folder.iterdir()):
+        return False
+    lock.unlink(missing_ok=True)
+    folder.rmdir()
+    return True

@@ -504,6 +504,30 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _assert_gone(jvm: int) -> None:
+    """The JVM goes when its stdin closes or the context stops: within 30 s of the command's exit."""
+    import time
+
+    for _ in range(300):
+        if not _alive(jvm):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the JVM {jvm} is still running 30 s after the command exited")
+
+
+def _reap(proc, jvm, log) -> None:
+    """Whatever a failed test left: the command and its JVM killed, the log closed."""
+    import os
+    import signal
+
+    if proc.poll() is None:
+        proc.kill()
+    if jvm is not None and _alive(jvm):
+        os.kill(jvm, signal.SIGKILL)
+    proc.wait()
+    log.close()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
 @pytest.mark.parametrize("whom", ["process", "group"])
 def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table, tmp_path, whom):
@@ -537,19 +561,10 @@ def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table
         assert proc.returncode == 143, err[-2000:]
         assert "anomaly-vae: interrupted by SIGTERM" in err
         assert "Traceback" not in err and "KeyboardInterrupt while sending command" not in err, err[-2000:]
-        for _ in range(300):  # the JVM goes when its stdin closes or the context stops
-            if not _alive(jvm):
-                break
-            time.sleep(0.1)
-        assert not _alive(jvm), f"the JVM {jvm} is still running 30 s after the command exited"
+        _assert_gone(jvm)
         assert not (tmp_path / "out.csv").exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if jvm is not None and _alive(jvm):
-            os.kill(jvm, signal.SIGKILL)
-        proc.wait()
-        log.close()
+        _reap(proc, jvm, log)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
@@ -590,19 +605,10 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
         assert proc.returncode == 128 + getattr(signal, signame), err[-2000:]
         assert err.strip().endswith(f"anomaly-vae: interrupted by {signame}"), err[-2000:]
         assert "ERROR" not in err and "Exception" not in err and "Traceback" not in err, err[-2000:]
-        for _ in range(300):
-            if not _alive(jvm):
-                break
-            time.sleep(0.1)
-        assert not _alive(jvm), f"the JVM {jvm} is still running 30 s after the command exited"
+        _assert_gone(jvm)
         assert not (tmp_path / "out.csv").exists() and not list(staging.glob("anomaly-vae-spark-*"))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        if jvm is not None and _alive(jvm):
-            os.kill(jvm, signal.SIGKILL)
-        proc.wait()
-        log.close()
+        _reap(proc, jvm, log)
 
 
 @pytest.mark.parametrize("signal_error", ["Stopped", "KeyboardInterrupt"])

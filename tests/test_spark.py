@@ -700,3 +700,61 @@ def test_a_killed_jobs_model_copy_is_removed_by_the_next_job_and_a_running_ones_
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+class _InterruptedFs:
+    """Hadoop's file system with its ``nth`` rename interrupted by a signal, before or ``after`` the
+    rename ran; with ``gone``, every call after the signal fails as one through a dead gateway does."""
+
+    def __init__(self, fs, nth: int, after: bool, gone: bool) -> None:
+        self.fs, self.nth, self.after, self.gone, self.renames, self.dead = fs, nth, after, gone, 0, False
+
+    def _check(self) -> None:
+        if self.dead:
+            raise RuntimeError("Answer from Java side is empty")
+
+    def exists(self, path):
+        self._check()
+        return self.fs.exists(path)
+
+    def delete(self, path, recursive):
+        self._check()
+        return self.fs.delete(path, recursive)
+
+    def rename(self, src, dst):
+        self._check()
+        self.renames += 1
+        if self.renames != self.nth:
+            return self.fs.rename(src, dst)
+        if self.after:
+            self.fs.rename(src, dst)
+        self.dead = self.gone
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("nth, after, gone, kept", [
+    (1, True, False, "old"),  # the old output moved aside, the new one not yet in place
+    (2, False, False, "old"),
+    (2, True, False, "new"),  # the new output in place, the old one not yet removed
+    (1, True, True, "old"),  # ... and the gateway gone: put back through the local file system
+    (2, False, True, "old"),
+])
+def test_a_signal_between_the_renames_that_replace_an_output_keeps_one_output_under_its_name(
+        spark, tmp_path, nth, after, gone, kept):
+    """Replacing an output is two renames (the old one aside, the new one into place): a signal between
+    them left no output under the name and the old one hidden beside it."""
+    from anomaly_vae.spark.output import OutputStaging
+
+    out = tmp_path / "out.csv"
+    out.mkdir()
+    (out / "_SUCCESS").write_text("")
+    (out / "part-00000-old.csv").write_text("row,score\n0,1.0\n")
+    with pytest.raises(KeyboardInterrupt):
+        with OutputStaging(spark, str(out)) as staging:
+            staging.write(spark.createDataFrame([(0, 2.0), (1, 3.0)], ["row", "score"]).coalesce(1), "csv")
+            staging.fs = _InterruptedFs(staging.fs, nth, after, gone)
+            staging.commit()
+    parts = sorted(p.name for p in out.glob("part-*.csv"))
+    assert (parts == ["part-00000-old.csv"]) == (kept == "old"), parts
+    assert len(pd.concat(pd.read_csv(out / p) for p in parts)) == (1 if kept == "old" else 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"], "a temporary or old output was left behind"

@@ -8,13 +8,13 @@ import os
 import re
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..batch import BatchSummary
 from ..exceptions import InputError
 from .frames import BATCH_BYTES, DriverModel, driver_model, score_dataframe, score_images
+from .output import OutputStaging
 from .worker import CORRUPT_COLUMN, CsvLayout, glob_escaped, local_path, on_another_file_system
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     # only (the counting pass needs no field), then restored
     pruning_key = "spark.sql.csv.parser.columnPruning.enabled"
     pruning = spark.conf.get(pruning_key, "true")
-    with _Staging(spark, out) as staging:
+    with OutputStaging(spark, out) as staging:
         spark.conf.set(pruning_key, "false")
         try:
             staging.write(scored, fmt_out)
@@ -304,60 +304,6 @@ def _summarise(written: DataFrame, scored: DataFrame, det: VAEAnomalyDetector, s
         first = written.filter(F.col("error").isNotNull()).orderBy(id_name).select(id_name, "error").limit(5).collect()
         summary.first_errors = [(r[id_name], r["error"]) for r in first]
     return summary
-
-
-class _Staging:
-    """Spark's committer writes into a sibling temporary directory; ``commit`` renames it to ``out``
-    (through Hadoop's file system, so HDFS and object stores work too), replacing an old output only
-    then. Leaving the block without ``commit`` (an error, a signal) removes the temporary directory;
-    a cleanup that fails (a Java side already gone) never hides the error that caused it."""
-
-    def __init__(self, spark: SparkSession, out: str) -> None:
-        jvm = spark.sparkContext._jvm
-        self._jvm = jvm
-        self.out = out
-        self.target = jvm.org.apache.hadoop.fs.Path(out.rstrip("/"))
-        self.fs = self.target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-        self.tmp_name = f".{self.target.getName()}.part-{uuid.uuid4().hex[:12]}"
-        self.tmp = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), self.tmp_name)
-        self.tmp_str = self.tmp.toString()
-        self._local_tmp = None if on_another_file_system(out) else (
-            Path(local_path(out.rstrip("/"))).parent / self.tmp_name)
-        if self.fs.exists(self.target):
-            if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
-                    self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
-                raise InputError(f"{out} exists and is not the output of an earlier Spark job (no _SUCCESS in it): "
-                                 "it is not replaced; give another --out or remove it")
-
-    def __enter__(self) -> _Staging:
-        return self
-
-    def write(self, df: DataFrame, fmt: str) -> None:
-        writer = df.write.mode("errorifexists").format(fmt)
-        if fmt == "csv":  # RFC 4180 quoting: a quote inside a field is doubled, as pandas and `score` write it
-            writer = writer.option("header", "true").option("escape", '"')
-        writer.save(self.tmp_str)
-
-    def commit(self) -> None:
-        old = None
-        if self.fs.exists(self.target):
-            old = self._jvm.org.apache.hadoop.fs.Path(self.target.getParent(), f"{self.tmp_name}.old")
-            if not self.fs.rename(self.target, old):
-                raise InputError(f"{self.out}: cannot move the old output aside")
-        if not self.fs.rename(self.tmp, self.target):
-            raise InputError(f"{self.out}: cannot rename the finished output into place")
-        if old is not None:
-            self.fs.delete(old, True)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self.fs.exists(self.tmp):
-                self.fs.delete(self.tmp, True)
-        except BaseException:  # noqa: BLE001 - the gateway may be gone (a signal): clean up locally
-            if self._local_tmp is not None:
-                import shutil
-
-                shutil.rmtree(self._local_tmp, ignore_errors=True)
 
 
 # --- the command ---------------------------------------------------------------------------------

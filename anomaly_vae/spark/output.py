@@ -1,0 +1,94 @@
+"""The output of a Spark job, written atomically: Spark's committer writes into a sibling temporary
+directory, and ``OutputStaging.commit`` renames it to the output's name (through Hadoop's file
+system, so HDFS and object stores work too), replacing an old output only then.
+
+Replacing takes two renames (the old output aside, the new one into place). A signal or an error
+between them used to leave no output under the name and the old one hidden beside it
+(``.NAME.part-*.old``): the old output is now put back under its name, and one left aside after
+the new output is in place is removed, however the block is left."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import InputError
+from .worker import local_path, on_another_file_system
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["OutputStaging"]
+
+
+class OutputStaging:
+    """A context manager for one job's output ``out``: ``write`` it, then ``commit``. Leaving the block
+    without ``commit`` (an error, a signal) removes the temporary directory and keeps an old output under
+    its name; a cleanup that fails (a Java side already gone) never hides the error that caused it, and
+    falls back to the local file system where the output is local."""
+
+    def __init__(self, spark: SparkSession, out: str) -> None:
+        jvm = spark.sparkContext._jvm
+        self._jvm = jvm
+        self.out = out
+        self.target = jvm.org.apache.hadoop.fs.Path(out.rstrip("/"))
+        self.fs = self.target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.tmp_name = f".{self.target.getName()}.part-{uuid.uuid4().hex[:12]}"
+        self.tmp = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), self.tmp_name)
+        self.tmp_str = self.tmp.toString()
+        self.old = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), f"{self.tmp_name}.old")
+        local = None if on_another_file_system(out) else Path(local_path(out.rstrip("/")))
+        self._local = None if local is None else (local, local.parent / self.tmp_name,
+                                                   local.parent / f"{self.tmp_name}.old")
+        self._moved_aside = False  # the old output is at ``old`` (until it is removed or put back)
+        if self.fs.exists(self.target):
+            if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
+                    self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
+                raise InputError(f"{out} exists and is not the output of an earlier Spark job (no _SUCCESS in it): "
+                                 "it is not replaced; give another --out or remove it")
+
+    def __enter__(self) -> OutputStaging:
+        return self
+
+    def write(self, df: DataFrame, fmt: str) -> None:
+        writer = df.write.mode("errorifexists").format(fmt)
+        if fmt == "csv":  # RFC 4180 quoting: a quote inside a field is doubled, as pandas and `score` write it
+            writer = writer.option("header", "true").option("escape", '"')
+        writer.save(self.tmp_str)
+
+    def commit(self) -> None:
+        if self.fs.exists(self.target):
+            self._moved_aside = True  # before the call: a signal during it may land after the rename
+            if not self.fs.rename(self.target, self.old):
+                raise InputError(f"{self.out}: cannot move the old output aside")
+        if not self.fs.rename(self.tmp, self.target):
+            raise InputError(f"{self.out}: cannot rename the finished output into place")
+        if self._moved_aside:
+            self.fs.delete(self.old, True)
+            self._moved_aside = False
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._clean_up(self.fs.exists, lambda p: self.fs.delete(p, True), self.fs.rename,
+                           (self.target, self.tmp, self.old))
+        except BaseException:  # noqa: BLE001 - the gateway may be gone (a signal): clean up locally
+            if self._local is not None:
+                with contextlib.suppress(OSError):  # the error that left the block is the one to report
+                    self._clean_up(Path.exists, lambda p: shutil.rmtree(p, ignore_errors=True),
+                                   lambda a, b: a.rename(b), self._local)
+
+    def _clean_up(self, exists: Any, remove: Any, rename: Any, paths: tuple[Any, Any, Any]) -> None:
+        """Remove the temporary directory; an old output moved aside goes back under its name when
+        nothing is there, and is removed when the new output is."""
+        target, tmp, old = paths
+        if exists(tmp):
+            remove(tmp)
+        if self._moved_aside and exists(old):
+            if exists(target):
+                remove(old)
+            else:
+                rename(old, target)
+        self._moved_aside = False

@@ -704,10 +704,13 @@ def test_a_killed_jobs_model_copy_is_removed_by_the_next_job_and_a_running_ones_
 
 class _InterruptedFs:
     """Hadoop's file system with its ``nth`` rename interrupted by a signal, before or ``after`` the
-    rename ran; with ``gone``, every call after the signal fails as one through a dead gateway does."""
+    rename ran; with ``gone``, every call after the signal fails as one through a dead gateway does;
+    with ``forced``, a second signal's forced exit (``remove_partial_outputs``, then ``os._exit``) is
+    done at the signal and what it left is noted in ``left``."""
 
-    def __init__(self, fs, nth: int, after: bool, gone: bool) -> None:
+    def __init__(self, fs, nth: int, after: bool, gone: bool, forced: Path | None = None) -> None:
         self.fs, self.nth, self.after, self.gone, self.renames, self.dead = fs, nth, after, gone, 0, False
+        self.forced, self.left = forced, None
 
     def _check(self) -> None:
         if self.dead:
@@ -716,6 +719,10 @@ class _InterruptedFs:
     def exists(self, path):
         self._check()
         return self.fs.exists(path)
+
+    def getFileStatus(self, path):  # noqa: N802 - Hadoop's name
+        self._check()
+        return self.fs.getFileStatus(path)
 
     def delete(self, path, recursive):
         self._check()
@@ -729,32 +736,89 @@ class _InterruptedFs:
         if self.after:
             self.fs.rename(src, dst)
         self.dead = self.gone
+        if self.forced is not None:
+            from anomaly_vae.io import remove_partial_outputs
+
+            remove_partial_outputs()
+            self.left = _outputs(self.forced)
         raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("nth, after, gone, kept", [
-    (1, True, False, "old"),  # the old output moved aside, the new one not yet in place
-    (2, False, False, "old"),
-    (2, True, False, "new"),  # the new output in place, the old one not yet removed
-    (1, True, True, "old"),  # ... and the gateway gone: put back through the local file system
-    (2, False, True, "old"),
+def _old_output(folder: Path) -> Path:
+    out = folder / "out.csv"
+    out.mkdir()
+    (out / "_SUCCESS").write_text("")
+    (out / "part-00000-old.csv").write_text("row,score\n0,1.0\n")
+    return out
+
+
+def _outputs(folder: Path) -> list[tuple[str, int]]:
+    """Each entry of ``folder``, with the rows of its CSV part files (-1: not a folder)."""
+    return sorted((p.name, sum(len(pd.read_csv(f)) for f in p.glob("part-*.csv")) if p.is_dir() else -1)
+                  for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("nth, after, gone, forced, kept", [
+    (1, True, False, False, 1),  # the old output moved aside, the new one not yet in place: the old one kept
+    (2, False, False, False, 1),
+    (2, True, False, False, 2),  # the new output in place, the old one not yet removed: the new one kept
+    (1, True, True, False, 1),  # ... and the gateway gone: put back through the local file system
+    (2, False, True, False, 1),
+    (1, True, False, True, 1),  # a second signal at once: the forced exit's clean-up alone puts it back
+    (2, True, True, True, 2),
 ])
 def test_a_signal_between_the_renames_that_replace_an_output_keeps_one_output_under_its_name(
-        spark, tmp_path, nth, after, gone, kept):
+        spark, tmp_path, nth, after, gone, forced, kept):
     """Replacing an output is two renames (the old one aside, the new one into place): a signal between
     them left no output under the name and the old one hidden beside it."""
     from anomaly_vae.spark.output import OutputStaging
 
-    out = tmp_path / "out.csv"
-    out.mkdir()
-    (out / "_SUCCESS").write_text("")
-    (out / "part-00000-old.csv").write_text("row,score\n0,1.0\n")
+    out = _old_output(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         with OutputStaging(spark, str(out)) as staging:
             staging.write(spark.createDataFrame([(0, 2.0), (1, 3.0)], ["row", "score"]).coalesce(1), "csv")
-            staging.fs = _InterruptedFs(staging.fs, nth, after, gone)
+            staging.fs = _InterruptedFs(staging.fs, nth, after, gone, tmp_path if forced else None)
             staging.commit()
-    parts = sorted(p.name for p in out.glob("part-*.csv"))
-    assert (parts == ["part-00000-old.csv"]) == (kept == "old"), parts
-    assert len(pd.concat(pd.read_csv(out / p) for p in parts)) == (1 if kept == "old" else 2)
-    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"], "a temporary or old output was left behind"
+    assert _outputs(tmp_path) == [("out.csv", kept)], "one whole output under its name, nothing beside it"
+    if forced:
+        assert staging.fs.left == [("out.csv", kept)], "the forced exit's clean-up alone"
+
+
+def test_an_output_linked_or_replaced_while_the_job_ran_is_handled_without_loss(spark, tmp_path):
+    """A symlinked output replaced with the gateway gone leaves no hidden link; an output that someone
+    replaced with their own file while the job ran is refused at the commit and kept; a signal during
+    the cleanup after a commit still stops the command."""
+    from anomaly_vae import InputError
+    from anomaly_vae.spark.output import OutputStaging
+
+    real = _old_output(tmp_path)
+    real.rename(tmp_path / "real.csv")
+    (tmp_path / "out.csv").symlink_to(tmp_path / "real.csv")
+    with pytest.raises(KeyboardInterrupt):
+        with OutputStaging(spark, str(tmp_path / "out.csv")) as staging:
+            staging.write(spark.createDataFrame([(0, 2.0), (1, 3.0)], ["row", "score"]).coalesce(1), "csv")
+            staging.fs = _InterruptedFs(staging.fs, 2, True, True)
+            staging.commit()
+    assert _outputs(tmp_path) == [("out.csv", 2), ("real.csv", 1)]
+
+    with pytest.raises(InputError, match="is not the output of an earlier Spark job"):
+        with OutputStaging(spark, str(tmp_path / "out.csv")) as staging:
+            staging.write(spark.createDataFrame([(0, 2.0)], ["row", "score"]).coalesce(1), "csv")
+            shutil.rmtree(tmp_path / "out.csv")
+            (tmp_path / "out.csv").write_text("mine")
+            staging.commit()
+    assert (tmp_path / "out.csv").read_text() == "mine" and _outputs(tmp_path) == [("out.csv", -1), ("real.csv", 1)]
+
+    class _SignalInCleanup(_InterruptedFs):
+        def exists(self, path):
+            if self.renames:  # committed
+                raise KeyboardInterrupt
+            return self.fs.exists(path)
+
+    (tmp_path / "out.csv").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        with OutputStaging(spark, str(tmp_path / "out.csv")) as staging:
+            staging.write(spark.createDataFrame([(0, 2.0)], ["row", "score"]).coalesce(1), "csv")
+            staging.fs = _SignalInCleanup(staging.fs, 0, False, False)
+            staging.commit()
+    assert _outputs(tmp_path) == [("out.csv", 1), ("real.csv", 1)]

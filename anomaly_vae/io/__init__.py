@@ -15,11 +15,11 @@ from .files import ARRAY_FORMATS, IMAGE_SUFFIXES, TABLE_FORMATS, TABLE_SUFFIXES,
 from .images import ImageFolderReader, image_mode_info, list_images, load_image, load_images
 from .readers import open_data
 from .tables import NA_VALUES, TableReader
-from .writers import ResultWriter, atomic_output, remove_partial_outputs
+from .writers import ResultWriter, atomic_output, on_forced_exit, remove_partial_outputs
 
 __all__ = [
     "Chunk", "ChunkData", "ChunkReader", "InputKind", "DataFormat", "TableReader", "ImageFolderReader", "ArrayReader",
     "open_data", "read_all", "data_kind", "list_images", "load_image", "load_images", "image_mode_info",
-    "ResultWriter", "atomic_output", "remove_partial_outputs", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "TABLE_FORMATS",
+    "ResultWriter", "atomic_output", "on_forced_exit", "remove_partial_outputs", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "TABLE_FORMATS",
     "ARRAY_FORMATS", "NA_VALUES",
 ]

@@ -1,13 +1,14 @@
 """Result files: ``ResultWriter`` (CSV or Parquet, chunk by chunk) and ``atomic_output`` (any file),
 both written to a hidden temporary file beside the target and renamed over it when complete, so a
 file at the target is always whole; ``remove_partial_outputs`` removes the temporary files of a
-process that must exit at once."""
+process that must exit at once, and runs the clean-ups other writers registered for it
+(``on_forced_exit``: a Spark job's output directories)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,13 @@ if TYPE_CHECKING:
     import pyarrow.csv as pc
     import pyarrow.parquet as pq
 
-__all__ = ["ResultWriter", "atomic_output", "remove_partial_outputs"]
+__all__ = ["ResultWriter", "atomic_output", "remove_partial_outputs", "on_forced_exit"]
 
 
 # The hidden temporary files being written now, so that a process told to stop at once (a second
 # SIGTERM or Ctrl-C while the first one's cleanup runs) can still remove them before it exits.
 _PARTIAL: set[Path] = set()
+_FORCED_EXIT: dict[int, Callable[[], None]] = {}  # other outputs' clean-ups, by registration
 
 
 def _partial_file(target: Path) -> Path:
@@ -55,6 +57,23 @@ def remove_partial_outputs() -> None:
             _discard(tmp)
         except OSError:  # best effort: the process is exiting
             pass
+    for clean_up in list(_FORCED_EXIT.values()):
+        try:
+            clean_up()
+        except Exception:  # noqa: BLE001 - best effort: the process is exiting
+            pass
+
+
+@contextmanager
+def on_forced_exit(clean_up: Callable[[], None]) -> Iterator[None]:
+    """``clean_up`` run by ``remove_partial_outputs`` while the block runs (best effort, errors ignored):
+    for an output written by other means than this module's (a Spark job's directories)."""
+    key = id(clean_up)
+    _FORCED_EXIT[key] = clean_up
+    try:
+        yield
+    finally:
+        _FORCED_EXIT.pop(key, None)
 
 
 @contextmanager

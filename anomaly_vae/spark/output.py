@@ -5,17 +5,23 @@ system, so HDFS and object stores work too), replacing an old output only then.
 Replacing takes two renames (the old output aside, the new one into place). A signal or an error
 between them used to leave no output under the name and the old one hidden beside it
 (``.NAME.part-*.old``): the old output is now put back under its name, and one left aside after
-the new output is in place is removed, however the block is left."""
+the new output is in place is removed, however the block is left; a second signal, which exits at
+once, does the same for a local output first. A signal that lands after the new output is in
+place still stops the command (exit 128 + signal): the output under the name is then the new one.
+Where the output is on another file system (HDFS, an object store) and the JVM is gone, nothing
+can be put back from Python: the old output stays beside the name, hidden."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import InputError
+from ..io import on_forced_exit
 from .worker import local_path, on_another_file_system
 
 if TYPE_CHECKING:
@@ -40,17 +46,25 @@ class OutputStaging:
         self.tmp = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), self.tmp_name)
         self.tmp_str = self.tmp.toString()
         self.old = jvm.org.apache.hadoop.fs.Path(self.target.getParent(), f"{self.tmp_name}.old")
-        local = None if on_another_file_system(out) else Path(local_path(out.rstrip("/")))
+        # ".." resolved by text, as Hadoop resolves it (not through a symlinked folder, as pathlib's parent is)
+        local = None if on_another_file_system(out) else Path(os.path.normpath(local_path(out.rstrip("/"))))
         self._local = None if local is None else (local, local.parent / self.tmp_name,
                                                    local.parent / f"{self.tmp_name}.old")
         self._moved_aside = False  # the old output is at ``old`` (until it is removed or put back)
+        self._forced = contextlib.ExitStack()
+        self._check_replaceable()
+
+    def _check_replaceable(self) -> None:
+        """An output already there is replaced only if it is an earlier Spark job's (it holds ``_SUCCESS``)."""
         if self.fs.exists(self.target):
             if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
                     self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
-                raise InputError(f"{out} exists and is not the output of an earlier Spark job (no _SUCCESS in it): "
-                                 "it is not replaced; give another --out or remove it")
+                raise InputError(f"{self.out} exists and is not the output of an earlier Spark job (no _SUCCESS in "
+                                 "it): it is not replaced; give another --out or remove it")
 
     def __enter__(self) -> OutputStaging:
+        if self._local is not None:  # a second signal exits at once, without this block's cleanup: do it then
+            self._forced.enter_context(on_forced_exit(self._clean_up_locally))
         return self
 
     def write(self, df: DataFrame, fmt: str) -> None:
@@ -60,6 +74,7 @@ class OutputStaging:
         writer.save(self.tmp_str)
 
     def commit(self) -> None:
+        self._check_replaceable()  # again: something else may have been put there while the job ran
         if self.fs.exists(self.target):
             self._moved_aside = True  # before the call: a signal during it may land after the rename
             if not self.fs.rename(self.target, self.old):
@@ -71,24 +86,38 @@ class OutputStaging:
             self._moved_aside = False
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self._clean_up(self.fs.exists, lambda p: self.fs.delete(p, True), self.fs.rename,
-                           (self.target, self.tmp, self.old))
-        except BaseException:  # noqa: BLE001 - the gateway may be gone (a signal): clean up locally
-            if self._local is not None:
-                with contextlib.suppress(OSError):  # the error that left the block is the one to report
-                    self._clean_up(Path.exists, lambda p: shutil.rmtree(p, ignore_errors=True),
-                                   lambda a, b: a.rename(b), self._local)
+        with self._forced:
+            try:
+                self._clean_up(self.fs.exists, lambda p: self.fs.delete(p, True), self.fs.rename,
+                               (self.target, self.tmp, self.old))
+            except BaseException as e:  # noqa: BLE001 - the gateway may be gone (a signal): clean up locally
+                self._clean_up_locally()
+                if exc[0] is None and not isinstance(e, Exception):  # a signal during the cleanup: acted on
+                    raise
+
+    def _clean_up_locally(self) -> None:
+        if self._local is not None:
+            with contextlib.suppress(OSError):  # the error that left the block is the one to report
+                self._clean_up(lambda p: p.exists() or p.is_symlink(), _remove_local, lambda a, b: a.rename(b),
+                               self._local)
 
     def _clean_up(self, exists: Any, remove: Any, rename: Any, paths: tuple[Any, Any, Any]) -> None:
-        """Remove the temporary directory; an old output moved aside goes back under its name when
-        nothing is there, and is removed when the new output is."""
+        """An old output moved aside goes back under its name when nothing is there, and is removed
+        when the new output is; then the temporary directory is removed (in this order: the old output
+        is the one to keep if a second signal ends the process during the cleanup)."""
         target, tmp, old = paths
-        if exists(tmp):
-            remove(tmp)
         if self._moved_aside and exists(old):
             if exists(target):
                 remove(old)
             else:
                 rename(old, target)
         self._moved_aside = False
+        if exists(tmp):
+            remove(tmp)
+
+
+def _remove_local(path: Path) -> None:
+    if path.is_symlink():  # the output was a link: the link goes, never what it points to
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

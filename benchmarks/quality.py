@@ -42,6 +42,7 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablations  # noqa: E402
 import datasets  # noqa: E402
+import vampprior  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ("IsolationForest", "KNN (k=5)", "PyOD VAE")
@@ -115,7 +116,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         latent = ablations.latent_size(*proto["_latent"]) if "_latent" in proto else contextlib.nullcontext()
         runs = ablations.run_settings(proto["_runs"]) if "_runs" in proto else contextlib.nullcontext()
         consts = ablations.module_constants(proto["_module"]) if "_module" in proto else contextlib.nullcontext()
-        with floor, latent, runs, consts:  # the prototypes' patches hold for this fit and its scoring only
+        vamp = vampprior.vamp_prior(proto["_vamp"]) if "_vamp" in proto else contextlib.nullcontext()
+        with floor, latent, runs, consts, vamp:  # the prototypes' patches hold for this fit and its scoring only
             members = []
             first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split
             for m in range(int(proto.get("_members", 1))):

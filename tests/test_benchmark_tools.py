@@ -178,3 +178,36 @@ def test_members_refuses_an_unknown_table_before_fitting(tmp_path):
     run = subprocess.run([sys.executable, str(BENCH / "members.py"), "--datasets", "sk_wine_0,fashion-mnist",
                           "--save-scores", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "fashion-mnist" in run.stderr and not list(tmp_path.iterdir())
+
+
+def test_the_vampprior_prototype_trains_the_long_network_only_and_leaves_the_package_as_it_was():
+    """benchmarks/vampprior.py (``_vamp``, study section 25): the early-stopped network is the default's
+    bit for bit, the long one is trained otherwise, scored under the learned prior's K codes with
+    ``score="pseudo"``, and nothing of the prototype is left on the network or the package after it."""
+    import torch
+    import vampprior
+    from sklearn.datasets import load_breast_cancer
+
+    from anomaly_vae import VAEAnomalyDetector, detector
+
+    x = load_breast_cancer().data[:300]
+    plain = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
+    train = detector.train
+    fitted = {}
+    for score in ("codes", "pseudo"):
+        with vampprior.vamp_prior({"k": 20, "score": score}):
+            assert detector.train is not train
+            fitted[score] = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
+        assert detector.train is train
+    (p_short, p_long), (c_short, c_long), (_, s_long) = (d.model_.members for d in (plain, *fitted.values()))
+    for name, value in p_short.state_dict().items():
+        if not name.startswith("second."):  # the short network holds its pair: the long one, checked below
+            assert torch.equal(value, c_short.state_dict()[name]), name
+    assert not torch.equal(p_long.to_mu.weight, c_long.to_mu.weight)
+    assert torch.equal(c_long.to_mu.weight, s_long.to_mu.weight)  # the same training; only the prior scored differs
+    assert c_long.prior_mu.shape[0] == p_long.prior_mu.shape[0] > 20 and s_long.prior_mu.shape[0] == 20
+    for net in (c_long, s_long):
+        assert "forward" not in vars(net) and "set_aggregate_prior" not in vars(net)
+        assert not any("vamp" in name for name in net.state_dict())
+    assert np.isfinite(fitted["pseudo"].anomaly_score(x[:50])).all()
+    assert not np.allclose(fitted["pseudo"].anomaly_score(x[:50]), fitted["codes"].anomaly_score(x[:50]))

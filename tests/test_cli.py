@@ -582,20 +582,3 @@ def test_train_a_one_run_pair_and_info_shows_it(table: Path, tmp_path: Path) -> 
     r = run("score", out, small, "--out", tmp_path / "s.csv", "--id-column", "id")
     assert r.returncode == 0, r.stderr
     assert len(pd.read_csv(tmp_path / "s.csv", **EXACT_FLOATS)) == 400
-
-
-def test_spark_score_quiet_starts_the_driver_on_a_shipped_log_configuration_and_keeps_the_users():
-    from pathlib import Path
-    from urllib.parse import urlparse
-
-    from anomaly_vae.cli.spark_command import quiet_conf
-
-    key = "spark.driver.extraJavaOptions"
-    ours = quiet_conf({"spark.ui.enabled": "false"})
-    assert ours["spark.ui.enabled"] == "false" and ours[key].startswith("-Dlog4j2.configurationFile=file:")
-    config = Path(urlparse(ours[key].split("=", 1)[1]).path)
-    assert config.is_file() and "rootLogger.level" in config.read_text()
-    both = quiet_conf({key: "-Xss4m -Dfoo=bar"})
-    assert both[key].startswith("-Xss4m -Dfoo=bar -Dlog4j2.configurationFile=file:")
-    theirs = {key: "-Dlog4j2.configurationFile=/etc/mine.properties"}
-    assert quiet_conf(theirs) == theirs

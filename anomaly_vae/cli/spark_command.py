@@ -11,7 +11,6 @@ import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from .commands import UsageError, _first_line, _report, _sep
@@ -50,7 +49,7 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
         handler = signal.getsignal(signal.SIGINT)
         with signals_held() as held, _jvm_ignores_stop_signals():  # held: see signals.signals_held
             try:
-                spark = session(args.master, quiet_conf(dict(args.conf)) if args.quiet else dict(args.conf))
+                spark = session(args.master, dict(args.conf))
             except Exception:
                 if not held:
                     raise
@@ -68,20 +67,6 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
         return _spark_job(args, spark, job, checked)
     finally:
         logging.getLogger().removeFilter(quiet)
-
-
-def quiet_conf(conf: dict[str, str]) -> dict[str, str]:
-    """``conf`` with the driver's JVM started on ``quiet-log4j2.properties`` (``--quiet``): without it,
-    Spark's start printed four log lines before the command could lower the level (one more, the JVM's
-    own "Using incubator modules", is not a log line and stays). A configuration the user gave
-    (``-Dlog4j2.configurationFile`` in ``spark.driver.extraJavaOptions``) is kept; their other options
-    are kept too. Under ``spark-submit`` the JVM has started already and this changes nothing."""
-    key = "spark.driver.extraJavaOptions"
-    theirs = conf.get(key, "")
-    if "log4j2.configurationFile" in theirs or "log4j.configuration" in theirs:
-        return conf
-    config = Path(__file__).resolve().parent.parent / "spark" / "quiet-log4j2.properties"
-    return {**conf, key: f"{theirs} -Dlog4j2.configurationFile={config.as_uri()}".strip()}
 
 
 @contextmanager

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from ablations import setattrs
+
 
 @contextlib.contextmanager
 def vamp_prior(spec: dict[str, Any]) -> Iterator[None]:
@@ -52,19 +54,19 @@ def vamp_prior(spec: dict[str, Any]) -> Iterator[None]:
         model.forward = forward
         try:
             history = original(model, x_train, x_val, cfg, *args, **kw)
+            if score == "pseudo" and n == 1:
+                with torch.no_grad():
+                    learned = model.encode(model.vamp_u)
+
+                def learned_prior(mu: Any, logvar: Any) -> None:  # the detector's codes, replaced once
+                    del model.set_aggregate_prior
+                    model.set_aggregate_prior(*learned)
+
+                model.set_aggregate_prior = learned_prior
         finally:
             del model.forward
-            with torch.no_grad():
-                learned = model.encode(model.vamp_u)
             del model.vamp_u
-        if score == "pseudo" and n == 1:
-            plain_set = model.set_aggregate_prior
-            model.set_aggregate_prior = lambda mu, logvar: (plain_set(*learned),
-                                                            model.__dict__.pop("set_aggregate_prior"))[0]
         return history
 
-    detector.train = patched
-    try:
+    with setattrs(detector, {"train": patched}):
         yield
-    finally:
-        detector.train = original

@@ -54,13 +54,16 @@ class OutputStaging:
         self._forced = contextlib.ExitStack()
         self._check_replaceable()
 
-    def _check_replaceable(self) -> None:
-        """An output already there is replaced only if it is an earlier Spark job's (it holds ``_SUCCESS``)."""
-        if self.fs.exists(self.target):
-            if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
-                    self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
-                raise InputError(f"{self.out} exists and is not the output of an earlier Spark job (no _SUCCESS in "
-                                 "it): it is not replaced; give another --out or remove it")
+    def _check_replaceable(self) -> bool:
+        """Whether an output is there; one is replaced only if it is an earlier Spark job's (it holds
+        ``_SUCCESS``), else refused."""
+        if not self.fs.exists(self.target):
+            return False
+        if not self.fs.getFileStatus(self.target).isDirectory() or not self.fs.exists(
+                self._jvm.org.apache.hadoop.fs.Path(self.target, "_SUCCESS")):
+            raise InputError(f"{self.out} exists and is not the output of an earlier Spark job (no _SUCCESS in "
+                             "it): it is not replaced; give another --out or remove it")
+        return True
 
     def __enter__(self) -> OutputStaging:
         if self._local is not None:  # a second signal exits at once, without this block's cleanup: do it then
@@ -74,8 +77,7 @@ class OutputStaging:
         writer.save(self.tmp_str)
 
     def commit(self) -> None:
-        self._check_replaceable()  # again: something else may have been put there while the job ran
-        if self.fs.exists(self.target):
+        if self._check_replaceable():  # again: something else may have been put there while the job ran
             self._moved_aside = True  # before the call: a signal during it may land after the rename
             if not self.fs.rename(self.target, self.old):
                 raise InputError(f"{self.out}: cannot move the old output aside")

@@ -27,11 +27,17 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch-$(TORCH_VERSION)
 demo: $(VENV)/.installed-core
 	$(BIN)/anomaly-vae demo
 
+# The suite in parallel: one pytest-xdist worker a CPU (at most 4; tests/conftest.py says how many
+# and gives each worker's torch its share of the CPUs), a test file to one worker (its module
+# fixtures trained once). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= auto
+TEST_OPTIONS := -n $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_OPTIONS)
 
 test-slow: $(VENV)/.installed
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest $(TEST_OPTIONS) -m slow
 
 # The tests whose paths depend on the pandas version (CSV parsing, huge integers, JSON records), again on
 # pandas releases that parse differently from the one installed: each put first on the path, no deps

@@ -3,6 +3,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -12,10 +13,46 @@ import pytest
 
 # The in-process service tests run prometheus-client in multiprocess mode, as `bentoml serve` does
 # (BentoML's /metrics needs it). prometheus-client reads this when it is first imported, so it is
-# set here, before any test imports it; server subprocesses get an environment without it.
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+# set here, before any test imports it; server subprocesses get an environment without it. Each
+# pytest-xdist worker makes its own: the workers inherit the controller's environment, and two
+# processes writing one directory would add up each other's counters.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ or os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-vae-prometheus-")
     atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share, not the
+    machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# `make test` runs `pytest -n auto`. Two workers on 2 CPUs, each with torch's default of a thread a
+# CPU, took 17 minutes where one process took 11.5: each worker's OpenMP threads spun waiting for a
+# CPU the other held. So each worker (and every process a test starts from it: the command line,
+# `bentoml serve`, Spark's Python workers) gets its share of the CPUs. An OMP_NUM_THREADS set by the
+# caller is kept. Set here, before any test imports torch, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _share = max(1, usable_cpus() // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    if "torch" in sys.modules:  # a plugin imported it already
+        sys.modules["torch"].set_num_threads(_share)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: no error where it is not installed
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker a usable CPU, at most 4 (each worker holds torch, a model or two, and may
+    run a JVM or a server: about 1.5 GB), none (this process) on one CPU.
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it, as it does pytest-xdist's own count."""
+    given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if given:
+        return int(given)
+    cpus = usable_cpus()
+    return 0 if cpus < 2 else min(cpus, 4)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(epochs=30, random_state=0)

@@ -91,3 +91,17 @@ def test_no_module_over_400_lines_without_a_reason():
         if text.count("\n") > 420:
             doc = ast.get_docstring(ast.parse(text)) or ""
             assert "longer than" in doc or "Why this module is long" in doc, f"{path.name}: {text.count(chr(10))} lines"
+
+
+def test_a_parallel_test_worker_runs_torch_on_its_share_of_the_cpus():
+    """Under `make test` (pytest-xdist), tests/conftest.py gives each worker's torch, and the processes
+    its tests start, its share of the CPUs: with a thread a CPU in each, two workers on 2 CPUs ran
+    the suite 1.5x slower than one process."""
+    import os
+
+    import pytest
+    import torch
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("not in a pytest-xdist worker: torch keeps its default here")
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"]) >= 1

@@ -181,7 +181,8 @@ def _spark_score_flags(p: argparse.ArgumentParser) -> None:
                    help="quoted CSV fields may hold newlines (each file is then read as one partition)")
     p.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting (repeatable), e.g. --conf spark.executor.memory=4g")
-    p.add_argument("--quiet", action="store_true", help="Spark logs errors only")
+    p.add_argument("--quiet", action="store_true",
+                   help="Spark logs errors only, once it has started (the few lines its JVM prints as it starts still show)")
     _add_table_flags(p, labels=False)
 
 

@@ -28,10 +28,11 @@ demo: $(VENV)/.installed-core
 	$(BIN)/anomaly-vae demo
 
 # The suite in parallel: one pytest-xdist worker a CPU (at most 4; tests/conftest.py says how many
-# and gives each worker's torch its share of the CPUs), a test file to one worker (its module
-# fixtures trained once). TEST_WORKERS=0 runs it in this process.
+# and gives each worker's torch its share of the CPUs), a test file to one worker (pyproject's
+# --dist loadfile: its module fixtures trained once). TEST_WORKERS=0 runs it in this process;
+# TEST_WORKERS= (empty) is auto.
 TEST_WORKERS ?= auto
-TEST_OPTIONS := -n $(TEST_WORKERS) --dist loadfile
+TEST_OPTIONS = -n $(or $(strip $(TEST_WORKERS)),auto)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(TEST_OPTIONS)

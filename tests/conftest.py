@@ -35,23 +35,43 @@ def usable_cpus() -> int:
 # CPU the other held. So each worker (and every process a test starts from it: the command line,
 # `bentoml serve`, Spark's Python workers) gets its share of the CPUs. An OMP_NUM_THREADS set by the
 # caller is kept. Set here, before any test imports torch, which reads it once.
+# THREAD_SHARE records the share given, for tests/test_package.py's check that torch took it.
+THREAD_SHARE = "_ANOMALY_VAE_TEST_THREAD_SHARE"
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     _share = max(1, usable_cpus() // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
-    os.environ["OMP_NUM_THREADS"] = str(_share)
+    os.environ["OMP_NUM_THREADS"] = os.environ[THREAD_SHARE] = str(_share)
     if "torch" in sys.modules:  # a plugin imported it already
         sys.modules["torch"].set_num_threads(_share)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: no error where it is not installed
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: a worker a usable CPU, at most 4 (each worker holds torch, a model or two, and may
-    run a JVM or a server: about 1.5 GB), none (this process) on one CPU.
-    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it, as it does pytest-xdist's own count."""
+    run a JVM or a server: about 1.5 GB), none (this process) on one CPU. ``-n logical`` and a
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` that is a number are left to pytest-xdist (None), which counts
+    logical CPUs for the one and takes the other as the count; any other value of the variable is
+    ignored, with a line that says so, as pytest-xdist ignores it."""
     given = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if given:
-        return int(given)
+        try:
+            int(given)
+            return None
+        except ValueError:
+            sys.stderr.write(f"PYTEST_XDIST_AUTO_NUM_WORKERS is not a number: {given!r}; ignored\n")
+    if config.getoption("numprocesses", None) == "logical":
+        return None
     cpus = usable_cpus()
     return 0 if cpus < 2 else min(cpus, 4)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close prometheus-client's multiprocess files (the in-process service's metrics) before this
+    process's folder is removed at exit: left to the garbage collector at interpreter exit, each
+    printed an unclosed-file ResourceWarning in a pytest-xdist worker's output."""
+    values = sys.modules.get("prometheus_client.values")
+    close = getattr(values, "close_all_multiprocess_files", None)
+    if close is not None:
+        close()
 
 
 ROOT = Path(__file__).resolve().parents[1]

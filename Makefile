@@ -29,9 +29,8 @@ demo: $(VENV)/.installed-core
 
 # The suite in parallel: one pytest-xdist worker a CPU (at most 4; tests/conftest.py says how many
 # and gives each worker's torch its share of the CPUs), a test file to one worker (pyproject's
-# --dist loadfile: its module fixtures trained once). TEST_WORKERS=0 runs it in this process;
-# TEST_WORKERS= (empty) is auto.
-TEST_WORKERS ?= auto
+# --dist loadfile: its module fixtures trained once). TEST_WORKERS=0 runs it in this process,
+# TEST_WORKERS=N in N workers; unset or empty, auto.
 TEST_OPTIONS = -n $(or $(strip $(TEST_WORKERS)),auto)
 
 test: $(VENV)/.installed

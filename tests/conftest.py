@@ -35,7 +35,7 @@ def usable_cpus() -> int:
 # CPU the other held. So each worker (and every process a test starts from it: the command line,
 # `bentoml serve`, Spark's Python workers) gets its share of the CPUs. An OMP_NUM_THREADS set by the
 # caller is kept. Set here, before any test imports torch, which reads it once.
-# THREAD_SHARE records the share given, for tests/test_package.py's check that torch took it.
+# THREAD_SHARE records the share given (the thread_share fixture below reads it).
 THREAD_SHARE = "_ANOMALY_VAE_TEST_THREAD_SHARE"
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     _share = max(1, usable_cpus() // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
@@ -62,6 +62,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         return None
     cpus = usable_cpus()
     return 0 if cpus < 2 else min(cpus, 4)
+
+
+@pytest.fixture
+def thread_share() -> int | None:
+    """The share of the CPUs this file gave this pytest-xdist worker's torch; None where it gave none
+    (not a worker, or OMP_NUM_THREADS set by the caller)."""
+    given = os.environ.get(THREAD_SHARE)
+    return int(given) if given else None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

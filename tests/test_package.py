@@ -93,7 +93,7 @@ def test_no_module_over_400_lines_without_a_reason():
             assert "longer than" in doc or "Why this module is long" in doc, f"{path.name}: {text.count(chr(10))} lines"
 
 
-def test_a_parallel_test_worker_runs_torch_on_its_share_of_the_cpus():
+def test_a_parallel_test_worker_runs_torch_on_its_share_of_the_cpus(thread_share):
     """Under `make test` (pytest-xdist), tests/conftest.py gives each worker's torch, and the processes
     its tests start, its share of the CPUs: with a thread a CPU in each, two workers on 2 CPUs ran
     the suite 1.5x slower than one process."""
@@ -102,10 +102,9 @@ def test_a_parallel_test_worker_runs_torch_on_its_share_of_the_cpus():
     import pytest
     import torch
 
-    share = "_ANOMALY_VAE_TEST_THREAD_SHARE"  # set by tests/conftest.py where it gave the share
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         pytest.skip("not in a pytest-xdist worker: torch keeps its default here")
-    if share not in os.environ:
+    if thread_share is None:
         pytest.skip("OMP_NUM_THREADS was set by the caller, and kept")
-    assert os.environ["OMP_NUM_THREADS"] == os.environ[share]
-    assert torch.get_num_threads() == int(os.environ[share]) >= 1
+    assert os.environ["OMP_NUM_THREADS"] == str(thread_share)
+    assert torch.get_num_threads() == thread_share >= 1

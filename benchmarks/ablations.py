@@ -10,8 +10,9 @@ scoring), ``_floor`` (each numeric column's marginal N(0, 1) mixed into its like
 of perturbed images), ``_select_hidden`` (the early-stopped network's layers chosen by held-out
 ELBO), ``_latent`` (the latent size as a multiple of the input's width), ``_seed`` (another model
 seed on the same split), ``_runs`` (training settings of one of a pair's two runs), ``_module``
-(the pair's constants), ``_vamp`` (a long network trained under a VampPrior, in vampprior.py).
-None of them won across the board; see the study."""
+(the pair's constants), ``_vamp`` (a long network trained under a VampPrior, in vampprior.py),
+``_noise`` (the long network trained on noisy inputs, in noisy_inputs.py). None of them won across
+the board; see the study."""
 
 from __future__ import annotations
 

@@ -13,7 +13,11 @@ A rule is a saved detector's name (``default``, ``IsolationForest``, ``KNN (k=5)
 - ``mix``: -log mean exp(-score), the score of the mixture of the members' densities;
 - ``max``: the largest score (anomalous when any member says so);
 - ``z``: the sum of the scores each centred on its calibration median and divided by its calibration
-  interquartile range (unitless: for comparison only, not a candidate for a score in nats).
+  interquartile range (unitless: for comparison only, not a candidate for a score in nats);
+- ``cmax``: the largest of the scores each centred on its calibration median (still in nats: a
+  shift), and ``zmax``: the largest of the ``z`` rule's scaled scores (unitless); both "anomalous when
+  any member says so" with the members put on a common footing first (section 27: the two terms of
+  a network's score, saved by ``members.py``).
 
 Writes the table ``quality.py`` writes (AUROC per dataset, its mean, the tables below
 IsolationForest by more than 0.02, and the fit seconds of the members added up). ``--more F``
@@ -42,7 +46,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 
-OPS = ("sum", "mix", "max", "z")
+OPS = ("sum", "mix", "max", "z", "cmax", "zmax")
 
 
 def load(folder: str) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
@@ -65,6 +69,13 @@ def _iqr_scaled(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return (arrays["scores"] - med) / ((q3 - q1) or 1.0)
 
 
+def _centred(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    cal = arrays.get("calibration")
+    if cal is None:
+        raise KeyError("calibration")
+    return arrays["scores"] - np.median(cal)
+
+
 def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
     """(scores, fit seconds of the members) of ``rule`` on one split; KeyError if a member is missing."""
     m = re.fullmatch(r"(\w+)\((.+)\)", rule)
@@ -73,7 +84,8 @@ def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.nda
         return arrays["scores"], float(arrays.get("fit_seconds", np.nan))
     op, members = m.group(1), [saved[quality.file_name(n.strip())] for n in m.group(2).split(",")]
     fit = float(sum(a.get("fit_seconds", np.nan) for a in members))
-    per = np.stack([_iqr_scaled(a) if op == "z" else a["scores"] for a in members])
+    scale = {"z": _iqr_scaled, "zmax": _iqr_scaled, "cmax": _centred}.get(op, lambda a: a["scores"])
+    per = np.stack([scale(a) for a in members])
     if op in ("sum", "z"):
         return per.sum(axis=0), fit
     if op == "mix":

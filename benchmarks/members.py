@@ -18,12 +18,18 @@ rows, under these names:
 - ``long_s{c}``: the long network with its aggregate prior's variances multiplied by ``c`` (a
   kernel density of the training codes with a wider or narrower bandwidth), for ``c`` in
   ``SCALES``; ``long_sel``: the ``c`` whose mean negative ELBO on the fit's validation rows is the
-  lowest (the bandwidth chosen by held-out likelihood, label-free).
+  lowest (the bandwidth chosen by held-out likelihood, label-free);
+- ``short_rec``, ``short_kl``, ``long_rec``, ``long_kl``: the two terms of each network's negative
+  ELBO (-E_q log p(x|z) over the fixed noise, and the KL term; ``short`` is ``sum(short_rec,short_kl)``),
+  and ``short_recmean``, ``long_recmean``: -log p(x | z = posterior mean), each network's
+  "reconstruction" score (section 27: the terms weighed otherwise).
 
 Every name's ``fit_seconds`` is the one fit's, so ``combine.py`` adds it once per member of a
-rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved too (``combine.py``'s ``z`` rule uses them). This is a
-research script: it reads the fitted detector's networks (``model_.members``) and rebuilds its
-split of the rows from ``fit_info_`` (``detector.fit_rows``, ``pair_code_rows``).
+rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved
+too (``combine.py``'s ``z``, ``cmax`` and ``zmax`` rules use them), and its validation rows' scores
+(``validation``). This is a research script: it reads the fitted detector's networks
+(``model_.members``) and rebuilds its split of the rows from ``fit_info_`` (``detector.fit_rows``,
+``pair_code_rows``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,20 @@ def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int
             p = net(x[start:start + block], noise.unsqueeze(1))
             out.append((-p.log_px.mean(dim=0) + p.kl).double().numpy())
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def _parts(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int = 1024) -> dict[str, np.ndarray]:
+    """The negative ELBO's two terms per row, ``rec`` (-E_q log p(x|z) over the fixed noise) and ``kl``
+    (``_elbo`` is their sum), and ``recmean``, -log p(x | z = posterior mean) (the "reconstruction" score)."""
+    out: dict[str, list[np.ndarray]] = {"rec": [], "kl": [], "recmean": []}
+    with torch.no_grad():
+        for start in range(0, x.shape[0], block):
+            xb = x[start:start + block]
+            p = net(xb, noise.unsqueeze(1))
+            out["rec"].append((-p.log_px.mean(dim=0)).double().numpy())
+            out["kl"].append(p.kl.double().numpy())
+            out["recmean"].append((-net(xb).log_px).double().numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
 def fit_split(det: object, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -103,13 +123,17 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
     parts = {"test": torch.from_numpy(test), "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
     scores = {name: {part: _elbo(net, xs, det.noise_) for part, xs in parts.items()} for name, net in nets.items()}
     scores["half_short"] = {part: 0.5 * v for part, v in scores["short"].items()}
+    for name in ("short", "long"):  # the terms of each network's score, to weigh offline
+        terms = {part: _parts(nets[name], xs, det.noise_) for part, xs in parts.items()}
+        for term in ("rec", "kl", "recmean"):
+            scores[f"{name}_{term}"] = {part: terms[part][term] for part in parts}
     if len(rows["val"]):  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
         chosen = min(["long", *(f"long_s{c:g}" for c in SCALES)], key=lambda n: float(np.mean(scores[n]["val"])))
         scores["long_sel"] = scores[chosen]
         print(f"{dataset} {key}: long_sel is {chosen}")
     y = np.asarray(s["y"])
-    out = {name: {"scores": v["test"], "calibration": v["calibration"], "y": y, "fit_seconds": np.float64(fit_s)}
-           for name, v in scores.items()}
+    out = {name: {"scores": v["test"], "calibration": v["calibration"], "validation": v["val"], "y": y,
+                  "fit_seconds": np.float64(fit_s)} for name, v in scores.items()}
     out["default"] = {"scores": det.score_prepared(test), "calibration": np.asarray(det.calibration_scores_),
                       "y": y, "fit_seconds": np.float64(fit_s)}
     out["KNN (k=5)"] = {"scores": quality.knn_scores(s["train"], s["test"]), "y": y, "fit_seconds": np.float64(0.0)}

@@ -42,6 +42,7 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablations  # noqa: E402
 import datasets  # noqa: E402
+import noisy_inputs  # noqa: E402
 import vampprior  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -117,7 +118,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         runs = ablations.run_settings(proto["_runs"]) if "_runs" in proto else contextlib.nullcontext()
         consts = ablations.module_constants(proto["_module"]) if "_module" in proto else contextlib.nullcontext()
         vamp = vampprior.vamp_prior(proto["_vamp"]) if "_vamp" in proto else contextlib.nullcontext()
-        with floor, latent, runs, consts, vamp:  # the prototypes' patches hold for this fit and its scoring only
+        noise = noisy_inputs.noisy_inputs(proto["_noise"]) if "_noise" in proto else contextlib.nullcontext()
+        with floor, latent, runs, consts, vamp, noise:  # the prototypes' patches hold for this fit and its scoring only
             members = []
             first = seed + int(proto.get("_seed", 0))  # ``_seed``: another model seed on the same split
             for m in range(int(proto.get("_members", 1))):

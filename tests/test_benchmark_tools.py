@@ -29,6 +29,7 @@ def saved(tmp_path):
 
 def test_the_rules_combine_the_saved_scores_as_documented(saved):
     import combine
+    import quality
 
     folder, a, b = saved
     data = combine.load(str(folder))
@@ -42,8 +43,17 @@ def test_the_rules_combine_the_saved_scores_as_documented(saved):
     assert np.allclose(mix, -np.log((np.exp(-a) + np.exp(-b)) / 2))
     assert np.all(mix <= np.maximum(a, b) + 1e-12) and np.all(mix >= np.minimum(a, b))
     assert np.array_equal(combine.evaluate("max(a,KNN (k=5))", split)[0], np.maximum(a, b))
-    with pytest.raises(KeyError):  # z needs calibration scores, which a baseline does not save
-        combine.evaluate("z(a,KNN (k=5))", split)
+    for op in ("z", "cmax", "zmax"):
+        with pytest.raises(KeyError):  # they need calibration scores, which a baseline does not save
+            combine.evaluate(f"{op}(a,KNN (k=5))", split)
+    cal = split["a"]["calibration"]
+    quality._save(str(folder), "tab", 0, "c", {"scores": 3 * b + 1, "y": split["a"]["y"], "calibration": 3 * cal + 1})
+    split = combine.load(str(folder))[("tab", 0)]
+    assert np.allclose(combine.evaluate("cmax(a,c)", split)[0],  # each centred: nats still, a shift
+                       np.maximum(a - np.median(cal), 3 * b + 1 - np.median(3 * cal + 1)))
+    q1, med, q3 = np.percentile(cal, [25, 50, 75])
+    zmax = combine.evaluate("zmax(a,c)", split)[0]  # each scaled: c is 3x a's spread around 3x a's median + 1
+    assert np.allclose(zmax, np.maximum((a - med) / (q3 - q1), (b - med) / (q3 - q1)))
     with pytest.raises(KeyError):
         combine.evaluate("sum(a,missing)", split)
 
@@ -211,3 +221,44 @@ def test_the_vampprior_prototype_trains_the_long_network_only_and_leaves_the_pac
         assert not any("vamp" in name for name in net.state_dict())
     assert np.isfinite(fitted["pseudo"].anomaly_score(x[:50])).all()
     assert not np.allclose(fitted["pseudo"].anomaly_score(x[:50]), fitted["codes"].anomaly_score(x[:50]))
+
+
+def test_the_noisy_inputs_prototype_perturbs_the_long_runs_numeric_columns_only():
+    """benchmarks/noisy_inputs.py (``_noise``, study section 26): the early-stopped network is the
+    default's bit for bit, the long one trains otherwise in each mode, the one-hot groups get no noise,
+    and nothing of the prototype is left on the network or the package after it."""
+    import noisy_inputs
+    import pandas as pd
+    import torch
+    from sklearn.datasets import load_breast_cancer
+
+    from anomaly_vae import VAEAnomalyDetector, detector
+
+    x = load_breast_cancer().data[:300]
+    plain = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
+    train = detector.train
+    fitted = {}
+    for mode in noisy_inputs.MODES:
+        with noisy_inputs.noisy_inputs({"mode": mode, "sigma": 0.3}):
+            assert detector.train is not train
+            fitted[mode] = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
+        assert detector.train is train
+    (p_short, p_long), (a_short, a_long), (d_short, d_long) = (d.model_.members for d in (plain, *fitted.values()))
+    for name, value in p_short.state_dict().items():
+        if not name.startswith("second."):  # the short network holds its pair: the long one, checked below
+            assert torch.equal(value, a_short.state_dict()[name]) and torch.equal(value, d_short.state_dict()[name])
+    weights = [net.to_mu.weight for net in (p_long, a_long, d_long)]
+    assert not any(torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
+    for net in (a_long, d_long):
+        assert "forward" not in vars(net)
+    for d in fitted.values():
+        assert np.isfinite(d.anomaly_score(x[:50])).all()
+
+    frame = pd.DataFrame({"a": x[:, 0], "colour": np.where(x[:, 1] > 20, "red", "blue"), "b": x[:, 2]})
+    net = VAEAnomalyDetector(epochs=1, random_state=0).fit(frame).model_
+    (start, width), = net.categorical
+    mask = noisy_inputs.noise_mask(net)
+    assert not mask[start:start + width].any() and int(mask.sum()) == net.n_features - width
+    with pytest.raises(SystemExit, match="mode"):
+        with noisy_inputs.noisy_inputs({"mode": "blur"}):
+            pass

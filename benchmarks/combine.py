@@ -15,9 +15,10 @@ A rule is a saved detector's name (``default``, ``IsolationForest``, ``KNN (k=5)
 - ``z``: the sum of the scores each centred on its calibration median and divided by its calibration
   interquartile range (unitless: for comparison only, not a candidate for a score in nats);
 - ``cmax``: the largest of the scores each centred on its calibration median (still in nats: a
-  shift), and ``zmax``: the largest of the ``z`` rule's scaled scores (unitless); both "anomalous when
-  any member says so" with the members put on a common footing first (section 27: the two terms of
-  a network's score, saved by ``members.py``).
+  shift), ``vmax`` the same centred on the validation rows' median (``members.py`` saves them: rows
+  the calibration does not use), and ``zmax``: the largest of the ``z`` rule's scaled scores
+  (unitless); all "anomalous when any member says so" with the members put on a common footing
+  first (section 27: the two terms of a network's score, saved by ``members.py``).
 
 Writes the table ``quality.py`` writes (AUROC per dataset, its mean, the tables below
 IsolationForest by more than 0.02, and the fit seconds of the members added up). ``--more F``
@@ -46,7 +47,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 
-OPS = ("sum", "mix", "max", "z", "cmax", "zmax")
+OPS = ("sum", "mix", "max", "z", "cmax", "vmax", "zmax")
 
 
 def load(folder: str) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]:
@@ -69,11 +70,11 @@ def _iqr_scaled(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return (arrays["scores"] - med) / ((q3 - q1) or 1.0)
 
 
-def _centred(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    cal = arrays.get("calibration")
-    if cal is None:
-        raise KeyError("calibration")
-    return arrays["scores"] - np.median(cal)
+def _centred(arrays: dict[str, np.ndarray], part: str = "calibration") -> np.ndarray:
+    rows = arrays.get(part)
+    if rows is None or not len(rows):
+        raise KeyError(part)
+    return arrays["scores"] - np.median(rows)
 
 
 def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
@@ -84,7 +85,8 @@ def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.nda
         return arrays["scores"], float(arrays.get("fit_seconds", np.nan))
     op, members = m.group(1), [saved[quality.file_name(n.strip())] for n in m.group(2).split(",")]
     fit = float(sum(a.get("fit_seconds", np.nan) for a in members))
-    scale = {"z": _iqr_scaled, "zmax": _iqr_scaled, "cmax": _centred}.get(op, lambda a: a["scores"])
+    scale = {"z": _iqr_scaled, "zmax": _iqr_scaled, "cmax": _centred,
+             "vmax": lambda a: _centred(a, "validation")}.get(op, lambda a: a["scores"])
     per = np.stack([scale(a) for a in members])
     if op in ("sum", "z"):
         return per.sum(axis=0), fit

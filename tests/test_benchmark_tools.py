@@ -51,6 +51,12 @@ def test_the_rules_combine_the_saved_scores_as_documented(saved):
     split = combine.load(str(folder))[("tab", 0)]
     assert np.allclose(combine.evaluate("cmax(a,c)", split)[0],  # each centred: nats still, a shift
                        np.maximum(a - np.median(cal), 3 * b + 1 - np.median(3 * cal + 1)))
+    with pytest.raises(KeyError):  # vmax: only where the validation rows' scores were saved
+        combine.evaluate("vmax(a,c)", split)
+    quality._save(str(folder), "tab", 0, "v", {"scores": b, "y": split["a"]["y"], "validation": cal[:7]})
+    quality._save(str(folder), "tab", 0, "w", {"scores": a, "y": split["a"]["y"], "validation": 2 * cal[:7]})
+    assert np.allclose(combine.evaluate("vmax(v,w)", combine.load(str(folder))[("tab", 0)])[0],
+                       np.maximum(b - np.median(cal[:7]), a - np.median(2 * cal[:7])))
     q1, med, q3 = np.percentile(cal, [25, 50, 75])
     zmax = combine.evaluate("zmax(a,c)", split)[0]  # each scaled: c is 3x a's spread around 3x a's median + 1
     assert np.allclose(zmax, np.maximum((a - med) / (q3 - q1), (b - med) / (q3 - q1)))

@@ -249,9 +249,9 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     det, model, rows = table
     rows.to_csv(tmp_path / "in.csv", index=False)
 
-    def spark_cli(data, out, model_dir=model):
+    def spark_cli(data, out, model_dir=model, master="local[2]", quiet=True):
         cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model_dir), str(data), "--out", str(out),
-               "--master", "local[2]", "--id-column", "key", "--partitions", "3", "--quiet",
+               "--master", master, "--id-column", "key", "--partitions", "3", *(["--quiet"] if quiet else []),
                "--conf", "spark.ui.enabled=false"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
@@ -259,6 +259,15 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     assert run.returncode == 3, run.stderr[-2000:]  # two rows with errors, as `anomaly-vae score`
     assert f"scored 298 of 300 rows from {tmp_path / 'in.csv'}" in run.stdout
     assert "Warning" not in run.stderr, run.stderr[-2000:]  # PySpark's pandas 3 FutureWarning is not the user's
+    for start_line in ("incubator modules", "log4j profile", "default log level", "setLogLevel", "NativeCodeLoader"):
+        assert start_line not in run.stderr, run.stderr[-2000:]  # --quiet: the JVM's start lines too
+    # a Spark that cannot start (here a master Spark does not know) is one line after the JVM's own message
+    for quiet in (True, False):
+        odd = spark_cli(tmp_path / "in.csv", tmp_path / "o.csv", master="nowhere://x", quiet=quiet)
+        assert odd.returncode == 1 and "Traceback" not in odd.stderr, odd.stderr[-2000:]
+        assert odd.stderr.rstrip().splitlines()[-1].startswith("anomaly-vae: error: Spark did not start: ")
+        assert "Master must either be yarn or start with spark" in odd.stderr  # the JVM's reason, kept
+        assert ("\tat org.apache" in odd.stderr) is not quiet  # its Java stack trace only without --quiet
     assert "key k005: column 'f02': expected a number, got 'abc'" in run.stdout
     got = _read(tmp_path / "out.parquet")
     assert sorted(got["key"]) == sorted(rows["key"])
@@ -279,6 +288,35 @@ def test_cli_spark_score_summary_and_exit_codes(table, tmp_path):
     assert images.returncode == 1 and "is a folder of images, but this model scores tables" in images.stderr
     for r in (bad, missing, no_model, dangling, images):
         assert "Traceback" not in r.stderr and "log4j" not in r.stderr and not (tmp_path / "o.csv").exists()
+
+
+def test_quiet_passes_the_jvms_lines_on_but_its_start_lines_and_stack_frames(capfd, tmp_path):
+    """``spark-score --quiet`` reads the JVM's standard error through a pipe: the lines every start
+    prints and Java stack frames are dropped, everything else is passed on, and a JVM that writes more
+    than a pipe holds is never stalled (the lines are read as they come)."""
+    from anomaly_vae.cli.spark_command import _JvmStderr
+
+    start = ["WARNING: Using incubator modules: jdk.incubator.vector",
+             "Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties",
+             'Setting default log level to "WARN".',
+             "To adjust logging level use sc.setLogLevel(newLevel). For SparkR, use setLogLevel(newLevel).",
+             "26/11/24 01:47:03 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform... "
+             "using builtin-java classes where applicable",
+             "\tat org.apache.spark.deploy.SparkSubmit.main(SparkSubmit.scala)", "\t... 12 more"]
+    kept = ['Exception in thread "main" org.apache.spark.SparkException: Master must be local',
+            "Caused by: java.io.IOException: disk full", "26/11/24 01:47:05 ERROR Executor: lost", "x" * 300]
+    lines = [*start, *kept] * 300  # about 200 KB: three times a pipe's buffer
+    (tmp_path / "jvm.txt").write_text("\n".join(lines) + "\n")
+    code = f"import sys; sys.stderr.write(open({str(tmp_path / 'jvm.txt')!r}).read())"
+    jvm = _JvmStderr()
+    kwargs: dict = {}
+    jvm.popen_kwargs(kwargs)
+    jvm.started(subprocess.Popen([sys.executable, "-c", code], **kwargs))
+    jvm.drain(timeout=60)
+    assert capfd.readouterr().err.splitlines() == kept * 300
+    mine = {"stderr": subprocess.DEVNULL}
+    jvm.popen_kwargs(mine)  # a choice PySpark made stays
+    assert mine == {"stderr": subprocess.DEVNULL}
 
 
 def test_only_a_local_master_reads_paths_without_a_scheme_from_this_disk(monkeypatch):

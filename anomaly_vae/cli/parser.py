@@ -182,7 +182,8 @@ def _spark_score_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting (repeatable), e.g. --conf spark.executor.memory=4g")
     p.add_argument("--quiet", action="store_true",
-                   help="Spark logs errors only, once it has started (the few lines its JVM prints as it starts still show)")
+                   help="Spark logs errors only (the lines its JVM prints at every start, and Java stack frames, are left "
+                        "out)")
     _add_table_flags(p, labels=False)
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
+import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,14 +48,15 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
     logging.getLogger("py4j").setLevel(logging.CRITICAL)
     quiet = _NotFromPy4j()
     logging.getLogger().addFilter(quiet)
+    jvm_stderr = _JvmStderr() if args.quiet else None
     try:
         handler = signal.getsignal(signal.SIGINT)
-        with signals_held() as held, _jvm_ignores_stop_signals():  # held: see signals.signals_held
+        with signals_held() as held, _jvm_ignores_stop_signals(jvm_stderr):  # held: see signals.signals_held
             try:
                 spark = session(args.master, dict(args.conf))
-            except Exception:
+            except Exception as err:
                 if not held:
-                    raise
+                    _did_not_start(err, jvm_stderr)
                 spark = None  # the JVM failed to start meanwhile: report the signal
         signal.signal(signal.SIGINT, handler)
         if held:
@@ -69,8 +73,78 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
         logging.getLogger().removeFilter(quiet)
 
 
+def _did_not_start(err: Exception, jvm_stderr: _JvmStderr | None) -> None:
+    """Spark's session could not be made: a JVM that exited at once (a bad ``--master`` or ``--conf``, no
+    Java) is one line after the JVM's own message, not PySpark's traceback; other errors as they are."""
+    from ..exceptions import InputError
+
+    if not type(err).__module__.startswith(("pyspark", "py4j")):
+        raise err
+    if jvm_stderr is not None:
+        jvm_stderr.drain()  # the JVM's own message first
+    java = re.search(r"^\W*(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (.+)$", str(err), re.MULTILINE)
+    what = java.group(1).strip()[:500] if java else _first_line(err)  # py4j's first line names only the call
+    raise InputError(f"Spark did not start: {what} (check --master, --conf and the Java runtime; the JVM's own "
+                     "message, if it printed one, is above)") from None
+
+
+class _JvmStderr:
+    """``--quiet``: the JVM's standard error read through a pipe and passed on to this process's, but for
+    the lines its start always prints (the JVM's incubator-module warning, Spark's default log4j
+    profile and level, Hadoop's native-library warning) and Java stack-trace frames; its messages and
+    errors still show. Nothing in Spark's or log4j's configuration is changed (a user's settings and
+    log files stay theirs). The JVM outlives the job (PySpark keeps its gateway until this process
+    exits): lines it writes after this process has gone are dropped."""
+
+    START_LINES = (
+        re.compile(rb"WARNING: Using incubator modules: [\w.,]+"),
+        re.compile(rb"Using Spark's default log4j profile: \S+"),
+        re.compile(rb'Setting default log level to "\w+"\.'),
+        re.compile(rb"To adjust logging level use sc\.setLogLevel\(newLevel\)\..*"),
+        re.compile(rb"\S+ \S+ WARN NativeCodeLoader: Unable to load native-hadoop library for your platform.*"),
+        re.compile(rb"\tat .*|\t\.\.\. \d+ more"),  # a Java stack trace's frames: its message lines stay
+    )
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.thread: threading.Thread | None = None
+
+    def popen_kwargs(self, kwargs: dict[str, Any]) -> None:
+        if "stderr" not in kwargs:  # PySpark's own choice, where it makes one, stays
+            kwargs["stderr"] = subprocess.PIPE
+
+    def started(self, proc: Any) -> None:
+        if getattr(proc, "stderr", None) is None:
+            return
+        self.proc = proc
+        self.thread = threading.Thread(target=self._forward, args=(proc.stderr,), name="jvm-stderr", daemon=True)
+        self.thread.start()
+
+    def _forward(self, pipe: Any) -> None:
+        ok = True  # writes go on being drained after one fails: a full pipe would stall the JVM
+        with pipe:
+            for line in iter(pipe.readline, b""):
+                if ok and not any(p.fullmatch(line.rstrip(b"\r\n")) for p in self.START_LINES):
+                    try:
+                        view = memoryview(line)
+                        while view:  # a pipe or terminal may take part of a line
+                            view = view[os.write(2, view):]
+                    except OSError:
+                        ok = False
+
+    def drain(self, timeout: float = 1.0) -> None:
+        """Wait for the last lines of a JVM that has exited (until its pipe ends); for one that runs on,
+        at most ``timeout`` seconds for it to exit."""
+        if self.thread is not None and self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return
+            self.thread.join(5.0)
+
+
 @contextmanager
-def _jvm_ignores_stop_signals() -> Iterator[None]:
+def _jvm_ignores_stop_signals(jvm_stderr: _JvmStderr | None = None) -> Iterator[None]:
     """The JVM PySpark starts meanwhile ignores SIGTERM and SIGHUP, as PySpark already has it ignore
     SIGINT: a signal to the whole process group (a closed terminal, systemd's stop, ``kill -- -PGID``)
     then stops the job through this command alone, which quiets Spark's log and stops its context.
@@ -102,7 +176,12 @@ def _jvm_ignores_stop_signals() -> Iterator[None]:
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
 
         kwargs["preexec_fn"] = preexec
-        return real(*args, **kwargs)
+        if jvm_stderr is not None:
+            jvm_stderr.popen_kwargs(kwargs)
+        proc = real(*args, **kwargs)
+        if jvm_stderr is not None:
+            jvm_stderr.started(proc)
+        return proc
 
     java_gateway.Popen = popen
     try:

@@ -3,6 +3,7 @@ mode (``local[2]``, on 127.0.0.1): the same rows, ids and scores as the one-proc
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -317,6 +318,54 @@ def test_quiet_passes_the_jvms_lines_on_but_its_start_lines_and_stack_frames(cap
     mine = {"stderr": subprocess.DEVNULL}
     jvm.popen_kwargs(mine)  # a choice PySpark made stays
     assert mine == {"stderr": subprocess.DEVNULL}
+
+
+def test_a_spark_error_is_said_in_the_line_that_explains_it():
+    """py4j's first line names only the Java call that failed: the Java exception's message is the one
+    the user needs; the core's own message from a worker wins; any other error keeps its first line."""
+    from anomaly_vae.cli.spark_command import _spark_message
+
+    java = ("An error occurred while calling o91.collectToPython.\n: org.apache.spark.SparkException: Job aborted "
+            "due to stage failure: too big\n\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages")
+    assert _spark_message(RuntimeError(java)) == "Job aborted due to stage failure: too big"
+    worker = java + "\nanomaly_vae.exceptions.InputError: row 7: column 'f02': expected a number, got 'abc'"
+    assert _spark_message(RuntimeError(worker)) == "row 7: column 'f02': expected a number, got 'abc'"
+    other = "[PATH_NOT_FOUND] Path does not exist: file:/x.csv.\n: java.io.FileNotFoundException: x"
+    assert _spark_message(RuntimeError(other)) == "[PATH_NOT_FOUND] Path does not exist: file:/x.csv."
+
+
+@pytest.mark.parametrize("stderr", ["moved", "full", "closed"])
+def test_quiet_writes_to_the_stderr_it_started_with_and_never_stalls_the_jvm(stderr, tmp_path):
+    """The JVM's lines go to a copy of standard error taken before Spark starts: a command started with
+    fd 2 closed gets the next socket there (py4j's, whose protocol a line would break), so it makes no
+    pipe; where the copy cannot be written (a full disk), the pipe is still read to its end."""
+    child = "import sys; sys.stderr.write('kept line\\n' + 'x' * 99 + '\\n' * 2000)"  # 200 KB
+    script = f"""
+import os, subprocess, sys
+from anomaly_vae.cli.spark_command import _JvmStderr
+jvm = _JvmStderr()
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 2)  # fd 2 is now another file, as py4j's socket can be
+kwargs = {{}}
+jvm.popen_kwargs(kwargs)
+jvm.started(subprocess.Popen([sys.executable, "-c", {child!r}], **kwargs))
+jvm.drain(timeout=60)
+print(sorted(kwargs), jvm.proc.returncode if jvm.proc else None, jvm.fd)
+"""
+    out = open("/dev/full", "wb") if stderr == "full" else subprocess.PIPE if stderr == "moved" else None
+    try:
+        run = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=out, timeout=120,
+                             preexec_fn=(lambda: os.close(2)) if stderr == "closed" else None)
+    finally:
+        if stderr == "full":
+            out.close()
+    assert run.returncode == 0
+    if stderr == "closed":  # no pipe, nothing forwarded: the child's lines go where its stderr is (/dev/null)
+        assert run.stdout.decode().split() == ["[]", "None", "None"]
+    else:  # a pipe, read to its end, the copy closed after
+        assert run.stdout.decode().split() == ["['stderr']", "0", "None"]
+    if stderr == "moved":
+        assert run.stderr.decode().splitlines()[0] == "kept line"
 
 
 def test_only_a_local_master_reads_paths_without_a_scheme_from_this_disk(monkeypatch):

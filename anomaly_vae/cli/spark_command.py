@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -71,6 +72,8 @@ def _spark_score(args: argparse.Namespace, job: Any, checked: Any) -> int:
         return _spark_job(args, spark, job, checked)
     finally:
         logging.getLogger().removeFilter(quiet)
+        if jvm_stderr is not None:
+            jvm_stderr.close_unused()
 
 
 def _did_not_start(err: Exception, jvm_stderr: _JvmStderr | None) -> None:
@@ -82,9 +85,7 @@ def _did_not_start(err: Exception, jvm_stderr: _JvmStderr | None) -> None:
         raise err
     if jvm_stderr is not None:
         jvm_stderr.drain()  # the JVM's own message first
-    java = re.search(r"^\W*(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (.+)$", str(err), re.MULTILINE)
-    what = java.group(1).strip()[:500] if java else _first_line(err)  # py4j's first line names only the call
-    raise InputError(f"Spark did not start: {what} (check --master, --conf and the Java runtime; the JVM's own "
+    raise InputError(f"Spark did not start: {_java_message(err)} (check --master, --conf and the Java runtime; the JVM's own "
                      "message, if it printed one, is above)") from None
 
 
@@ -93,8 +94,11 @@ class _JvmStderr:
     the lines its start always prints (the JVM's incubator-module warning, Spark's default log4j
     profile and level, Hadoop's native-library warning) and Java stack-trace frames; its messages and
     errors still show. Nothing in Spark's or log4j's configuration is changed (a user's settings and
-    log files stay theirs). The JVM outlives the job (PySpark keeps its gateway until this process
-    exits): lines it writes after this process has gone are dropped."""
+    log files stay theirs). Lines go to a copy of this process's standard error taken first: a command
+    started with it closed has no pipe (fd 2 may then be py4j's socket, which no line must reach). The
+    JVM outlives the job (PySpark keeps its gateway until this process exits): lines it writes after
+    this process has gone are dropped, and output without a newline (a progress bar's ``\r`` updates,
+    on only with ``spark.ui.showConsoleProgress``) shows once a newline or the JVM's end comes."""
 
     START_LINES = (
         re.compile(rb"WARNING: Using incubator modules: [\w.,]+"),
@@ -108,9 +112,15 @@ class _JvmStderr:
     def __init__(self) -> None:
         self.proc: Any = None
         self.thread: threading.Thread | None = None
+        self.fd: int | None = None
+        if sys.__stderr__ is not None:  # None: started with fd 2 closed
+            try:
+                self.fd = os.dup(sys.__stderr__.fileno())
+            except (OSError, ValueError):
+                self.fd = None
 
     def popen_kwargs(self, kwargs: dict[str, Any]) -> None:
-        if "stderr" not in kwargs:  # PySpark's own choice, where it makes one, stays
+        if self.fd is not None and "stderr" not in kwargs:  # PySpark's own choice, where it makes one, stays
             kwargs["stderr"] = subprocess.PIPE
 
     def started(self, proc: Any) -> None:
@@ -121,16 +131,27 @@ class _JvmStderr:
         self.thread.start()
 
     def _forward(self, pipe: Any) -> None:
-        ok = True  # writes go on being drained after one fails: a full pipe would stall the JVM
-        with pipe:
-            for line in iter(pipe.readline, b""):
-                if ok and not any(p.fullmatch(line.rstrip(b"\r\n")) for p in self.START_LINES):
-                    try:
-                        view = memoryview(line)
-                        while view:  # a pipe or terminal may take part of a line
-                            view = view[os.write(2, view):]
-                    except OSError:
-                        ok = False
+        ok, fd = True, self.fd  # writes go on being drained after one fails: a full pipe would stall the JVM
+        try:
+            with pipe:
+                for line in iter(pipe.readline, b""):
+                    if ok and fd is not None and not any(p.fullmatch(line.rstrip(b"\r\n")) for p in self.START_LINES):
+                        try:
+                            view = memoryview(line)
+                            while view:  # a pipe or terminal may take part of a line
+                                view = view[os.write(fd, view):]
+                        except OSError:
+                            ok = False
+        finally:
+            self.fd = None
+            if fd is not None:
+                os.close(fd)
+
+    def close_unused(self) -> None:
+        """The copy of standard error, where no JVM was started to use it."""
+        if self.thread is None and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def drain(self, timeout: float = 1.0) -> None:
         """Wait for the last lines of a JVM that has exited (until its pipe ends); for one that runs on,
@@ -251,4 +272,12 @@ def _spark_message(err: BaseException) -> str:
     import re
 
     found = re.findall(r"anomaly_vae\.exceptions\.\w+: (.+)", str(err))
-    return found[-1].strip()[:500] if found else _first_line(err)
+    return found[-1].strip()[:500] if found else _java_message(err)
+
+
+def _java_message(err: BaseException) -> str:
+    """The error's first line, or where that is py4j's "An error occurred while calling o91.collect...",
+    which names only the call, the Java exception's message under it."""
+    first = _first_line(err)
+    java = re.search(r"^\W*(?:[\w$]+\.)+[\w$]*(?:Exception|Error): (.+)$", str(err), re.MULTILINE)
+    return java.group(1).strip()[:500] if java and first.startswith("An error occurred while calling") else first

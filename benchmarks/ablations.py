@@ -186,6 +186,25 @@ def setattrs(target: Any, values: dict[str, Any]) -> Iterator[None]:
             setattr(target, k, v)
 
 
+def some_runs(runs: set[int], run: Any) -> Any:
+    """A context manager under which the fit's training runs numbered in ``runs`` (a pair: 0 the
+    early-stopped network, 1 the long one) are ``run(n, train, model, x_train, x_val, cfg, *args, **kw)``
+    instead of ``train(model, x_train, ...)``, ``train`` the package's; the others are the package's."""
+    from anomaly_vae import detector
+
+    original = detector.train
+    calls = [0]
+
+    def patched(model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
+        n = calls[0]
+        calls[0] += 1
+        if n not in runs:
+            return original(model, x_train, x_val, cfg, *args, **kw)
+        return run(n, original, model, x_train, x_val, cfg, *args, **kw)
+
+    return setattrs(detector, {"train": patched})
+
+
 def marginal_floor(eps: float, constant_only: bool = False) -> Any:
     """``_floor``: a context manager under which every dense VAE's numeric columns have the likelihood
     (1 - eps) N(x; loc(z), sigma^2) + eps N(x; 0, 1) (categorical groups unchanged); with

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ablations import setattrs
+from ablations import some_runs
 
 MODES = ("augment", "denoise")
 
@@ -42,20 +42,13 @@ def noisy_inputs(spec: dict[str, Any]) -> Iterator[None]:
     ``denoise``)."""
     import torch
 
-    from anomaly_vae import detector
     from anomaly_vae.models import VAEPass
 
     sigma, runs, mode = float(spec.get("sigma", 0.1)), set(spec.get("runs", [1])), spec.get("mode", "augment")
     if mode not in MODES or not sigma > 0:
         raise SystemExit(f"_noise: mode must be one of {MODES} and sigma > 0, got {mode!r}, {sigma!r}")
-    original = detector.train
-    calls = [0]
 
-    def patched(model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
-        n = calls[0]
-        calls[0] += 1
-        if n not in runs:
-            return original(model, x_train, x_val, cfg, *args, **kw)
+    def patched(n: int, original: Any, model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
         if model.kind != "dense":
             raise SystemExit("_noise: a prototype for tables (a dense network)")
         g = torch.Generator().manual_seed(104729 + n)
@@ -79,5 +72,5 @@ def noisy_inputs(spec: dict[str, Any]) -> Iterator[None]:
         finally:
             del model.forward
 
-    with setattrs(detector, {"train": patched}):
+    with some_runs(runs, patched):
         yield

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from ablations import setattrs
+from ablations import some_runs
 
 
 @contextlib.contextmanager
@@ -28,19 +28,11 @@ def vamp_prior(spec: dict[str, Any]) -> Iterator[None]:
     replace the codes the detector sets); only the long run is scored under a mixture prior."""
     import torch
 
-    from anomaly_vae import detector
-
     k_max, runs, score = int(spec.get("k", 200)), set(spec.get("runs", [1])), spec.get("score", "codes")
     if score not in ("codes", "pseudo"):
         raise SystemExit(f"_vamp: score must be 'codes' or 'pseudo', got {score!r}")
-    original = detector.train
-    calls = [0]
 
-    def patched(model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
-        n = calls[0]
-        calls[0] += 1
-        if n not in runs:
-            return original(model, x_train, x_val, cfg, *args, **kw)
+    def patched(n: int, original: Any, model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
         g = torch.Generator().manual_seed(7919 + n)
         rows = torch.randperm(x_train.shape[0], generator=g)[: min(k_max, x_train.shape[0])]
         model.vamp_u = torch.nn.Parameter(x_train[rows].detach().clone())
@@ -68,5 +60,5 @@ def vamp_prior(spec: dict[str, Any]) -> Iterator[None]:
             del model.vamp_u
         return history
 
-    with setattrs(detector, {"train": patched}):
+    with some_runs(runs, patched):
         yield

@@ -196,12 +196,11 @@ def test_members_refuses_an_unknown_table_before_fitting(tmp_path):
     assert run.returncode == 2 and "fashion-mnist" in run.stderr and not list(tmp_path.iterdir())
 
 
-def test_the_vampprior_prototype_trains_the_long_network_only_and_leaves_the_package_as_it_was():
-    """benchmarks/vampprior.py (``_vamp``, study section 25): the early-stopped network is the default's
-    bit for bit, the long one is trained otherwise, scored under the learned prior's K codes with
-    ``score="pseudo"``, and nothing of the prototype is left on the network or the package after it."""
+def _fits_under(prototypes: dict) -> tuple:
+    """(breast cancer's first 300 rows, the default fitted on them, {name: the same fit under the context
+    manager ``prototypes[name]()``}), with the patch checked to hold inside the block only and the
+    early-stopped network of each fit checked to be the default's bit for bit."""
     import torch
-    import vampprior
     from sklearn.datasets import load_breast_cancer
 
     from anomaly_vae import VAEAnomalyDetector, detector
@@ -210,15 +209,28 @@ def test_the_vampprior_prototype_trains_the_long_network_only_and_leaves_the_pac
     plain = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
     train = detector.train
     fitted = {}
-    for score in ("codes", "pseudo"):
-        with vampprior.vamp_prior({"k": 20, "score": score}):
+    for name, prototype in prototypes.items():
+        with prototype():
             assert detector.train is not train
-            fitted[score] = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
+            fitted[name] = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
         assert detector.train is train
-    (p_short, p_long), (c_short, c_long), (_, s_long) = (d.model_.members for d in (plain, *fitted.values()))
-    for name, value in p_short.state_dict().items():
-        if not name.startswith("second."):  # the short network holds its pair: the long one, checked below
-            assert torch.equal(value, c_short.state_dict()[name]), name
+        short = fitted[name].model_.members[0].state_dict()
+        for key, value in plain.model_.members[0].state_dict().items():
+            if not key.startswith("second."):  # the short network holds its pair: the long one, checked apart
+                assert torch.equal(value, short[key]), (name, key)
+    return x, plain, fitted
+
+
+def test_the_vampprior_prototype_trains_the_long_network_only_and_leaves_the_package_as_it_was():
+    """benchmarks/vampprior.py (``_vamp``, study section 25): the early-stopped network is the default's
+    bit for bit, the long one is trained otherwise, scored under the learned prior's K codes with
+    ``score="pseudo"``, and nothing of the prototype is left on the network or the package after it."""
+    import torch
+    import vampprior
+
+    x, plain, fitted = _fits_under({score: (lambda s=score: vampprior.vamp_prior({"k": 20, "score": s}))
+                                    for score in ("codes", "pseudo")})
+    (_, p_long), (_, c_long), (_, s_long) = (d.model_.members for d in (plain, *fitted.values()))
     assert not torch.equal(p_long.to_mu.weight, c_long.to_mu.weight)
     assert torch.equal(c_long.to_mu.weight, s_long.to_mu.weight)  # the same training; only the prior scored differs
     assert c_long.prior_mu.shape[0] == p_long.prior_mu.shape[0] > 20 and s_long.prior_mu.shape[0] == 20
@@ -236,23 +248,12 @@ def test_the_noisy_inputs_prototype_perturbs_the_long_runs_numeric_columns_only(
     import noisy_inputs
     import pandas as pd
     import torch
-    from sklearn.datasets import load_breast_cancer
 
-    from anomaly_vae import VAEAnomalyDetector, detector
+    from anomaly_vae import VAEAnomalyDetector
 
-    x = load_breast_cancer().data[:300]
-    plain = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
-    train = detector.train
-    fitted = {}
-    for mode in noisy_inputs.MODES:
-        with noisy_inputs.noisy_inputs({"mode": mode, "sigma": 0.3}):
-            assert detector.train is not train
-            fitted[mode] = VAEAnomalyDetector(epochs=4, random_state=0).fit(x)
-        assert detector.train is train
-    (p_short, p_long), (a_short, a_long), (d_short, d_long) = (d.model_.members for d in (plain, *fitted.values()))
-    for name, value in p_short.state_dict().items():
-        if not name.startswith("second."):  # the short network holds its pair: the long one, checked below
-            assert torch.equal(value, a_short.state_dict()[name]) and torch.equal(value, d_short.state_dict()[name])
+    x, plain, fitted = _fits_under({mode: (lambda m=mode: noisy_inputs.noisy_inputs({"mode": m, "sigma": 0.3}))
+                                    for mode in noisy_inputs.MODES})
+    (_, p_long), (_, a_long), (_, d_long) = (d.model_.members for d in (plain, *fitted.values()))
     weights = [net.to_mu.weight for net in (p_long, a_long, d_long)]
     assert not any(torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
     for net in (a_long, d_long):

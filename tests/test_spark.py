@@ -669,7 +669,9 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
         pytest.skip("no Java runtime on this machine")
     pytest.importorskip("pyspark")
     _, model, rows = table
-    pd.concat([rows] * 400, ignore_index=True).to_csv(tmp_path / "in.csv", index=False)  # 120,000 rows
+    # 240,000 rows: the write stage lasts seconds (with 120,000 a loaded CI machine once finished it within
+    # the wait below, and the command exited 3 before the signal came)
+    pd.concat([rows] * 800, ignore_index=True).to_csv(tmp_path / "in.csv", index=False)
     staging = tmp_path / "tmp"
     staging.mkdir()
     cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
@@ -685,7 +687,8 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
             # reported as an ERROR when cancelled)
         jvm = next(iter(_children(proc.pid)), None)
         assert jvm is not None and proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
-        time.sleep(1)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the job ended before the signal: give it more rows"
         os.killpg(proc.pid, getattr(signal, signame))
         proc.wait(timeout=120)
         err = (tmp_path / "stderr.txt").read_text()

@@ -19,6 +19,14 @@ from anomaly_vae.io.tables import EXACT_FLOATS
 pytestmark = pytest.mark.integration
 
 
+# Python with SIGINT, SIGTERM and SIGHUP at their defaults, then the arguments that follow: a command keeps a
+# signal that was ignored when it started ignored (nohup ignores SIGHUP, a shell's `&` SIGINT), so a test
+# that signals it must not pass on what this test process inherited (tests/test_cli.py's SIGNAL_SHIM)
+DEFAULT_SIGNALS = [sys.executable, "-c", "import os, signal, sys\n"
+                   "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
+
+
 @pytest.fixture(scope="module")
 def spark():
     if shutil.which("java") is None:
@@ -631,7 +639,7 @@ def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table
     pytest.importorskip("pyspark")
     _, model, rows = table
     rows.to_csv(tmp_path / "in.csv", index=False)
-    cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
+    cmd = [*DEFAULT_SIGNALS, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
            str(tmp_path / "out.csv"), "--master", "local[1]", "--conf", "spark.ui.enabled=false"]
     log = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: a JVM left behind would hold a pipe open
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
@@ -669,12 +677,10 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
         pytest.skip("no Java runtime on this machine")
     pytest.importorskip("pyspark")
     _, model, rows = table
-    # 240,000 rows: the write stage lasts seconds (with 120,000 a loaded CI machine once finished it within
-    # the wait below, and the command exited 3 before the signal came)
-    pd.concat([rows] * 800, ignore_index=True).to_csv(tmp_path / "in.csv", index=False)
+    pd.concat([rows] * 400, ignore_index=True).to_csv(tmp_path / "in.csv", index=False)  # 120,000 rows
     staging = tmp_path / "tmp"
     staging.mkdir()
-    cmd = [sys.executable, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
+    cmd = [*DEFAULT_SIGNALS, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
            str(tmp_path / "out.csv"), "--master", "local[1]", "--conf", "spark.ui.enabled=false", "--quiet"]
     log = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
@@ -687,7 +693,7 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
             # reported as an ERROR when cancelled)
         jvm = next(iter(_children(proc.pid)), None)
         assert jvm is not None and proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
-        time.sleep(0.5)
+        time.sleep(1)
         assert proc.poll() is None, "the job ended before the signal: give it more rows"
         os.killpg(proc.pid, getattr(signal, signame))
         proc.wait(timeout=120)

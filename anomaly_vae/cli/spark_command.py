@@ -85,8 +85,8 @@ def _did_not_start(err: Exception, jvm_stderr: _JvmStderr | None) -> None:
         raise err
     if jvm_stderr is not None:
         jvm_stderr.drain()  # the JVM's own message first
-    raise InputError(f"Spark did not start: {_java_message(err)} (check --master, --conf and the Java runtime; the JVM's own "
-                     "message, if it printed one, is above)") from None
+    raise InputError(f"Spark did not start: {_java_message(err)} (check --master, --conf and the Java runtime; "
+                     "the JVM's own message, if it printed one, is above)") from None
 
 
 class _JvmStderr:
@@ -100,7 +100,7 @@ class _JvmStderr:
     this process has gone are dropped, and output without a newline (a progress bar's ``\r`` updates,
     on only with ``spark.ui.showConsoleProgress``) shows once a newline or the JVM's end comes."""
 
-    START_LINES = (
+    DROPPED_LINES = (
         re.compile(rb"WARNING: Using incubator modules: [\w.,]+"),
         re.compile(rb"Using Spark's default log4j profile: \S+"),
         re.compile(rb'Setting default log level to "\w+"\.'),
@@ -135,7 +135,7 @@ class _JvmStderr:
         try:
             with pipe:
                 for line in iter(pipe.readline, b""):
-                    if ok and fd is not None and not any(p.fullmatch(line.rstrip(b"\r\n")) for p in self.START_LINES):
+                    if ok and fd is not None and not any(p.fullmatch(line.rstrip(b"\r\n")) for p in self.DROPPED_LINES):
                         try:
                             view = memoryview(line)
                             while view:  # a pipe or terminal may take part of a line
@@ -156,7 +156,7 @@ class _JvmStderr:
     def drain(self, timeout: float = 1.0) -> None:
         """Wait for the last lines of a JVM that has exited (until its pipe ends); for one that runs on,
         at most ``timeout`` seconds for it to exit."""
-        if self.thread is not None and self.proc is not None:
+        if self.thread is not None:  # set with proc, in started
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -269,8 +269,6 @@ def _stop_in_chain(err: BaseException) -> KeyboardInterrupt | None:
 def _spark_message(err: BaseException) -> str:
     """One line for a Spark error: the core's own message when a Python worker raised one (an
     ``InputError`` or ``ArtifactError`` inside the stack trace), else the error's first line."""
-    import re
-
     found = re.findall(r"anomaly_vae\.exceptions\.\w+: (.+)", str(err))
     return found[-1].strip()[:500] if found else _java_message(err)
 

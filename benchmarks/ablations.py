@@ -264,24 +264,15 @@ def run_settings(runs: list[dict[str, Any]]) -> Any:
     early-stopped network, 1 the long one) has ``runs[n]``'s ``TrainConfig`` fields replaced."""
     import dataclasses
 
-    from anomaly_vae import detector
+    def patched(n: int, original: Any, model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
+        fields = dict(runs[n])
+        least = fields.pop("_patience_updates", None)  # patience of at least this many updates
+        if least is not None:
+            per_epoch = -(-len(x_train) // int(cfg.batch_size))
+            fields["patience"] = max(int(cfg.patience), -(-int(least) // per_epoch))
+        return original(model, x_train, x_val, dataclasses.replace(cfg, **fields), *args, **kw)
 
-    original = detector.train
-    calls = [0]
-
-    def patched(model: Any, x_train: Any, x_val: Any, cfg: Any, *args: Any, **kw: Any) -> Any:
-        n = calls[0]
-        calls[0] += 1
-        if n < len(runs) and runs[n]:
-            fields = dict(runs[n])
-            least = fields.pop("_patience_updates", None)  # patience of at least this many updates
-            if least is not None:
-                per_epoch = -(-len(x_train) // int(cfg.batch_size))
-                fields["patience"] = max(int(cfg.patience), -(-int(least) // per_epoch))
-            cfg = dataclasses.replace(cfg, **fields)
-        return original(model, x_train, x_val, cfg, *args, **kw)
-
-    return setattrs(detector, {"train": patched})
+    return some_runs({n for n, fields in enumerate(runs) if fields}, patched)
 
 
 def module_constants(values: dict[str, Any]) -> Any:

@@ -87,6 +87,17 @@ FAST = dict(epochs=30, random_state=0)
 # one network and no floor: the tables' default before the pair (session 12), for tests of a single
 # network or of the model formats it writes (2 and 3)
 SINGLE = dict(pair=False, marginal_floor=0.0)
+# ``python -c SIGNAL_SHIM IGNORED PROGRAM ARGS...``: PROGRAM with SIGINT, SIGTERM and SIGHUP at their defaults
+# but the signal numbers in IGNORED (comma-separated) ignored, whatever this test process inherited (a
+# shell's `&` starts jobs with SIGINT ignored, nohup with SIGHUP ignored, and a command must keep an
+# ignored signal ignored): for the tests that signal a command
+SIGNAL_SHIM = """
+import os, signal, sys
+ignored = {int(v) for v in sys.argv[1].split(",") if v}
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN if s in ignored else signal.SIG_DFL)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 DATA = ROOT / "data"
 SHARED = Path(os.environ.get("ANOMALY_VAE_DATASETS", ROOT.parent / "shared" / "datasets"))
 

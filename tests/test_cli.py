@@ -22,6 +22,8 @@ import pytest
 from anomaly_vae import load_detector
 from anomaly_vae.io.tables import EXACT_FLOATS
 
+from .conftest import SIGNAL_SHIM
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from procstat import peak_rss_mib  # noqa: E402
 
@@ -406,15 +408,7 @@ def test_memory_is_flat_in_the_input_size(table: Path, single_model: Path, tmp_p
 
 # -- signals -----------------------------------------------------------------------------------
 # The child gets SIGINT, SIGTERM and SIGHUP at their defaults (or ignored, as nohup does) whatever
-# this test process inherited: a shell's `&` starts jobs with SIGINT ignored, nohup with SIGHUP
-# ignored, and a command must keep an ignored signal ignored. Then it execs the real entry point.
-SIGNAL_SHIM = textwrap.dedent("""
-    import os, signal, sys
-    ignored = {int(v) for v in sys.argv[1].split(",") if v}
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN if s in ignored else signal.SIG_DFL)
-    os.execvp(sys.argv[2], sys.argv[2:])
-""")
+# this test process inherited (conftest's SIGNAL_SHIM), then execs the real entry point.
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,9 @@ import pytest
 from anomaly_vae.scoring import CROSS_CPU_ATOL, CROSS_CPU_RTOL
 from anomaly_vae.io.tables import EXACT_FLOATS
 
+from .conftest import SIGNAL_SHIM
+
 pytestmark = pytest.mark.integration
-
-
-# Python with SIGINT, SIGTERM and SIGHUP at their defaults, then the arguments that follow: a command keeps a
-# signal that was ignored when it started ignored (nohup ignores SIGHUP, a shell's `&` SIGINT), so a test
-# that signals it must not pass on what this test process inherited (tests/test_cli.py's SIGNAL_SHIM)
-DEFAULT_SIGNALS = [sys.executable, "-c", "import os, signal, sys\n"
-                   "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
-                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
 
 
 @pytest.fixture(scope="module")
@@ -639,7 +633,8 @@ def test_sigterm_while_spark_starts_leaves_no_jvm_running_and_no_traceback(table
     pytest.importorskip("pyspark")
     _, model, rows = table
     rows.to_csv(tmp_path / "in.csv", index=False)
-    cmd = [*DEFAULT_SIGNALS, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
+    cmd = [sys.executable, "-c", SIGNAL_SHIM, "", sys.executable,  # the stop signals at their defaults
+           "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
            str(tmp_path / "out.csv"), "--master", "local[1]", "--conf", "spark.ui.enabled=false"]
     log = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: a JVM left behind would hold a pipe open
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
@@ -680,7 +675,8 @@ def test_a_signal_to_the_process_group_mid_job_stops_it_in_one_line(table, tmp_p
     pd.concat([rows] * 400, ignore_index=True).to_csv(tmp_path / "in.csv", index=False)  # 120,000 rows
     staging = tmp_path / "tmp"
     staging.mkdir()
-    cmd = [*DEFAULT_SIGNALS, "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
+    cmd = [sys.executable, "-c", SIGNAL_SHIM, "", sys.executable,  # the stop signals at their defaults
+           "-m", "anomaly_vae.cli", "spark-score", str(model), str(tmp_path / "in.csv"), "--out",
            str(tmp_path / "out.csv"), "--master", "local[1]", "--conf", "spark.ui.enabled=false", "--quiet"]
     log = open(tmp_path / "stderr.txt", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,

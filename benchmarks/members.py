@@ -63,14 +63,17 @@ def _elbo(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int
 
 
 def _parts(net: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, block: int = 1024) -> dict[str, np.ndarray]:
-    """The negative ELBO's two terms per row, ``rec`` (-E_q log p(x|z) over the fixed noise) and ``kl``
-    (``_elbo`` is their sum), and ``recmean``, -log p(x | z = posterior mean) (the "reconstruction" score)."""
-    out: dict[str, list[np.ndarray]] = {"rec": [], "kl": [], "recmean": []}
+    """``elbo``, what ``_elbo`` gives, from the same pass as its two terms per row, ``rec`` (-E_q log p(x|z)
+    over the fixed noise) and ``kl``; and ``recmean``, -log p(x | z = posterior mean) (the
+    "reconstruction" score)."""
+    out: dict[str, list[np.ndarray]] = {"elbo": [], "rec": [], "kl": [], "recmean": []}
     with torch.no_grad():
         for start in range(0, x.shape[0], block):
             xb = x[start:start + block]
             p = net(xb, noise.unsqueeze(1))
-            out["rec"].append((-p.log_px.mean(dim=0)).double().numpy())
+            rec = -p.log_px.mean(dim=0)
+            out["elbo"].append((rec + p.kl).double().numpy())
+            out["rec"].append(rec.double().numpy())
             out["kl"].append(p.kl.double().numpy())
             out["recmean"].append((-net(xb).log_px).double().numpy())
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
@@ -121,12 +124,15 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
         nets[f"long_s{c:g}"] = _with_prior(long, long.prior_mu, long.prior_logvar + math.log(c))
     test = det.preprocess(s["ours_test"])
     parts = {"test": torch.from_numpy(test), "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
-    scores = {name: {part: _elbo(net, xs, det.noise_) for part, xs in parts.items()} for name, net in nets.items()}
+    # the two networks' scores with their terms (to weigh offline) from one pass, the variants' from _elbo
+    terms = {name: {part: _parts(nets[name], xs, det.noise_) for part, xs in parts.items()}
+             for name in ("short", "long")}
+    scores = {name: {part: terms[name][part]["elbo"] if name in terms else _elbo(net, xs, det.noise_)
+                     for part, xs in parts.items()} for name, net in nets.items()}
     scores["half_short"] = {part: 0.5 * v for part, v in scores["short"].items()}
-    for name in ("short", "long"):  # the terms of each network's score, to weigh offline
-        terms = {part: _parts(nets[name], xs, det.noise_) for part, xs in parts.items()}
+    for name in terms:
         for term in ("rec", "kl", "recmean"):
-            scores[f"{name}_{term}"] = {part: terms[part][term] for part in parts}
+            scores[f"{name}_{term}"] = {part: terms[name][part][term] for part in parts}
     if len(rows["val"]):  # the bandwidth with the best held-out ELBO (the long network's own, c = 1, among them)
         chosen = min(["long", *(f"long_s{c:g}" for c in SCALES)], key=lambda n: float(np.mean(scores[n]["val"])))
         scores["long_sel"] = scores[chosen]

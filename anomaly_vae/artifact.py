@@ -16,32 +16,35 @@ file's header are compared with what the card implies, before any tensor is read
 built. A hostile or broken directory costs at most the size of its files in memory and ends in one
 ``ModelCardError`` naming the file and the field.
 
+Each file is checked and read through one open descriptor, and both through one of the folder: a
+model replaced while it loads (a symlink repointed, new weights renamed into place) is read whole
+from the folder that was opened, and the tensors are made from the very bytes whose sha256 was
+checked. The header checks live in ``anomaly_vae.weights``.
+
 Directories written before ``card_sha256`` existed still load, fully checked, with a logged warning
 that their card cannot be verified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
-import re
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
-from .card import (FORMAT_NAME, FORMAT_VERSION, MAX_CARD_BYTES, CardProblem, Choice, Int, ListOf, Obj, check_card,
-                   describe, parse_card, parse_json)
+from .card import FORMAT_NAME, FORMAT_VERSION, MAX_CARD_BYTES, check_card, describe, parse_card
 from .exceptions import ArtifactError, ModelCardError
 from .io import atomic_output
-from .models import LOGVAR_MAX, LOGVAR_MIN, build_model
+from .weights import check_header, check_values, read_header
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,6 @@ __all__ = ["FORMAT_VERSION", "save_model", "save_detector", "read_model", "read_
 DEFAULT_BENTO_NAME = "anomaly_vae"
 
 JSON_NAME, WEIGHTS_NAME = "model.json", "model.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def card_sha256(card: dict[str, Any]) -> str:
@@ -108,7 +103,7 @@ def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: 
             "torch_version": torch.__version__, "python_version": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **sections,
-            "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(tmp)},
+            "weights": {"file": WEIGHTS_NAME, "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest()},
         }
         try:  # the card as a reader sees it: lists, string keys
             card = json.loads(json.dumps(card, allow_nan=True))
@@ -131,159 +126,54 @@ def save_detector(det: Any, path: str | os.PathLike[str]) -> Path:
     return save_model(path, *det.fitted_state())
 
 
-# -- the weights file, from its header ------------------------------------------------------------
-MAX_HEADER_BYTES = 16 << 20  # a safetensors header is about 100 bytes a tensor
-ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-            "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
-TensorInfo = tuple[str, tuple[int, ...]]  # (dtype, shape)
-
-
-def _tensor(name: str) -> str:
-    """A tensor name from a file, safe to print on one line."""
-    return name if re.fullmatch(r"[\w.]{1,128}", name) else json.dumps(name[:64], ensure_ascii=True)
-
-
-def _read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors a safetensors file declares, ``{name: (dtype, shape)}``, from its header only (an
-    8-byte little-endian length, then that many bytes of JSON). Checks that every tensor's byte range
-    has the size its dtype and shape need, and that the ranges tile the file's data exactly (no
-    truncation, no overlap, no trailing bytes). Raises ``ModelCardError``."""
-    file = str(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelCardError(file, None, f"truncated: {size} bytes, too short for a safetensors header")
-        n = int.from_bytes(head, "little")
-        if n > min(MAX_HEADER_BYTES, size - 8):
-            raise ModelCardError(file, None, f"truncated or not a safetensors file: its header claims {n} bytes, "
-                                             f"the file has {size - 8} after the length")
-        header = parse_json(f.read(n), file, max_depth=4)
-    if not isinstance(header, dict):
-        raise ModelCardError(file, None, f"not a safetensors file: the header is {describe(header)}, not an object")
-    meta = header.pop("__metadata__", None)
-    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-        raise ModelCardError(file, "__metadata__", "expected an object of strings")
-    entry = Obj({"dtype": Choice(*ITEMSIZE), "shape": ListOf(Int(0, 2**40), 0, 8),
-                 "data_offsets": ListOf(Int(0, 2**62), 2, 2)})
-    out: dict[str, TensorInfo] = {}
-    spans = []
-    for name, e in header.items():
-        try:
-            entry.check(e, "")
-        except CardProblem as p:
-            raise ModelCardError(file, f"{_tensor(name)}{'.' if p.field else ''}{p.field or ''}", p.problem) from None
-        (begin, end), shape = e["data_offsets"], tuple(e["shape"])
-        need = math.prod(shape) * ITEMSIZE[e["dtype"]]
-        if end - begin != need:
-            raise ModelCardError(file, _tensor(name), f"its data_offsets span {end - begin} bytes, but {e['dtype']} "
-                                                  f"{list(shape)} needs {need}")
-        out[name] = (e["dtype"], shape)
-        spans.append((begin, end, name))
-    data = size - 8 - n
-    at = 0
-    for begin, end, name in sorted(spans):
-        if begin != at:
-            raise ModelCardError(file, _tensor(name), f"its data starts at byte {begin}, expected {at} "
-                                                      "(tensors must not overlap or leave gaps)")
-        at = end
-    if at != data:
-        what = "truncated: the header declares" if at > data else "the header declares only"
-        raise ModelCardError(file, None, f"{what} {at} bytes of tensor data, the file holds {data}")
-    return out
-
-
-def _expected_tensors(card: dict[str, Any]) -> dict[str, tuple[TensorInfo, str]]:
-    """What ``model.safetensors`` must hold for ``card``: ``{name: ((dtype, shape), the card fields
-    it follows from)}``. The network is built on PyTorch's meta device: shapes, no memory."""
-    arch = card["architecture"]
-    with torch.device("meta"):
-        model = build_model(arch)
-    dtypes = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
-    out = {f"model.{k}": ((dtypes.get(t.dtype, str(t.dtype)), tuple(t.shape)), "architecture")
-           for k, t in model.state_dict().items()}
-    out["calibration.scores"] = (("F64", (card["calibration"]["n"],)), "calibration.n")
-    out["scoring.noise"] = (("F32", (card["score"]["n_score_samples"], arch["latent_dim"])),
-                            "score.n_score_samples and architecture.latent_dim")
-    return out
-
-
-def _encoder_layers(arch: dict[str, Any], tensors: dict[str, TensorInfo]) -> list[str]:
-    """The weights of the encoder's dense (conv) layers, in order, as the weights file has them."""
-    ndim = 2 if arch["kind"] == "dense" else 4
-    found = [(int(m.group(1)), name) for name, (_, shape) in tensors.items()
-             if (m := re.fullmatch(r"model\.encoder\.(\d+)\.weight", name)) and len(shape) == ndim]
-    return [name for _, name in sorted(found)]
-
-
-def _sizes_in_weights(arch: dict[str, Any], tensors: dict[str, TensorInfo]) -> list[tuple[str, Any, str, int]]:
-    """(card field, its value in the card, tensor, the value that tensor's shape gives) for the sizes
-    that can be read off the weights, so that a mismatch names the card's field, not only a tensor."""
-    layers = _encoder_layers(arch, tensors)
-    dense = arch["kind"] == "dense"
-    key = "hidden" if dense else "channels"
-    out = [(f"architecture.{key}[{i}]", arch[key][i], t, 0) for i, t in enumerate(layers)]
-    first = layers[0] if layers else "model.to_mu.weight"
-    out.append(("architecture.n_features", arch["n_features"], first, 1) if dense else
-               ("architecture.in_channels", arch["in_channels"], first, 1))
-    if not dense:
-        out.append(("architecture.hidden", arch["hidden"], "model.to_mu.weight", 1))
-    out.append(("architecture.latent_dim", arch["latent_dim"], "model.to_mu.weight", 0))
-    return [(f, v, t, tensors[t][1][axis]) for f, v, t, axis in out if t in tensors and len(tensors[t][1]) > axis]
-
-
-def _check_weights(card: dict[str, Any], tensors: dict[str, TensorInfo], card_file: str, weights_file: str) -> None:
-    """Compare the tensors declared in the weights file's header with those ``card`` implies: first
-    the architecture's sizes (a mismatch names the card's field), then every tensor's name (none
-    missing, none extra), dtype and shape. Raises ``ModelCardError``."""
-    arch, weights_name = card["architecture"], Path(weights_file).name
-    key = "hidden" if arch["kind"] == "dense" else "channels"
-    n_layers = len(_encoder_layers(arch, tensors))
-    if n_layers != len(arch[key]):
-        raise ModelCardError(card_file, f"architecture.{key}", f"expected {n_layers} layer sizes to match the "
-                                                               f"encoder in {weights_name}, got {len(arch[key])}")
-    for fld, in_card, tensor, in_weights in _sizes_in_weights(arch, tensors):
-        if in_card != in_weights:
-            raise ModelCardError(card_file, fld, f"expected {in_weights} to match the weights "
-                                                 f"({weights_name}: {tensor}), got {describe(in_card)}")
-    expected = _expected_tensors(card)
-    for name, ((dtype, shape), source) in expected.items():
-        if name not in tensors:
-            raise ModelCardError(weights_file, name, f"missing (model.json's {source} needs it)")
-        got_dtype, got_shape = tensors[name]
-        if got_dtype != dtype:
-            raise ModelCardError(weights_file, name, f"expected dtype {dtype}, got {got_dtype}")
-        if got_shape != shape:
-            raise ModelCardError(weights_file, name, f"expected shape {list(shape)} from model.json's {source}, "
-                                                     f"got {list(got_shape)}")
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise ModelCardError(weights_file, _tensor(extra[0]), f"unexpected tensor ({len(extra)} in all), not part of "
-                                                          "the model that model.json describes")
-
-
-def _regular_file(path: Path, what: str) -> int:
-    """The size of ``path``; a missing file or one that is not a regular file (a FIFO would block
-    the reader forever, a device never end) is an ``ArtifactError``."""
+@contextlib.contextmanager
+def _model_dir(p: Path) -> Iterator[int | None]:
+    """A descriptor of the model directory ``p`` that both its files are opened through, so that a folder
+    swapped for another mid-load (a symlink repointed, a new model renamed into place) is read whole from
+    one of them, never the card of one with the weights of the other; None where the platform opens no
+    file relative to a directory (then by path)."""
     try:
-        st = path.stat()
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY) if os.open in os.supports_dir_fd else None
+    except (FileNotFoundError, NotADirectoryError):
+        fd = -1
+    if fd == -1 or (fd is None and not p.is_dir()):
+        raise ArtifactError(f"{p} is not a model directory (expected a folder with {JSON_NAME} and {WEIGHTS_NAME})")
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_regular(p: Path, name: str, folder: int | None, what: str) -> tuple[BinaryIO, int]:
+    """The file ``name`` of the model directory ``p`` (``folder``: its descriptor) open for reading, and its
+    size. Its checks and its reads go through one descriptor, so a file replaced in between is never
+    checked as one file and read as another. A missing file (``what``: why it matters) or one that is not
+    a regular file (a FIFO would block the reader forever, a device never end: opened non-blocking,
+    never read) is an ``ArtifactError``."""
+    path = p / name
+    try:
+        fd = os.open(path if folder is None else name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing: {what}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
+        f.close()
         raise ArtifactError(f"{path} is not a regular file")
-    return st.st_size
+    return f, st.st_size
 
 
-def _checked_card(p: Path) -> dict[str, Any]:
+def _checked_card(p: Path, folder: int | None) -> dict[str, Any]:
     """Read ``model.json`` and check it: JSON, format version, integrity hash, every field."""
-    if not p.is_dir():
-        raise ArtifactError(f"{p} is not a model directory (expected a folder with {JSON_NAME} and {WEIGHTS_NAME})")
     path = p / JSON_NAME
-    size = _regular_file(path, "not a model directory")
-    if size > MAX_CARD_BYTES:
-        raise ModelCardError(str(path), None, f"{size} bytes, more than the {MAX_CARD_BYTES} a model card may have")
-    card = parse_card(path.read_bytes(), str(path))
+    f, size = _open_regular(p, JSON_NAME, folder, "not a model directory")
+    with f:
+        text = f.read(MAX_CARD_BYTES + 1) if size <= MAX_CARD_BYTES else b""
+    if max(size, len(text)) > MAX_CARD_BYTES:  # the second: grown since it was opened
+        raise ModelCardError(str(path), None, f"{max(size, len(text))} bytes, more than the {MAX_CARD_BYTES} a model "
+                                              "card may have")
+    card = parse_card(text, str(path))
     version = card.get("format_version")
     if type(version) is not int or card.get("format") != FORMAT_NAME:
         raise ModelCardError(str(path), None, f'not an anomaly-vae model card (expected "format": '
@@ -305,19 +195,24 @@ def _checked_card(p: Path) -> dict[str, Any]:
     return card
 
 
-def _check_weights_file(p: Path, card: dict[str, Any]) -> Path:
-    """Check ``model.safetensors`` against the card without reading a tensor: its header (byte
-    ranges against the file size), its sha256, and its tensors' names, dtypes and shapes."""
+def _check_weights_file(p: Path, card: dict[str, Any], folder: int | None) -> bytes:
+    """The bytes of ``model.safetensors``, read once and checked against the card before a tensor is made
+    of them: its header (byte ranges against the file size), its sha256, and its tensors' names, dtypes
+    and shapes."""
     weights = p / WEIGHTS_NAME
-    _regular_file(weights, "the model directory has no weights")
-    header = _read_safetensors_header(weights)
-    digest = _sha256(weights)
+    f, size = _open_regular(p, WEIGHTS_NAME, folder, "the model directory has no weights")
+    with f:
+        header, data = read_header(f, size, str(weights))
+        data += f.read(size - len(data) + 1)  # a byte more than the header's check found, if the file grew
+    if len(data) != size:
+        raise ArtifactError(f"{weights} changed while it was read ({size} bytes when opened, {len(data)} read)")
+    digest = hashlib.sha256(data).hexdigest()
     if digest != card["weights"]["sha256"]:
         raise ModelCardError(str(weights), None, f"does not match the sha256 in {p / JSON_NAME} (file {digest[:12]}..., "
                              f"recorded {card['weights']['sha256'][:12]}...): refusing to load a modified or corrupt "
                              "weights file")
-    _check_weights(card, header, str(p / JSON_NAME), str(weights))
-    return weights
+    check_header(card, header, str(p / JSON_NAME), str(weights))
+    return data
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -325,8 +220,9 @@ def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     it (format version, integrity hashes, every field, the weights' header) without loading the
     weights. Raises ``ArtifactError`` (``ModelCardError`` naming the file and field)."""
     p = Path(path)
-    card = _checked_card(p)
-    _check_weights_file(p, card)
+    with _model_dir(p) as folder:
+        card = _checked_card(p, folder)
+        _check_weights_file(p, card, folder)
     return card
 
 
@@ -339,30 +235,12 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     file against the sha256 recorded in ``model.json`` and its tensors' shapes against the card.
     Raises ``ArtifactError`` (``ModelCardError`` naming the file and field) for a bad directory."""
     p = Path(path)
-    card = _checked_card(p)
-    weights = _check_weights_file(p, card)
-    tensors = load_file(str(weights))
-    _check_values(tensors, str(weights))
+    with _model_dir(p) as folder:
+        card = _checked_card(p, folder)
+        data = _check_weights_file(p, card, folder)
+    tensors = load(data)  # the very bytes checked: a file replaced since is not read
+    check_values(tensors, str(p / WEIGHTS_NAME))
     return card, tensors
-
-
-MAX_PRIOR_MEAN = 1e6  # an aggregate prior's code means; a trained encoder's are in the tens
-
-
-def _check_values(tensors: dict[str, torch.Tensor], file: str) -> None:
-    """What the header cannot say: every number finite (a NaN weight would make every score
-    ``SCORE_MAX``), and an aggregate prior's codes in the range its writer keeps them
-    (``models.LOGVAR_MIN`` .. ``LOGVAR_MAX``; means within ``MAX_PRIOR_MEAN``). ``ModelCardError``."""
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelCardError(file, name, "expected finite numbers, found NaN or infinity")
-        if (name.endswith(".prior_logvar") and t.numel()
-                and not LOGVAR_MIN <= float(t.min()) <= float(t.max()) <= LOGVAR_MAX):
-            raise ModelCardError(file, name, f"expected log-variances in [{LOGVAR_MIN:g}, {LOGVAR_MAX:g}], got "
-                                             f"{float(t.min()):g} .. {float(t.max()):g}")
-        if name.endswith(".prior_mu") and t.numel() and float(t.abs().max()) > MAX_PRIOR_MEAN:
-            raise ModelCardError(file, name, f"expected code means within +-{MAX_PRIOR_MEAN:g}, got "
-                                             f"{float(t.abs().max()):g}")
 
 
 # -- the BentoML model store ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from sklearn.base import clone
 
 import anomaly_vae
 from anomaly_vae import ArtifactError, VAEAnomalyDetector, load_detector, read_model_card
-from anomaly_vae import artifact, detector
+from anomaly_vae import artifact, detector, weights
 from anomaly_vae.card import PARAMS, CardProblem
 from anomaly_vae.exceptions import AnomalyVAEError, ModelCardError
 
@@ -374,8 +374,8 @@ def test_nothing_is_allocated_before_the_card_is_checked(saved, tmp_path, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("allocated before the checks")
 
-    monkeypatch.setattr(artifact, "load_file", forbidden)
-    monkeypatch.setattr(artifact, "build_model", forbidden)
+    monkeypatch.setattr(artifact, "load", forbidden)
+    monkeypatch.setattr(weights, "build_model", forbidden)
     monkeypatch.setattr(detector, "build_model", forbidden)  # the real network is built by the estimator
     for hidden in ([15000, 15000], [4096, 4096]):
         d = copy_of(saved, tmp_path / str(hidden[0]))
@@ -927,3 +927,42 @@ def test_a_release_reading_format_3_refuses_a_pair(pair_saved, monkeypatch):
     monkeypatch.setattr(card_module, "FORMAT_VERSION", 3)
     with pytest.raises(ArtifactError, match="written in model format 4.*upgrade anomaly-vae"):
         load_detector(pair_saved)
+
+
+def test_a_model_replaced_while_it_loads_is_read_whole_from_one_of_them(saved, tmp_path, monkeypatch):
+    """A job that loads ``current`` while a deployment repoints that symlink to a new model, or renames
+    new weights over the old file, reads one model whole: the card and the weights of the folder it
+    opened, the very bytes whose sha256 it checked. Before, the weights were opened by path after the
+    card had been read (the new model's weights under the old card: a refused load) and read a second
+    time after their hash was checked (another file's tensors, unchecked, under the checked card)."""
+    from safetensors.torch import load_file, save_file
+
+    old = copy_of(saved, tmp_path / "old")
+    new = copy_of(saved, tmp_path / "new")  # the same network with other numbers, as a retrained model
+    tensors = {k: v * 1.5 if v.is_floating_point() else v for k, v in load_file(old / "model.safetensors").items()}
+    save_file(tensors, str(tmp_path / "w"))
+    write_weights(new, (tmp_path / "w").read_bytes())
+    expected = artifact.read_model(old)
+    current = tmp_path / "current"
+    current.symlink_to(old)
+
+    def repoint() -> None:
+        (tmp_path / "next").symlink_to(new)
+        os.replace(tmp_path / "next", current)
+
+    check_card, check_header = artifact.check_card, artifact.check_header
+    monkeypatch.setattr(artifact, "check_card", lambda *a: (check_card(*a), repoint())[0])
+    card, got = artifact.read_model(current)
+    assert card == expected[0] and all(torch.equal(got[k], expected[1][k]) for k in got)
+    assert current.resolve() == new.resolve()  # it was swapped, mid-load
+    monkeypatch.setattr(artifact, "check_card", check_card)
+
+    def rename_over(*a: object) -> None:  # the weights file itself replaced after its bytes were hashed
+        check_header(*a)
+        os.replace(new / "model.safetensors", old / "model.safetensors")
+
+    monkeypatch.setattr(artifact, "check_header", rename_over)
+    card, got = artifact.read_model(old)
+    assert card == expected[0] and all(torch.equal(got[k], expected[1][k]) for k in got)
+    with pytest.raises(ModelCardError, match="does not match the sha256"):  # and it was replaced: loading again sees it
+        artifact.read_model(old)

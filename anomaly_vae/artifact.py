@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
 from .card import FORMAT_NAME, FORMAT_VERSION, MAX_CARD_BYTES, check_card, describe, parse_card
@@ -134,10 +135,11 @@ def _model_dir(p: Path) -> Iterator[int | None]:
     file relative to a directory (then by path)."""
     try:
         fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY) if os.open in os.supports_dir_fd else None
-    except (FileNotFoundError, NotADirectoryError):
-        fd = -1
+    except (OSError, ValueError) as err:  # missing, a file, a loop of links, a NUL in the path
+        fd, why = -1, f"{getattr(err, 'strerror', None) or err}; "
     if fd == -1 or (fd is None and not p.is_dir()):
-        raise ArtifactError(f"{p} is not a model directory (expected a folder with {JSON_NAME} and {WEIGHTS_NAME})")
+        raise ArtifactError(f"{p} is not a model directory ({why if fd == -1 else ''}expected a folder with "
+                            f"{JSON_NAME} and {WEIGHTS_NAME})")
     try:
         yield fd
     finally:
@@ -148,24 +150,32 @@ def _model_dir(p: Path) -> Iterator[int | None]:
 def _open_regular(p: Path, name: str, folder: int | None, what: str) -> tuple[BinaryIO, int]:
     """The file ``name`` of the model directory ``p`` (``folder``: its descriptor) open for reading, and its
     size. Its checks and its reads go through one descriptor, so a file replaced in between is never
-    checked as one file and read as another. A missing file (``what``: why it matters) or one that is not
+    checked as one file and read as another. A missing file (``what``: why it matters), one that is not
     a regular file (a FIFO would block the reader forever, a device never end: opened non-blocking,
-    never read) is an ``ArtifactError``."""
+    never read; a terminal never made the process's own) or one that cannot be opened is an
+    ``ArtifactError``."""
     path = p / name
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        fd = os.open(path if folder is None else name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
+        fd = os.open(path if folder is None else name, flags, dir_fd=folder)
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing: {what}") from None
-    f = os.fdopen(fd, "rb")
+    except OSError as err:  # a socket (ENXIO), a loop of links, no permission
+        try:
+            regular = stat.S_ISREG(os.stat(path if folder is None else name, dir_fd=folder).st_mode)
+        except OSError:
+            regular = True
+        raise ArtifactError(f"{path} {'cannot be opened: ' + err.strerror if regular else 'is not a regular file'}"
+                            ) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        f.close()
+        os.close(fd)
         raise ArtifactError(f"{path} is not a regular file")
-    return f, st.st_size
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), st.st_size
 
 
-def _checked_card(p: Path, folder: int | None) -> dict[str, Any]:
-    """Read ``model.json`` and check it: JSON, format version, integrity hash, every field."""
+def _card_bytes(p: Path, folder: int | None) -> bytes:
     path = p / JSON_NAME
     f, size = _open_regular(p, JSON_NAME, folder, "not a model directory")
     with f:
@@ -173,6 +183,12 @@ def _checked_card(p: Path, folder: int | None) -> dict[str, Any]:
     if max(size, len(text)) > MAX_CARD_BYTES:  # the second: grown since it was opened
         raise ModelCardError(str(path), None, f"{max(size, len(text))} bytes, more than the {MAX_CARD_BYTES} a model "
                                               "card may have")
+    return text
+
+
+def _checked_card(p: Path, text: bytes) -> dict[str, Any]:
+    """Check ``model.json``'s bytes ``text``: JSON, format version, integrity hash, every field."""
+    path = p / JSON_NAME
     card = parse_card(text, str(path))
     version = card.get("format_version")
     if type(version) is not int or card.get("format") != FORMAT_NAME:
@@ -195,35 +211,76 @@ def _checked_card(p: Path, folder: int | None) -> dict[str, Any]:
     return card
 
 
-def _check_weights_file(p: Path, card: dict[str, Any], folder: int | None) -> bytes:
-    """The bytes of ``model.safetensors``, read once and checked against the card before a tensor is made
-    of them: its header (byte ranges against the file size), its sha256, and its tensors' names, dtypes
-    and shapes."""
+SHA_BEFORE_SHAPES = 1 << 30  # a weights file the card does not describe, up to this size: is it another file?
+
+
+def _sha256_rest(f: BinaryIO, head: bytes, size: int, file: Path) -> str:
+    """The sha256 of a file of ``size`` bytes whose first bytes ``head`` were read from ``f``, the rest
+    streamed (never held in memory)."""
+    h, n = hashlib.sha256(head), len(head)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+        n += len(chunk)
+    if n != size:
+        raise ArtifactError(f"{file} changed while it was read ({size} bytes when opened, {n} read)")
+    return h.hexdigest()
+
+
+def _check_weights_file(p: Path, card: dict[str, Any], folder: int | None, keep: bool) -> bytes:
+    """The bytes of ``model.safetensors`` (``keep``; else b""), read once and checked against the card
+    before a tensor is made of them: its header (byte ranges against the file size; then its tensors'
+    names, dtypes and shapes, so that no more is held in memory than the card's network takes) and its
+    sha256 (a file the card does not describe is said to be another file when it is one)."""
     weights = p / WEIGHTS_NAME
     f, size = _open_regular(p, WEIGHTS_NAME, folder, "the model directory has no weights")
     with f:
-        header, data = read_header(f, size, str(weights))
-        data += f.read(size - len(data) + 1)  # a byte more than the header's check found, if the file grew
-    if len(data) != size:
+        header, head = read_header(f, size, str(weights))
+        try:
+            check_header(card, header, str(p / JSON_NAME), str(weights))
+        except ModelCardError:
+            if size <= SHA_BEFORE_SHAPES:  # seconds of hashing, not minutes, for a file of another model
+                _same_sha(p, card, _sha256_rest(f, head, size, weights))
+            raise
+        if not keep:
+            _same_sha(p, card, _sha256_rest(f, head, size, weights))
+            return b""
+        f.seek(0)
+        data = f.read(size + 1)
+    if len(data) != size or not data.startswith(head):
         raise ArtifactError(f"{weights} changed while it was read ({size} bytes when opened, {len(data)} read)")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != card["weights"]["sha256"]:
-        raise ModelCardError(str(weights), None, f"does not match the sha256 in {p / JSON_NAME} (file {digest[:12]}..., "
-                             f"recorded {card['weights']['sha256'][:12]}...): refusing to load a modified or corrupt "
-                             "weights file")
-    check_header(card, header, str(p / JSON_NAME), str(weights))
+    _same_sha(p, card, hashlib.sha256(data).hexdigest())
     return data
+
+
+def _same_sha(p: Path, card: dict[str, Any], digest: str) -> None:
+    if digest != card["weights"]["sha256"]:
+        raise ModelCardError(str(p / WEIGHTS_NAME), None, f"does not match the sha256 in {p / JSON_NAME} (file "
+                             f"{digest[:12]}..., recorded {card['weights']['sha256'][:12]}...): refusing to load a "
+                             "modified or corrupt weights file")
+
+
+def _read_checked(path: str | os.PathLike[str], keep: bool) -> tuple[dict[str, Any], bytes, bytes]:
+    """(the checked card, its bytes, the checked weights' bytes if ``keep``) of a model directory. A model
+    saved in place while it loads (``save_model`` renames the weights in, then the card) is read again
+    once, when the card on disk changed under a refusal."""
+    p = Path(path)
+    for again in (False, True):
+        with _model_dir(p) as folder:
+            text = _card_bytes(p, folder)
+            card = _checked_card(p, text)
+            try:
+                return card, text, _check_weights_file(p, card, folder, keep)
+            except ArtifactError:
+                if again or _card_bytes(p, folder) == text:
+                    raise
+    raise AssertionError("unreachable")
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``model.json`` of a model directory, checked in full as ``read_model`` checks
     it (format version, integrity hashes, every field, the weights' header) without loading the
     weights. Raises ``ArtifactError`` (``ModelCardError`` naming the file and field)."""
-    p = Path(path)
-    with _model_dir(p) as folder:
-        card = _checked_card(p, folder)
-        _check_weights_file(p, card, folder)
-    return card
+    return _read_checked(path, keep=False)[0]
 
 
 def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -234,13 +291,19 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     ``model.json`` against its ``card_sha256`` and the schema in ``anomaly_vae.card``, the weights
     file against the sha256 recorded in ``model.json`` and its tensors' shapes against the card.
     Raises ``ArtifactError`` (``ModelCardError`` naming the file and field) for a bad directory."""
-    p = Path(path)
-    with _model_dir(p) as folder:
-        card = _checked_card(p, folder)
-        data = _check_weights_file(p, card, folder)
-    tensors = load(data)  # the very bytes checked: a file replaced since is not read
-    check_values(tensors, str(p / WEIGHTS_NAME))
-    return card, tensors
+    card, _, data = _read_checked(path, keep=True)
+    return card, _tensors(Path(path), data)
+
+
+def _tensors(p: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of checked weights' bytes, their values checked (``weights.check_values``)."""
+    file = str(p / WEIGHTS_NAME)
+    try:
+        tensors = load(data)  # the very bytes checked: a file replaced since is not read
+    except SafetensorError as err:  # what Python's JSON takes and safetensors' does not (a lone surrogate)
+        raise ModelCardError(file, None, f"not a safetensors file this safetensors reads: {err}") from None
+    check_values(tensors, file)
+    return tensors
 
 
 # -- the BentoML model store ---------------------------------------------------------------------
@@ -256,19 +319,18 @@ def export_to_bentoml(path: str | os.PathLike[str], name: str = DEFAULT_BENTO_NA
     """Put the model directory ``path`` into the BentoML model store as a new version of ``name``:
     the same ``model.json`` and ``model.safetensors`` files, checked by loading them first (never a
     pickled module). Returns the tag, ``"name:version"``."""
-    import shutil
-
     bentoml = _bentoml()
-    card, _ = read_model(path)  # refuses a corrupt or modified model before it reaches the store
+    card, text, data = _read_checked(path, keep=True)  # refuses a corrupt or modified model before it reaches the store
     p = Path(path)
+    _tensors(p, data)
     labels = {"package": "anomaly-vae", "input_kind": card["input"]["kind"], "score": card["score"]["name"],
               "weights_sha256": card["weights"]["sha256"][:12]}
     metadata = {"format_version": card["format_version"], "package_version": card.get("package_version"),
                 "threshold": float(card["calibration"]["threshold"]), "alpha": card["calibration"]["alpha"],
                 "calibration_n": int(card["calibration"]["n"]), "source": str(p.resolve())}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
-        for f in (JSON_NAME, WEIGHTS_NAME):
-            shutil.copyfile(p / f, Path(bento_model.path) / f)
+        for f, content in ((JSON_NAME, text), (WEIGHTS_NAME, data)):  # the bytes checked, not the path again
+            (Path(bento_model.path) / f).write_bytes(content)
     return str(bento_model.tag)
 
 

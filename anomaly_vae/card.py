@@ -52,6 +52,7 @@ FORMAT_VERSION = 5
 # (architecture.pair.hidden, trained in a run of its own), written only by such a model
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
+MAX_CONTAINERS = 1 << 20  # arrays and objects (or "[" and "{" in strings) in a card or a weights header
 
 # bounds: far beyond any model this package trains, small enough that a card cannot ask for an
 # absurd network (the weights must match it anyway, and they cannot be larger than their file)
@@ -443,6 +444,10 @@ def _depth(v: Any) -> int:
 def parse_json(raw: bytes, file: str, max_depth: int = MAX_DEPTH) -> Any:
     """JSON text -> value; refuses invalid UTF-8 or JSON, duplicate keys and deep nesting with a
     ``ModelCardError`` (never a ``RecursionError``)."""
+    containers = raw.count(b"[") + raw.count(b"{")  # each ~60 bytes parsed: 63 MB of "[]," made 3 GB
+    if containers > MAX_CONTAINERS:
+        raise ModelCardError(file, None, f"{containers} JSON arrays and objects, more than the {MAX_CONTAINERS} it may "
+                                         "have")
     try:
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as err:

@@ -6,6 +6,7 @@ Raises ``ModelCardError`` naming the file and the field."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path

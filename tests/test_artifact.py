@@ -964,5 +964,114 @@ def test_a_model_replaced_while_it_loads_is_read_whole_from_one_of_them(saved, t
     monkeypatch.setattr(artifact, "check_header", rename_over)
     card, got = artifact.read_model(old)
     assert card == expected[0] and all(torch.equal(got[k], expected[1][k]) for k in got)
+    monkeypatch.setattr(artifact, "check_header", check_header)
     with pytest.raises(ModelCardError, match="does not match the sha256"):  # and it was replaced: loading again sees it
         artifact.read_model(old)
+
+
+def test_a_model_saved_in_place_while_it_loads_is_read_again_not_called_corrupt(saved, tmp_path, monkeypatch):
+    """``anomaly-vae calibrate`` saves in place: the new weights are renamed in, then the new card. A load
+    that read the old card and then the new weights is refused by the sha256 and read again once, since
+    the card on disk changed: the new model, whole. A weights file that does not match a card that did
+    not change is still refused."""
+    from safetensors.torch import load_file, save_file
+
+    d = copy_of(saved, tmp_path / "d")
+    new = copy_of(saved, tmp_path / "new")
+    save_file({k: v * 2 if v.is_floating_point() else v for k, v in load_file(d / "model.safetensors").items()},
+              str(tmp_path / "w"))
+    write_weights(new, (tmp_path / "w").read_bytes())
+    expected = artifact.read_model(new)[1]
+    check_card, calls = artifact.check_card, []
+
+    def save_in_place(*a: object) -> None:
+        check_card(*a)
+        calls.append(1)
+        if len(calls) == 1:  # as save_model does: the weights first, then the card
+            for name in ("model.safetensors", "model.json"):
+                shutil.copyfile(new / name, tmp_path / "tmp")
+                os.replace(tmp_path / "tmp", d / name)
+
+    monkeypatch.setattr(artifact, "check_card", save_in_place)
+    card, tensors = artifact.read_model(d)
+    assert len(calls) == 2 and card == read_card(new)
+    assert tensors.keys() == expected.keys() and all(torch.equal(t, expected[k]) for k, t in tensors.items())
+    shutil.copyfile(saved / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(ModelCardError, match="does not match the sha256"):
+        artifact.read_model(d)
+    assert len(calls) == 3  # checked once: the card read again only to see that it did not change
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc/self/fd (Linux)")
+def test_what_is_not_a_file_or_a_folder_is_refused_by_name_and_leaks_no_descriptor(saved, tmp_path):
+    """A folder, a socket or a loop of links where a model file or the model folder should be: one
+    ArtifactError naming the path (a folder once gave "[Errno 21] Is a directory: 4" and leaked the
+    descriptor; a socket and a loop gave a bare OSError with the file's name only)."""
+    import socket
+
+    cases = {}
+    d = copy_of(saved, tmp_path / "dir")
+    os.remove(d / "model.safetensors")
+    (d / "model.safetensors").mkdir()
+    cases[d] = rf"{re.escape(str(d / 'model.safetensors'))} is not a regular file"
+    s = copy_of(saved, tmp_path / "sock")
+    os.remove(s / "model.json")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(s / "model.json"))
+    cases[s] = rf"{re.escape(str(s / 'model.json'))} is not a regular file"
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    cases[loop] = rf"{re.escape(str(loop))} is not a model directory \(.*links"
+    w = copy_of(saved, tmp_path / "wloop")
+    os.remove(w / "model.safetensors")
+    (w / "model.safetensors").symlink_to(w / "model.safetensors")
+    cases[w] = rf"{re.escape(str(w / 'model.safetensors'))} cannot be opened: .*links"
+    try:
+        before = _open_descriptors()
+        for _ in range(3):
+            for folder, message in cases.items():
+                for read in (artifact.read_model, artifact.read_model_card):
+                    with pytest.raises(ArtifactError, match=message):
+                        read(folder)
+        assert _open_descriptors() == before
+    finally:
+        server.close()
+
+
+def test_a_header_the_card_does_not_describe_is_refused_before_the_file_is_read(saved, tmp_path):
+    """A weights file that declares a tensor of 4 GiB (sparse: no disk) with its sha256 recorded: refused
+    by the header check, before the body is read into memory (the whole file was read and hashed first);
+    an odd tensor name is said escaped (a NameError once, json not imported where the check moved)."""
+    d = copy_of(saved, tmp_path)
+    header, data = safetensors_parts(d / "model.safetensors")
+    header['odd "name"\n'] = {"dtype": "U8", "shape": [4 << 30], "data_offsets": [len(data), len(data) + (4 << 30)]}
+    text = json.dumps(header).encode()
+    with open(d / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+        f.truncate(8 + len(text) + len(data) + (4 << 30))
+    with pytest.raises(ModelCardError, match=r'model\.safetensors: "odd \\"name\\"\\n": unexpected tensor'):
+        artifact.read_model(d)
+
+
+def test_json_that_would_take_gigabytes_to_parse_is_refused_before_it_is_parsed(saved, tmp_path):
+    """64 MB of "[]," made 3 GB of Python lists before the card's checks could refuse it."""
+    d = copy_of(saved, tmp_path)
+    (d / "model.json").write_bytes(b"[" + b"[]," * (1 << 20) + b"[]]")
+    with pytest.raises(ModelCardError, match=r"model\.json: 1048578 JSON arrays and objects, more than the 1048576"):
+        load_detector(d)
+
+
+def test_a_header_safetensors_cannot_read_is_a_model_card_error(saved, tmp_path):
+    """A lone surrogate in the header's metadata: Python's JSON takes it, safetensors' parser does not
+    (it escaped as a SafetensorError, a traceback in the CLI)."""
+    d = copy_of(saved, tmp_path)
+    header, data = safetensors_parts(d / "model.safetensors")
+    header["__metadata__"] = {"note": "\ud800"}
+    text = json.dumps(header).encode()
+    write_weights(d, struct.pack("<Q", len(text)) + text + data)
+    with pytest.raises(ModelCardError, match=r"model\.safetensors: not a safetensors file this safetensors reads"):
+        load_detector(d)

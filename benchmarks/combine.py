@@ -18,7 +18,14 @@ A rule is a saved detector's name (``default``, ``IsolationForest``, ``KNN (k=5)
   shift), ``vmax`` the same centred on the validation rows' median (``members.py`` saves them: rows
   the calibration does not use), and ``zmax``: the largest of the ``z`` rule's scaled scores
   (unitless); all "anomalous when any member says so" with the members put on a common footing
-  first (section 27: the two terms of a network's score, saved by ``members.py``).
+  first (section 27: the two terms of a network's score, saved by ``members.py``);
+- ``sel_{kind}``, with candidates split by ``|`` (``sel_noise(sum(short,long)|cmax(long_rec,long_kl))``):
+  on each split, the candidate whose scores best separate the held-out normal rows from the rows
+  ``members.py --synthetic`` made from them (``kind`` one of ``perm``, ``swap``, ``noise``; ``sel``
+  alone: the mean over the kinds); ``selv_{kind}``: the validation rows only (section 28: a choice
+  of the score per table without labels). The choices are listed under the table.
+
+A member may carry a weight, ``2*long_kl``: its scores (after the op's centring) times 2.
 
 Writes the table ``quality.py`` writes (AUROC per dataset, its mean, the tables below
 IsolationForest by more than 0.02, and the fit seconds of the members added up). ``--more F``
@@ -38,7 +45,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -62,32 +69,73 @@ def load(folder: str) -> dict[tuple[str, int], dict[str, dict[str, np.ndarray]]]
     return out
 
 
-def _iqr_scaled(arrays: dict[str, np.ndarray]) -> np.ndarray:
+def _iqr_scaled(arrays: dict[str, np.ndarray], part: str = "scores") -> np.ndarray:
     cal = arrays.get("calibration")
     if cal is None:
         raise KeyError("calibration")
     q1, med, q3 = np.percentile(cal, [25, 50, 75])
-    return (arrays["scores"] - med) / ((q3 - q1) or 1.0)
+    return (arrays[part] - med) / ((q3 - q1) or 1.0)
 
 
-def _centred(arrays: dict[str, np.ndarray], part: str = "calibration") -> np.ndarray:
-    rows = arrays.get(part)
+def _centred(arrays: dict[str, np.ndarray], part: str = "scores", by: str = "calibration") -> np.ndarray:
+    rows = arrays.get(by)
     if rows is None or not len(rows):
-        raise KeyError(part)
-    return arrays["scores"] - np.median(rows)
+        raise KeyError(by)
+    return arrays[part] - np.median(rows)
 
 
-def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]]) -> tuple[np.ndarray, float]:
-    """(scores, fit seconds of the members) of ``rule`` on one split; KeyError if a member is missing."""
+CHOICES: dict[str, Counter[str]] = defaultdict(Counter)  # sel rules: {rule: {candidate: splits it was chosen on}}
+
+
+def _select(op: str, inner: str, saved: dict[str, dict[str, np.ndarray]], part: str) -> tuple[np.ndarray, float]:
+    """``sel_{kind}(a|b|...)``: the candidate rule whose scores best separate the held-out normal rows
+    (validation and calibration) from ``members.py --synthetic``'s rows of that kind (AUROC; ``sel`` alone:
+    the mean over the kinds saved), on this split; its scores. ``selv_{kind}``: the validation rows
+    only, and only the synthetic rows made from them (the calibration rows left to the calibration, as
+    a rule in the package would have to; ``noise`` and ``swap`` only: ``perm`` mixes the rows). Label-free:
+    no test label is read."""
+    candidates = [c.strip() for c in inner.split("|")]
+    own = op.startswith("selv")
+    kind = op[5:] if own else op[4:]
+    kinds = [kind] if kind else sorted(
+        {k[len("synthetic_"):] for arrays in saved.values() for k in arrays if k.startswith("synthetic_")})
+    if not kinds or (own and "perm" in kinds):
+        raise KeyError(f"synthetic rows for {op}")
+
+    def separation(rule: str) -> float:
+        val = evaluate(rule, saved, "validation")[0]
+        normal = val if own else np.concatenate([val, evaluate(rule, saved, "calibration")[0]])
+        out = []
+        for k in kinds:
+            synth = evaluate(rule, saved, f"synthetic_{k}")[0]
+            if own:  # members.synthetic_rows tiles the validation rows, then the calibration rows
+                n_held = len(val) + len(evaluate(rule, saved, "calibration")[0])
+                synth = synth[np.arange(len(synth)) % n_held < len(val)]
+            y = np.r_[np.zeros(len(normal)), np.ones(len(synth))]
+            out.append(roc_auc_score(y, np.r_[normal, synth]))
+        return float(np.mean(out))
+
+    best = max(candidates, key=separation)  # the first of equals
+    CHOICES[f"{op}({inner})"][best] += 1
+    return evaluate(best, saved, part)
+
+
+def evaluate(rule: str, saved: dict[str, dict[str, np.ndarray]], part: str = "scores") -> tuple[np.ndarray, float]:
+    """(scores of ``part``: the test rows' by default, fit seconds of the members) of ``rule`` on one split;
+    KeyError if a member (or that part of it) is missing."""
     m = re.fullmatch(r"(\w+)\((.+)\)", rule)
+    if m and m.group(1).startswith("sel"):
+        return _select(m.group(1), m.group(2), saved, part)
     if not m or m.group(1) not in OPS:
         arrays = saved[quality.file_name(rule)]
-        return arrays["scores"], float(arrays.get("fit_seconds", np.nan))
-    op, members = m.group(1), [saved[quality.file_name(n.strip())] for n in m.group(2).split(",")]
+        return arrays[part], float(arrays.get("fit_seconds", np.nan))
+    op, tokens = m.group(1), [re.fullmatch(r"(?:([0-9.]+)\*)?(.+)", n.strip()) for n in m.group(2).split(",")]
+    members = [saved[quality.file_name(t.group(2))] for t in tokens]  # type: ignore[union-attr]
+    weights = np.array([float(t.group(1) or 1.0) for t in tokens])[:, None]  # type: ignore[union-attr]
     fit = float(sum(a.get("fit_seconds", np.nan) for a in members))
     scale = {"z": _iqr_scaled, "zmax": _iqr_scaled, "cmax": _centred,
-             "vmax": lambda a: _centred(a, "validation")}.get(op, lambda a: a["scores"])
-    per = np.stack([scale(a) for a in members])
+             "vmax": lambda a, p: _centred(a, p, "validation")}.get(op, lambda a, p: a[p])
+    per = weights * np.stack([scale(a, part) for a in members])
     if op in ("sum", "z"):
         return per.sum(axis=0), fit
     if op == "mix":
@@ -181,6 +229,9 @@ def main() -> None:
     text = "\n".join(line for line in text.split("\n") if not (line.startswith("| fit s") and "nan" in line))
     if args.against is not None:
         text += "\n" + paired(results, args.against, names)
+    if CHOICES:
+        text += "\n## What the `sel` rules chose (splits)\n\n" + "\n".join(
+            f"- `{rule}`: " + ", ".join(f"`{c}` {n}" for c, n in chosen.most_common()) for rule, chosen in CHOICES.items()) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     print(text)

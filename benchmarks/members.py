@@ -24,6 +24,14 @@ rows, under these names:
   and ``short_recmean``, ``long_recmean``: -log p(x | z = posterior mean), each network's
   "reconstruction" score (section 27: the terms weighed otherwise).
 
+With ``--synthetic``, every name's arrays also hold ``synthetic_{kind}``: its scores of rows made
+from the fit's held-out normal rows (validation and calibration) without labels, for a rule that
+chooses among scores per table by how well each separates them from those rows (section 28,
+``combine.py``'s ``sel``). The kinds (``synthetic_rows``): ``perm``, every column permuted
+among the held-out rows on its own (the marginals kept, the dependencies broken); ``swap``, one
+column of each row taken from another held-out row (a local break); ``noise``, Gaussian noise of
+half a column's standard deviation on every numeric column.
+
 Every name's ``fit_seconds`` is the one fit's, so ``combine.py`` adds it once per member of a
 rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved
 too (``combine.py``'s ``z``, ``cmax`` and ``zmax`` rules use them), and its validation rows' scores
@@ -101,6 +109,37 @@ def fit_default(dataset: str, key: int) -> tuple[object, dict[str, object], floa
     return det, s, time.perf_counter() - t
 
 
+def synthetic_rows(raw: object, rows: np.ndarray, seed: int, cap: int = 2000) -> dict[str, object]:
+    """{kind: raw rows} made from ``raw``'s rows ``rows`` (held-out normals), at most ``cap`` each
+    (see the module's docstring); ``raw`` is a table as the detector takes it (array or DataFrame)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(10_000 + seed)
+    frame = raw.iloc[rows].reset_index(drop=True) if isinstance(raw, pd.DataFrame) else pd.DataFrame(np.asarray(raw)[rows])
+    reps = max(1, -(-cap // max(len(frame), 1)))
+    base = pd.concat([frame] * reps, ignore_index=True).iloc[:cap]
+    n = len(base)
+    perm = base.copy()
+    for c in perm.columns:
+        perm[c] = base[c].to_numpy()[rng.permutation(n)]
+    swap = base.copy()
+    col = rng.integers(0, base.shape[1], n)
+    donor = rng.integers(0, n, n)
+    for j, c in enumerate(base.columns):
+        hit = np.flatnonzero(col == j)
+        if len(hit):
+            values = swap[c].to_numpy().copy()
+            values[hit] = base[c].to_numpy()[donor[hit]]
+            swap[c] = values
+    noise = base.copy()
+    for c in noise.columns:
+        if pd.api.types.is_numeric_dtype(noise[c]) and not pd.api.types.is_bool_dtype(noise[c]):
+            v = noise[c].to_numpy(dtype=float)
+            noise[c] = v + 0.5 * (np.nanstd(v) or 1.0) * rng.standard_normal(n)
+    out = {"perm": perm, "swap": swap, "noise": noise}
+    return out if isinstance(raw, pd.DataFrame) else {k: v.to_numpy() for k, v in out.items()}
+
+
 def _with_prior(net: torch.nn.Module, mu: torch.Tensor, logvar: torch.Tensor) -> torch.nn.Module:
     """A copy of ``net`` whose prior is the aggregate posterior of the codes (``mu``, ``logvar``)."""
     out = copy.deepcopy(net)
@@ -108,10 +147,10 @@ def _with_prior(net: torch.nn.Module, mu: torch.Tensor, logvar: torch.Tensor) ->
     return out
 
 
-def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], float] | None = None
-              ) -> dict[str, dict[str, np.ndarray]]:
+def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], float] | None = None,
+              synthetic: bool = False) -> dict[str, dict[str, np.ndarray]]:
     """{name: arrays as ``quality.py --save-scores`` writes them} for one split (``fitted``: what
-    ``fit_default`` returned for it, else it fits)."""
+    ``fit_default`` returned for it, else it fits; ``synthetic``: add the ``synthetic_{kind}`` scores)."""
     det, s, fit_s = fitted or fit_default(dataset, key)
     short, long = det.model_.members
     x = torch.from_numpy(det.preprocess(s["ours_train"]))  # a table's rows as the network takes them
@@ -124,6 +163,10 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
         nets[f"long_s{c:g}"] = _with_prior(long, long.prior_mu, long.prior_logvar + math.log(c))
     test = det.preprocess(s["ours_test"])
     parts = {"test": torch.from_numpy(test), "calibration": x[torch.from_numpy(rows["cal"])], "val": x[torch.from_numpy(rows["val"])]}
+    if synthetic:
+        held_out = np.concatenate([rows["val"], rows["cal"]])
+        for kind, raw in synthetic_rows(s["ours_train"], held_out, key).items():
+            parts[f"synthetic_{kind}"] = torch.from_numpy(det.preprocess(raw))
     # the two networks' scores with their terms (to weigh offline) from one pass, the variants' from _elbo
     terms = {name: {part: _parts(nets[name], xs, det.noise_) for part, xs in parts.items()}
              for name in ("short", "long")}
@@ -139,7 +182,8 @@ def one_split(dataset: str, key: int, fitted: tuple[object, dict[str, object], f
         print(f"{dataset} {key}: long_sel is {chosen}")
     y = np.asarray(s["y"])
     out = {name: {"scores": v["test"], "calibration": v["calibration"], "validation": v["val"], "y": y,
-                  "fit_seconds": np.float64(fit_s)} for name, v in scores.items()}
+                  "fit_seconds": np.float64(fit_s), **{p: a for p, a in v.items() if p.startswith("synthetic_")}}
+           for name, v in scores.items()}
     out["default"] = {"scores": det.score_prepared(test), "calibration": np.asarray(det.calibration_scores_),
                       "y": y, "fit_seconds": np.float64(fit_s)}
     out["KNN (k=5)"] = {"scores": quality.knn_scores(s["train"], s["test"]), "y": y, "fit_seconds": np.float64(0.0)}
@@ -151,6 +195,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--datasets", help="comma-separated tables (default: the 11 shared ones and the scikit-learn tasks)")
     ap.add_argument("--save-scores", metavar="DIR", required=True)
+    ap.add_argument("--synthetic", action="store_true", help="also score rows made from the held-out normals (section 28)")
     args = ap.parse_args()
     known = datasets.ADBENCH + [datasets.MIXED] + datasets.SKLEARN
     tables = known if args.datasets is None else [d.strip() for d in args.datasets.split(",")]
@@ -161,7 +206,7 @@ def main() -> None:
     for dataset in tables:
         for key in (int(k) for k in args.seeds.split(",")):
             t = time.perf_counter()
-            for name, arrays in one_split(dataset, key).items():
+            for name, arrays in one_split(dataset, key, synthetic=args.synthetic).items():
                 quality._save(args.save_scores, dataset, key, name, arrays)
             print(f"{dataset} {key}: {time.perf_counter() - t:.1f} s", flush=True)
 

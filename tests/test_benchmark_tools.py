@@ -269,3 +269,60 @@ def test_the_noisy_inputs_prototype_perturbs_the_long_runs_numeric_columns_only(
     with pytest.raises(SystemExit, match="mode"):
         with noisy_inputs.noisy_inputs({"mode": "blur"}):
             pass
+
+
+def test_weights_and_the_sel_rule_choose_by_the_synthetic_rows_only(saved):
+    """combine.py: ``2*name`` weighs a member, and ``sel_{kind}(a|b)`` takes, on each split, the candidate
+    that best separates the held-out normal rows from the synthetic ones of that kind (``sel``: over all
+    saved kinds), never reading the test labels (study section 28)."""
+    import combine
+    import quality
+
+    folder, a, b = saved
+    rng = np.random.RandomState(1)
+    y = np.r_[np.zeros(40, int), np.ones(10, int)]
+    normal = rng.normal(size=20)
+    # "good" separates the perm rows and not the test labels; "bad" the other way round
+    for name, scores, perm, swap in (("good", b, normal + 10.0, normal), ("bad", a, normal, normal + 0.5)):
+        quality._save(str(folder), "tab", 0, name, {"scores": scores, "y": y, "validation": normal[:5],
+                                                   "calibration": normal[5:], "synthetic_perm": perm,
+                                                   "synthetic_swap": swap})
+    split = combine.load(str(folder))[("tab", 0)]
+    assert np.allclose(combine.evaluate("sum(good,2*bad)", split)[0], b + 2 * a)
+    assert np.allclose(combine.evaluate("cmax(0.5*good,bad)", split, "synthetic_perm")[0],
+                       np.maximum(0.5 * (normal + 10.0 - np.median(normal[5:])), normal - np.median(normal[5:])))
+    combine.CHOICES.clear()
+    assert np.array_equal(combine.evaluate("sel_perm(bad|good)", split)[0], b)  # worse on the test labels, chosen
+    assert np.array_equal(combine.evaluate("sel_swap(good|bad)", split)[0], a)
+    assert np.array_equal(combine.evaluate("sel(bad|good)", split)[0], b)  # mean over kinds: 1.0 and 0.5 vs 0.5 and ~0.6
+    assert dict(combine.CHOICES["sel_perm(bad|good)"]) == {"good": 1}
+    with pytest.raises(KeyError):  # a baseline has no synthetic rows' scores
+        combine.evaluate("sel_perm(good|KNN (k=5))", split)
+
+
+def test_the_synthetic_rows_break_what_they_say_and_keep_the_rows_types():
+    """members.synthetic_rows: ``perm`` keeps every column's values and breaks their pairing, ``swap``
+    changes one column of each row to another held-out row's value, ``noise`` moves the numeric columns
+    only; a DataFrame stays one (its string columns strings), the same seed gives the same rows."""
+    import members
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data
+    rows = np.arange(10, 60)
+    out = members.synthetic_rows(x, rows, seed=0, cap=200)
+    base = np.concatenate([x[rows]] * 4)
+    assert {k: v.shape for k, v in out.items()} == {k: (200, x.shape[1]) for k in ("perm", "swap", "noise")}
+    for j in range(x.shape[1]):
+        assert sorted(out["perm"][:, j]) == sorted(base[:, j])
+    assert (out["perm"] != base).any(axis=1).mean() > 0.9
+    changed = (out["swap"] != base).sum(axis=1)
+    assert changed.max() == 1 and changed.mean() > 0.8
+    for j in range(x.shape[1]):  # a swapped value is one of the held-out rows' values of its column
+        assert np.isin(out["swap"][:, j], x[rows, j]).all()
+    assert np.abs(out["noise"] - base).mean() > 0
+    assert all(np.array_equal(v, members.synthetic_rows(x, rows, seed=0, cap=200)[k]) for k, v in out.items())
+    frame = pd.DataFrame({"a": x[:, 0], "colour": np.where(x[:, 1] > 2, "red", "blue")})
+    got = members.synthetic_rows(frame, rows, seed=0, cap=100)
+    assert all(isinstance(v, pd.DataFrame) and list(v.columns) == ["a", "colour"] for v in got.values())
+    assert set(got["noise"]["colour"]) <= {"red", "blue"} and not np.allclose(got["noise"]["a"], frame["a"].iloc[rows].tolist() * 2)

@@ -117,6 +117,7 @@ def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: 
                                  "(set_params a valid value and save again)") from None
         card["card_sha256"] = card_sha256(card)
         text = json.dumps(card, indent=2, allow_nan=True)
+        parse_card(text.encode(), str(out / JSON_NAME))  # what a loader parses first (its size limits)
     with atomic_output(out / JSON_NAME) as tmp:
         tmp.write_text(text)
     return out
@@ -134,7 +135,8 @@ def _model_dir(p: Path) -> Iterator[int | None]:
     one of them, never the card of one with the weights of the other; None where the platform opens no
     file relative to a directory (then by path)."""
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY) if os.open in os.supports_dir_fd else None
+        # O_PATH: a folder that may be entered but not listed opens too
+        fd = os.open(p, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY) if os.open in os.supports_dir_fd else None
     except (OSError, ValueError) as err:  # missing, a file, a loop of links, a NUL in the path
         fd, why = -1, f"{getattr(err, 'strerror', None) or err}; "
     if fd == -1 or (fd is None and not p.is_dir()):
@@ -167,18 +169,30 @@ def _open_regular(p: Path, name: str, folder: int | None, what: str) -> tuple[Bi
             regular = True
         raise ArtifactError(f"{path} {'cannot be opened: ' + err.strerror if regular else 'is not a regular file'}"
                             ) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path} is not a regular file")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
         os.close(fd)
-        raise ArtifactError(f"{path} is not a regular file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb"), st.st_size
+        raise
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:  # a read that failed (EIO: a failing disk or mount)
+        raise ArtifactError(f"{path} cannot be read: {err.strerror or err}") from None
 
 
 def _card_bytes(p: Path, folder: int | None) -> bytes:
     path = p / JSON_NAME
     f, size = _open_regular(p, JSON_NAME, folder, "not a model directory")
-    with f:
+    with f, _reading(path):
         text = f.read(MAX_CARD_BYTES + 1) if size <= MAX_CARD_BYTES else b""
     if max(size, len(text)) > MAX_CARD_BYTES:  # the second: grown since it was opened
         raise ModelCardError(str(path), None, f"{max(size, len(text))} bytes, more than the {MAX_CARD_BYTES} a model "
@@ -218,7 +232,7 @@ def _sha256_rest(f: BinaryIO, head: bytes, size: int, file: Path) -> str:
     """The sha256 of a file of ``size`` bytes whose first bytes ``head`` were read from ``f``, the rest
     streamed (never held in memory)."""
     h, n = hashlib.sha256(head), len(head)
-    for chunk in iter(lambda: f.read(1 << 20), b""):
+    for chunk in iter(lambda: f.read(min(1 << 20, size + 1 - n)), b""):  # at most a byte more than it had
         h.update(chunk)
         n += len(chunk)
     if n != size:
@@ -233,7 +247,7 @@ def _check_weights_file(p: Path, card: dict[str, Any], folder: int | None, keep:
     sha256 (a file the card does not describe is said to be another file when it is one)."""
     weights = p / WEIGHTS_NAME
     f, size = _open_regular(p, WEIGHTS_NAME, folder, "the model directory has no weights")
-    with f:
+    with f, _reading(weights):
         header, head = read_header(f, size, str(weights))
         try:
             check_header(card, header, str(p / JSON_NAME), str(weights))
@@ -271,9 +285,25 @@ def _read_checked(path: str | os.PathLike[str], keep: bool) -> tuple[dict[str, A
             try:
                 return card, text, _check_weights_file(p, card, folder, keep)
             except ArtifactError:
-                if again or _card_bytes(p, folder) == text:
+                if again or not _card_changes(p, folder, text):
                     raise
     raise AssertionError("unreachable")
+
+
+def _card_changes(p: Path, folder: int | None, text: bytes) -> bool:
+    """Whether the card on disk is no longer ``text``, or becomes another within a second while the weights
+    were written in the last few seconds (a save in place between its two renames)."""
+    for _ in range(20):
+        if _card_bytes(p, folder) != text:
+            return True
+        try:
+            st = os.stat(WEIGHTS_NAME if folder is not None else p / WEIGHTS_NAME, dir_fd=folder)
+        except OSError:
+            return False
+        if time.time() - st.st_mtime > 5:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 def read_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -291,17 +321,19 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     ``model.json`` against its ``card_sha256`` and the schema in ``anomaly_vae.card``, the weights
     file against the sha256 recorded in ``model.json`` and its tensors' shapes against the card.
     Raises ``ArtifactError`` (``ModelCardError`` naming the file and field) for a bad directory."""
-    card, _, data = _read_checked(path, keep=True)
-    return card, _tensors(Path(path), data)
+    got = list(_read_checked(path, keep=True))
+    return got[0], _tensors(Path(path), got)
 
 
-def _tensors(p: Path, data: bytes) -> dict[str, torch.Tensor]:
-    """The tensors of checked weights' bytes, their values checked (``weights.check_values``)."""
+def _tensors(p: Path, got: list[Any]) -> dict[str, torch.Tensor]:
+    """The tensors of ``_read_checked``'s checked weights' bytes (``got[2]``, dropped once they are made:
+    the bytes, the tensors and their check are not all held at once), their values checked."""
     file = str(p / WEIGHTS_NAME)
     try:
-        tensors = load(data)  # the very bytes checked: a file replaced since is not read
+        tensors = load(got[2])  # the very bytes checked: a file replaced since is not read
     except SafetensorError as err:  # what Python's JSON takes and safetensors' does not (a lone surrogate)
         raise ModelCardError(file, None, f"not a safetensors file this safetensors reads: {err}") from None
+    got[2] = b""
     check_values(tensors, file)
     return tensors
 
@@ -322,7 +354,7 @@ def export_to_bentoml(path: str | os.PathLike[str], name: str = DEFAULT_BENTO_NA
     bentoml = _bentoml()
     card, text, data = _read_checked(path, keep=True)  # refuses a corrupt or modified model before it reaches the store
     p = Path(path)
-    _tensors(p, data)
+    _tensors(p, [card, text, data])
     labels = {"package": "anomaly-vae", "input_kind": card["input"]["kind"], "score": card["score"]["name"],
               "weights_sha256": card["weights"]["sha256"][:12]}
     metadata = {"format_version": card["format_version"], "package_version": card.get("package_version"),

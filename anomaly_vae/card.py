@@ -52,7 +52,7 @@ FORMAT_VERSION = 5
 # (architecture.pair.hidden, trained in a run of its own), written only by such a model
 MAX_CARD_BYTES = 64 << 20  # a 100,000-column table with 50 categories a column is a few MB
 MAX_DEPTH = 32  # the card nests 6 levels deep; free-form diagnostics get some room
-MAX_CONTAINERS = 1 << 20  # arrays and objects (or "[" and "{" in strings) in a card or a weights header
+MAX_CONTAINERS = 1 << 20  # arrays and objects in a card or a weights header
 
 # bounds: far beyond any model this package trains, small enough that a card cannot ask for an
 # absurd network (the weights must match it anyway, and they cannot be larger than their file)
@@ -430,21 +430,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _depth(v: Any) -> int:
     """Nesting depth of a parsed JSON value, without recursion."""
-    deepest, stack = 0, [(v, 1)]
-    while stack:
+    deepest, stack = 1, [(v, 1)] if isinstance(v, (dict, list)) else []  # containers only: a tuple a number
+    while stack:  # made 2.3 GB of a 64 MB list of numbers
         x, d = stack.pop()
-        deepest = max(deepest, d)
-        if isinstance(x, dict):
-            stack.extend((y, d + 1) for y in x.values())
-        elif isinstance(x, list):
-            stack.extend((y, d + 1) for y in x)
+        if x:
+            deepest = max(deepest, d + 1)
+        stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x) if isinstance(y, (dict, list)))
     return deepest
 
 
 def parse_json(raw: bytes, file: str, max_depth: int = MAX_DEPTH) -> Any:
     """JSON text -> value; refuses invalid UTF-8 or JSON, duplicate keys and deep nesting with a
     ``ModelCardError`` (never a ``RecursionError``)."""
-    containers = raw.count(b"[") + raw.count(b"{")  # each ~60 bytes parsed: 63 MB of "[]," made 3 GB
+    # arrays and objects outside strings (a bracket in a column's name is none), each ~60 bytes parsed: 63 MB of
+    # "[]," made 3 GB
+    outside = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", raw)
+    containers = outside.count(b"[") + outside.count(b"{")
+    del outside
     if containers > MAX_CONTAINERS:
         raise ModelCardError(file, None, f"{containers} JSON arrays and objects, more than the {MAX_CONTAINERS} it may "
                                          "have")

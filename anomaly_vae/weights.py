@@ -45,6 +45,10 @@ def read_header(f: BinaryIO, size: int, file: str) -> tuple[dict[str, TensorInfo
                                          f"the file has {size - 8} after the length")
     head += f.read(n)
     header = parse_json(head[8:], file, max_depth=4)
+    try:  # Python's JSON takes an escaped lone surrogate, safetensors' parser does not
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelCardError(file, None, "not a safetensors file: its header escapes a lone surrogate") from None
     if not isinstance(header, dict):
         raise ModelCardError(file, None, f"not a safetensors file: the header is {describe(header)}, not an object")
     meta = header.pop("__metadata__", None)

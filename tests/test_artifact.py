@@ -1,3 +1,4 @@
+import contextlib
 import hashlib
 import json
 import logging
@@ -5,6 +6,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -1073,5 +1075,57 @@ def test_a_header_safetensors_cannot_read_is_a_model_card_error(saved, tmp_path)
     header["__metadata__"] = {"note": "\ud800"}
     text = json.dumps(header).encode()
     write_weights(d, struct.pack("<Q", len(text)) + text + data)
-    with pytest.raises(ModelCardError, match=r"model\.safetensors: not a safetensors file this safetensors reads"):
-        load_detector(d)
+    for read in (load_detector, read_model_card):  # `info` too, not only `score`
+        with pytest.raises(ModelCardError, match=r"model\.safetensors: not a safetensors file: its header escapes a lone"):
+            read(d)
+
+
+def test_brackets_inside_strings_are_not_counted_as_json_containers_and_save_refuses_what_load_would():
+    """The 2^20 cap counts arrays and objects, not "[" in a column's name or a category; a card past it
+    is refused by save, not written for the loader to refuse."""
+    from anomaly_vae.card import MAX_CONTAINERS, parse_json
+
+    names = json.dumps(["x[" + "[{" * 8 + f"]{i}" for i in range(MAX_CONTAINERS // 8)]).encode()
+    assert len(parse_json(names, "t")) == MAX_CONTAINERS // 8
+    with pytest.raises(ModelCardError, match="JSON arrays and objects"):
+        parse_json(b"[" + b"[]," * MAX_CONTAINERS + b"[]]", "t")
+    assert parse_json(b'[[0, [1]], {"a": "]"}]', "t") == [[0, [1]], {"a": "]"}]
+
+
+def test_a_load_between_the_two_renames_of_a_save_in_place_waits_for_the_new_card(fitted, saved, tmp_path, monkeypatch):
+    """A save in place renames the new weights in, then writes the card: a load in that gap read the old
+    card with the new weights and was refused as corrupt. It now waits (a second at most, and only for
+    weights written in the last seconds) for the card to change, and loads the new model whole."""
+    import threading
+
+    d = copy_of(saved, tmp_path)
+    real, in_gap, result = artifact.atomic_output, threading.Event(), {}
+
+    @contextlib.contextmanager
+    def slow_card(path):
+        if path.name == "model.json":
+            in_gap.set()
+            time.sleep(0.3)
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(artifact, "atomic_output", slow_card)
+    det = clone(fitted[0]).set_params(epochs=1, random_state=1).fit(fitted[1].iloc[:300])
+    saver = threading.Thread(target=lambda: result.setdefault("saved", det.save(d)))
+    saver.start()
+    assert in_gap.wait(60)
+    card, tensors = artifact.read_model(d)
+    saver.join()
+    assert card == read_card(d) and card["weights"]["sha256"] == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs /proc/self/mem: a regular file whose read fails")
+def test_a_file_whose_read_fails_is_an_artifact_error_naming_it(saved, tmp_path):
+    """/proc/self/mem is a regular file whose read at offset 0 fails with EIO, as a failing disk's would:
+    an ArtifactError naming the file, not a bare OSError."""
+    d = copy_of(saved, tmp_path)
+    os.remove(d / "model.json")
+    (d / "model.json").symlink_to("/proc/self/mem")
+    for read in (artifact.read_model, artifact.read_model_card):
+        with pytest.raises(ArtifactError, match=r"model\.json cannot be read: Input/output error"):
+            read(d)

@@ -117,7 +117,14 @@ def save_model(path: str | os.PathLike[str], sections: dict[str, Any], tensors: 
                                  "(set_params a valid value and save again)") from None
         card["card_sha256"] = card_sha256(card)
         text = json.dumps(card, indent=2, allow_nan=True)
-        parse_card(text.encode(), str(out / JSON_NAME))  # what a loader parses first (its size limits)
+        try:  # what a loader reads first: its size, then its JSON's limits
+            if len(text.encode()) > MAX_CARD_BYTES:
+                raise ModelCardError(str(out / JSON_NAME), None, f"{len(text.encode())} bytes, more than the "
+                                                                 f"{MAX_CARD_BYTES} a model card may have")
+            parse_card(text.encode(), str(out / JSON_NAME))
+        except ModelCardError as err:  # a model saved there before is left as it was
+            raise ModelCardError(err.file, err.field, f"{err.problem}: not saved, a model with this card would "
+                                 "not load") from None
     with atomic_output(out / JSON_NAME) as tmp:
         tmp.write_text(text)
     return out
@@ -276,7 +283,7 @@ def _same_sha(p: Path, card: dict[str, Any], digest: str) -> None:
 def _read_checked(path: str | os.PathLike[str], keep: bool) -> tuple[dict[str, Any], bytes, bytes]:
     """(the checked card, its bytes, the checked weights' bytes if ``keep``) of a model directory. A model
     saved in place while it loads (``save_model`` renames the weights in, then the card) is read again
-    once, when the card on disk changed under a refusal."""
+    once, when the card on disk changed under a refusal (``_card_changes``)."""
     p = Path(path)
     for again in (False, True):
         with _model_dir(p) as folder:
@@ -300,7 +307,7 @@ def _card_changes(p: Path, folder: int | None, text: bytes) -> bool:
             st = os.stat(WEIGHTS_NAME if folder is not None else p / WEIGHTS_NAME, dir_fd=folder)
         except OSError:
             return False
-        if time.time() - st.st_mtime > 5:
+        if abs(time.time() - st.st_mtime) > 5:  # not a save under way (abs: a clock ahead, a tar's future time)
             return False
         time.sleep(0.05)
     return False

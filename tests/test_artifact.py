@@ -1129,3 +1129,27 @@ def test_a_file_whose_read_fails_is_an_artifact_error_naming_it(saved, tmp_path)
     for read in (artifact.read_model, artifact.read_model_card):
         with pytest.raises(ArtifactError, match=r"model\.json cannot be read: Input/output error"):
             read(d)
+
+
+def test_a_card_too_large_to_load_is_not_saved_and_the_old_model_stays(fitted, saved, tmp_path, monkeypatch):
+    """save checks the card as a loader will read it, its size first: a card over the limit is refused
+    with "not saved", and the model saved there before still loads."""
+    d = copy_of(saved, tmp_path)
+    before = read_card(d)
+    monkeypatch.setattr(artifact, "MAX_CARD_BYTES", 1000)
+    with pytest.raises(ModelCardError, match=r"model\.json: \d+ bytes, more than the 1000 a model card may have: not saved"):
+        fitted[0].save(d)
+    monkeypatch.undo()
+    assert read_card(d) == before and artifact.read_model_card(d) == before
+
+
+def test_counting_brackets_outside_strings_is_linear_and_exact():
+    """Only a JSON text with more than 2^20 brackets is scanned for strings; the scan skips escaped quotes
+    and stops once past the limit (a regex was quadratic on an unterminated string of escapes)."""
+    from anomaly_vae.card import _containers_outside_strings as outside
+
+    assert outside(rb'[[0, [1]], {"a": "]"}]', 10) == 4
+    assert outside(rb'["a\\", [1]]', 10) == 2  # an escaped backslash, then the closing quote
+    assert outside(rb'["a\"[", [1]]', 10) == 2  # an escaped quote inside the string
+    assert outside(b"[" * 100, 10) > 10 and outside(b"[\"\"" * 100, 10) == 11  # stops once past the limit
+    assert outside(b'"' + b'\\"' * 200_000, 10) == 0  # unterminated: one pass

@@ -328,21 +328,20 @@ def read_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     ``model.json`` against its ``card_sha256`` and the schema in ``anomaly_vae.card``, the weights
     file against the sha256 recorded in ``model.json`` and its tensors' shapes against the card.
     Raises ``ArtifactError`` (``ModelCardError`` naming the file and field) for a bad directory."""
-    got = list(_read_checked(path, keep=True))
-    return got[0], _tensors(Path(path), got)
-
-
-def _tensors(p: Path, got: list[Any]) -> dict[str, torch.Tensor]:
-    """The tensors of ``_read_checked``'s checked weights' bytes (``got[2]``, dropped once they are made:
-    the bytes, the tensors and their check are not all held at once), their values checked."""
-    file = str(p / WEIGHTS_NAME)
-    try:
-        tensors = load(got[2])  # the very bytes checked: a file replaced since is not read
-    except SafetensorError as err:  # what Python's JSON takes and safetensors' does not (a lone surrogate)
-        raise ModelCardError(file, None, f"not a safetensors file this safetensors reads: {err}") from None
-    got[2] = b""
+    card, _, data = _read_checked(path, keep=True)
+    file = str(Path(path) / WEIGHTS_NAME)
+    tensors = _load(data, file)
+    del data  # the bytes, the tensors and their check are not all held at once
     check_values(tensors, file)
-    return tensors
+    return card, tensors
+
+
+def _load(data: bytes, file: str) -> dict[str, torch.Tensor]:
+    """The tensors of checked weights' bytes: the very bytes checked, so a file replaced since is not read."""
+    try:
+        return load(data)
+    except SafetensorError as err:  # what Python's JSON takes and safetensors' does not
+        raise ModelCardError(file, None, f"not a safetensors file this safetensors reads: {err}") from None
 
 
 # -- the BentoML model store ---------------------------------------------------------------------
@@ -361,7 +360,7 @@ def export_to_bentoml(path: str | os.PathLike[str], name: str = DEFAULT_BENTO_NA
     bentoml = _bentoml()
     card, text, data = _read_checked(path, keep=True)  # refuses a corrupt or modified model before it reaches the store
     p = Path(path)
-    _tensors(p, [card, text, data])
+    check_values(_load(data, str(p / WEIGHTS_NAME)), str(p / WEIGHTS_NAME))
     labels = {"package": "anomaly-vae", "input_kind": card["input"]["kind"], "score": card["score"]["name"],
               "weights_sha256": card["weights"]["sha256"][:12]}
     metadata = {"format_version": card["format_version"], "package_version": card.get("package_version"),

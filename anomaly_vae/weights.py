@@ -25,7 +25,7 @@ ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "
 TensorInfo = tuple[str, tuple[int, ...]]  # (dtype, shape)
 
 
-def tensor_name(name: str) -> str:
+def _tensor_name(name: str) -> str:
     """A tensor name from a file, safe to print on one line."""
     return name if re.fullmatch(r"[\w.]{1,128}", name) else json.dumps(name[:64], ensure_ascii=True)
 
@@ -62,11 +62,11 @@ def read_header(f: BinaryIO, size: int, file: str) -> tuple[dict[str, TensorInfo
         try:
             entry.check(e, "")
         except CardProblem as p:
-            raise ModelCardError(file, f"{tensor_name(name)}{'.' if p.field else ''}{p.field or ''}", p.problem) from None
+            raise ModelCardError(file, f"{_tensor_name(name)}{'.' if p.field else ''}{p.field or ''}", p.problem) from None
         (begin, end), shape = e["data_offsets"], tuple(e["shape"])
         need = math.prod(shape) * ITEMSIZE[e["dtype"]]
         if end - begin != need:
-            raise ModelCardError(file, tensor_name(name), f"its data_offsets span {end - begin} bytes, but {e['dtype']} "
+            raise ModelCardError(file, _tensor_name(name), f"its data_offsets span {end - begin} bytes, but {e['dtype']} "
                                                   f"{list(shape)} needs {need}")
         out[name] = (e["dtype"], shape)
         spans.append((begin, end, name))
@@ -74,7 +74,7 @@ def read_header(f: BinaryIO, size: int, file: str) -> tuple[dict[str, TensorInfo
     at = 0
     for begin, end, name in sorted(spans):
         if begin != at:
-            raise ModelCardError(file, tensor_name(name), f"its data starts at byte {begin}, expected {at} "
+            raise ModelCardError(file, _tensor_name(name), f"its data starts at byte {begin}, expected {at} "
                                                       "(tensors must not overlap or leave gaps)")
         at = end
     if at != data:
@@ -83,7 +83,7 @@ def read_header(f: BinaryIO, size: int, file: str) -> tuple[dict[str, TensorInfo
     return out, head
 
 
-def expected_tensors(card: dict[str, Any]) -> dict[str, tuple[TensorInfo, str]]:
+def _expected_tensors(card: dict[str, Any]) -> dict[str, tuple[TensorInfo, str]]:
     """What ``model.safetensors`` must hold for ``card``: ``{name: ((dtype, shape), the card fields
     it follows from)}``. The network is built on PyTorch's meta device: shapes, no memory."""
     arch = card["architecture"]
@@ -136,7 +136,7 @@ def check_header(card: dict[str, Any], tensors: dict[str, TensorInfo], card_file
         if in_card != in_weights:
             raise ModelCardError(card_file, fld, f"expected {in_weights} to match the weights "
                                                  f"({weights_name}: {tensor}), got {describe(in_card)}")
-    expected = expected_tensors(card)
+    expected = _expected_tensors(card)
     for name, ((dtype, shape), source) in expected.items():
         if name not in tensors:
             raise ModelCardError(weights_file, name, f"missing (model.json's {source} needs it)")
@@ -148,7 +148,7 @@ def check_header(card: dict[str, Any], tensors: dict[str, TensorInfo], card_file
                                                      f"got {list(got_shape)}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise ModelCardError(weights_file, tensor_name(extra[0]), f"unexpected tensor ({len(extra)} in all), not part of "
+        raise ModelCardError(weights_file, _tensor_name(extra[0]), f"unexpected tensor ({len(extra)} in all), not part of "
                                                           "the model that model.json describes")
 
 

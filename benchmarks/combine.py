@@ -103,14 +103,13 @@ def _select(op: str, inner: str, saved: dict[str, dict[str, np.ndarray]], part: 
         raise KeyError(f"synthetic rows for {op}")
 
     def separation(rule: str) -> float:
-        val = evaluate(rule, saved, "validation")[0]
-        normal = val if own else np.concatenate([val, evaluate(rule, saved, "calibration")[0]])
+        val, cal = (evaluate(rule, saved, held)[0] for held in ("validation", "calibration"))
+        normal = val if own else np.concatenate([val, cal])
         out = []
         for k in kinds:
             synth = evaluate(rule, saved, f"synthetic_{k}")[0]
             if own:  # members.synthetic_rows tiles the validation rows, then the calibration rows
-                n_held = len(val) + len(evaluate(rule, saved, "calibration")[0])
-                synth = synth[np.arange(len(synth)) % n_held < len(val)]
+                synth = synth[np.arange(len(synth)) % (len(val) + len(cal)) < len(val)]
             y = np.r_[np.zeros(len(normal)), np.ones(len(synth))]
             out.append(roc_auc_score(y, np.r_[normal, synth]))
         return float(np.mean(out))

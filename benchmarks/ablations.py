@@ -11,8 +11,10 @@ of perturbed images), ``_select_hidden`` (the early-stopped network's layers cho
 ELBO), ``_latent`` (the latent size as a multiple of the input's width), ``_seed`` (another model
 seed on the same split), ``_runs`` (training settings of one of a pair's two runs), ``_module``
 (the pair's constants), ``_vamp`` (a long network trained under a VampPrior, in vampprior.py),
-``_noise`` (the long network trained on noisy inputs, in noisy_inputs.py). None of them won across
-the board; see the study."""
+``_noise`` (the long network trained on noisy inputs, in noisy_inputs.py), ``_quantile`` and
+``_kde`` (each numeric column made normal by its training rows' ranks or by a kernel density's CDF,
+``quantile_data`` and ``kde_data``) with ``_quantile_jacobian`` (their change of variables added to
+the score, so it is in the columns' own units). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -140,6 +142,18 @@ CONFIGS.update({
     "long6k": {"_module": {"PAIR_UPDATES": 6000}},
     "long_nostop": {"_module": {"PAIR_PATIENCE": 100000}},
     "codes4k": {"_module": {"PAIR_CODES": 4000}},
+    # session 22: rank-Gauss (each value's normal score among the training rows) of the numeric columns
+    # with at least that many distinct values, before the detector (``quantile_data``)
+    "quantile": {"_quantile": 2},
+    "quantile10": {"_quantile": 10},
+    "quantile_single": {**SINGLE, "_quantile": 2},
+    # the same with at most 50 knots, and its score made a score of the row as it was (+ the log-slopes)
+    "quantile_k50": {"_quantile": [2, 50]},
+    "quantile_k50_jac": {"_quantile": [2, 50], "_quantile_jacobian": True},
+    "quantile20_k50_jac": {"_quantile": [20, 50], "_quantile_jacobian": True},
+    # the marginal made normal through a Gaussian KDE's CDF (smooth, ``kde_data``), with the Jacobian
+    "kde_jac": {"_kde": 2, "_quantile_jacobian": True},
+    "kde20_jac": {"_kde": 20, "_quantile_jacobian": True},
     # the long run without early stopping (its best validation epoch of all PAIR_UPDATES updates), and the
     # first run's patience at least this many updates (10 epochs are 10 updates on a table of 128 rows)
     "nostop_p100": {"_module": {"PAIR_PATIENCE": 100000}, "_runs": [{"_patience_updates": 100}]},
@@ -294,6 +308,10 @@ def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, A
     """``_tails``: numeric columns whose tails are heavy (rule ``_tails``) go through
     asinh((x - median) / scale), the scale from the interquartile range, fitted on ``train``."""
     rule = proto.get("_tails")
+    if proto.get("_quantile") is not None:
+        return quantile_data(proto["_quantile"], train, test)[:2]
+    if proto.get("_kde") is not None:
+        return kde_data(proto["_kde"], train, test)[:2]
     if not rule:
         return train, test
     import numpy as np
@@ -313,6 +331,121 @@ def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, A
             tr[c] = np.arcsinh((v - q[2]) / scale)
             te[c] = np.arcsinh((te[c].to_numpy(float) - q[2]) / scale)
     return (tr if isinstance(train, pd.DataFrame) else tr.to_numpy()), (te if isinstance(test, pd.DataFrame) else te.to_numpy())
+
+
+def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
+    """``_quantile``: each numeric column with at least ``min_distinct`` distinct training values goes
+    through its training rows' normal scores (rank-Gauss): the normal quantile of a value's mid-rank,
+    ties sharing one, interpolated linearly between knots and continued linearly past the training
+    range with slope 1 / (IQR / 1.349), so a value far beyond the range stays far. ``rule`` is
+    ``min_distinct`` (every distinct value a knot) or ``[min_distinct, knots]``: at most ``knots``
+    knots, at equally spaced quantiles, so the map's slope is a histogram's density. Returns the
+    transformed tables and, for the test rows, minus the log of the map's slope summed over the
+    transformed columns: the change of variables that makes a score of the transformed row (nats)
+    a score of the row as it was (``_quantile_jacobian``)."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import norm
+
+    min_distinct, n_knots = (rule, None) if not isinstance(rule, (list, tuple)) else rule
+    tr = pd.DataFrame(train).copy()
+    te = pd.DataFrame(test).copy()
+    jac = np.zeros(len(te))
+    for c in tr.columns:
+        if not pd.api.types.is_numeric_dtype(tr[c]):
+            continue
+        v = tr[c].to_numpy(float)
+        finite = np.sort(v[~np.isnan(v)])
+        values, counts = np.unique(finite, return_counts=True)
+        if len(values) < max(2, int(min_distinct)):
+            continue
+        mid = (np.cumsum(counts) - counts / 2) / counts.sum()
+        if n_knots is None:
+            knots, z = values, norm.ppf(mid)
+        else:
+            levels = np.linspace(0.0, 1.0, int(n_knots) + 1)
+            knots = np.unique(np.quantile(finite, levels, method="inverted_cdf"))
+            # a knot's level: where its value's mass is centred (a value many rows share is one knot)
+            z = norm.ppf(np.interp(knots, values, mid))
+        q1, q3 = np.quantile(finite, [0.25, 0.75])
+        scale = (q3 - q1) / 1.349 if q3 > q1 else (finite.std() or 1.0)
+        slopes = np.concatenate([[1 / scale], np.diff(z) / np.diff(knots), [1 / scale]])
+
+        def f(x: np.ndarray, knots: np.ndarray = knots, z: np.ndarray = z, scale: float = scale) -> np.ndarray:
+            out = np.interp(x, knots, z)
+            out = np.where(x > knots[-1], z[-1] + (x - knots[-1]) / scale, out)
+            out = np.where(x < knots[0], z[0] + (x - knots[0]) / scale, out)
+            return np.where(np.isnan(x), np.nan, out)
+
+        xt = te[c].to_numpy(float)
+        seg = np.searchsorted(knots, np.nan_to_num(xt, nan=knots[0]), side="right")  # 0: below, len: at or above the last
+        jac -= np.where(np.isnan(xt), 0.0, np.log(slopes[seg]))
+        tr[c] = f(v)
+        te[c] = f(xt)
+    return ((tr if isinstance(train, pd.DataFrame) else tr.to_numpy()),
+            (te if isinstance(test, pd.DataFrame) else te.to_numpy()), jac)
+
+
+def kde_normal_scores(x: Any, centres: Any, h: float) -> tuple[Any, Any]:
+    """``_kde``'s map of one column: z = the normal quantile of ``x``'s CDF under a Gaussian KDE
+    (``centres``, bandwidth ``h``), computed in log space so a value far past the data keeps a finite
+    z (about (x - max) / h there), and log dz/dx = log f(x) - log phi(z), f the KDE's density."""
+    import numpy as np
+    from scipy.special import log_ndtr, logsumexp, ndtri_exp
+
+    # past 30 bandwidths from the data the map goes on as a line with its slope there: further out,
+    # log f and log phi(z) are both about -(x - edge)^2 / 2h^2 and their difference is float noise
+    lo, hi = centres[0] - 30 * h, centres[-1] + 30 * h
+    x, inverse = np.unique(x, return_inverse=True)  # each distinct value once (tables repeat values)
+    x_all, x = x, np.clip(x, lo, hi)
+    z = np.empty(len(x))
+    logslope = np.empty(len(x))
+    m = len(centres)
+    for a in range(0, len(x), 256):
+        u = (x[a:a + 256, None] - centres[None, :]) / h
+        log_f = logsumexp(-0.5 * u * u, axis=1) - np.log(m * h * np.sqrt(2 * np.pi))
+        log_cdf = logsumexp(log_ndtr(u), axis=1) - np.log(m)
+        log_sf = logsumexp(log_ndtr(-u), axis=1) - np.log(m)
+        zz = np.where(log_cdf < np.log(0.5), ndtri_exp(np.minimum(log_cdf, 0.0)), -ndtri_exp(np.minimum(log_sf, 0.0)))
+        z[a:a + 256] = zz
+        logslope[a:a + 256] = log_f - (-0.5 * zz * zz - 0.5 * np.log(2 * np.pi))
+    return (z + (x_all - x) * np.exp(logslope))[inverse], logslope[inverse]
+
+
+def kde_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
+    """``_kde``: each numeric column with at least ``rule`` distinct training values goes through
+    z = Phi^-1(F(x)), F the CDF of a Gaussian KDE of its training values (Silverman's bandwidth,
+    0.9 min(sd, IQR / 1.349) n^-1/5; at most 2000 centres, the training values' quantiles): the
+    marginal made normal, smoothly, with linear tails past the data. Returns the tables and, for the
+    test rows, minus the summed log slopes: the change of variables back to the rows' own units
+    (``_quantile_jacobian``, as for ``_quantile``)."""
+    import numpy as np
+    import pandas as pd
+
+    tr = pd.DataFrame(train).copy()
+    te = pd.DataFrame(test).copy()
+    jac = np.zeros(len(te))
+    for c in tr.columns:
+        if not pd.api.types.is_numeric_dtype(tr[c]):
+            continue
+        v = tr[c].to_numpy(float)
+        finite = np.sort(v[~np.isnan(v)])
+        if len(np.unique(finite)) < max(2, int(rule)):
+            continue
+        q1, q3 = np.quantile(finite, [0.25, 0.75])
+        spread = min(finite.std(), (q3 - q1) / 1.349) or finite.std()
+        h = 0.9 * spread * len(finite) ** -0.2
+        if not h > 0:
+            continue
+        centres = finite if len(finite) <= 2000 else np.quantile(finite, (np.arange(2000) + 0.5) / 2000)
+        ztr, _ = kde_normal_scores(np.nan_to_num(v, nan=np.median(finite)), centres, h)
+        xt = te[c].to_numpy(float)
+        zte, slope = kde_normal_scores(np.nan_to_num(xt, nan=np.median(finite)), centres, h)
+        jac -= np.where(np.isnan(xt), 0.0, slope)
+        tr[c] = np.where(np.isnan(v), np.nan, ztr)
+        te[c] = np.where(np.isnan(xt), np.nan, zte)
+    return ((tr if isinstance(train, pd.DataFrame) else tr.to_numpy()),
+            (te if isinstance(test, pd.DataFrame) else te.to_numpy()), jac)
 
 
 def aggregate_prior_scores(det: Any, train: Any, test: Any, n_exemplars: int = 1000, inflate: float = 0.0,

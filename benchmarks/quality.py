@@ -131,6 +131,9 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
             else:
                 per = np.stack([d.anomaly_score(test_x) for d in members])
             scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
+            if proto.get("_quantile_jacobian"):  # the rank-Gauss map's change of variables (ablations.quantile_data)
+                scores = scores + (ablations.kde_data(proto["_kde"], s["ours_train"], s["ours_test"]) if "_kde" in proto
+                                   else ablations.quantile_data(proto["_quantile"], s["ours_train"], s["ours_test"]))[2]
             arrays = {"reconstruction": members[0].anomaly_score(test_x, score="reconstruction")}
             if "_background" in proto:  # the likelihood ratio: minus the background model's score
                 t_back = time.perf_counter()

@@ -326,3 +326,44 @@ def test_the_synthetic_rows_break_what_they_say_and_keep_the_rows_types():
     got = members.synthetic_rows(frame, rows, seed=0, cap=100)
     assert all(isinstance(v, pd.DataFrame) and list(v.columns) == ["a", "colour"] for v in got.values())
     assert set(got["noise"]["colour"]) <= {"red", "blue"} and not np.allclose(got["noise"]["a"], frame["a"].iloc[rows].tolist() * 2)
+
+
+@pytest.mark.parametrize("kind", ["quantile", "quantile_knots", "kde"])
+def test_the_marginal_maps_are_monotone_normal_and_their_jacobian_is_their_slope(kind):
+    """``ablations.quantile_data`` and ``kde_data`` (section 29): each numeric column's map is
+    increasing, sends the training values to about N(0, 1), keeps a value far past the training range
+    far (and farther the further it is), leaves a column with too few distinct values as it was and a
+    string column alone; the returned term is minus the summed log slope of the maps at the test rows
+    (checked against finite differences), so adding it to a score of the mapped row gives the row's
+    score in its own units."""
+    import ablations
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data[:, [0, 3, 21]]  # radius, area (long right tail), worst texture
+    train = pd.DataFrame({"radius": x[:, 0], "area": x[:, 1], "texture": x[:, 2], "flag": (x[:, 0] > 14).astype(float),
+                          "colour": np.where(x[:, 2] > 25, "red", "blue")})
+    test = train.iloc[::7].copy()
+    test.loc[test.index[0], "area"] = 1e6  # far past the training range
+    test.loc[test.index[1], "area"] = 2e6
+    run = {"quantile": lambda a, b: ablations.quantile_data(3, a, b),
+           "quantile_knots": lambda a, b: ablations.quantile_data([3, 50], a, b),
+           "kde": lambda a, b: ablations.kde_data(3, a, b)}[kind]
+    tr, te, jac = run(train, test)
+    assert list(tr.columns) == list(train.columns) and (tr["flag"] == train["flag"]).all() and (te["colour"] == test["colour"]).all()
+    for c in ("radius", "area", "texture"):
+        order = np.argsort(train[c].to_numpy())
+        assert np.all(np.diff(tr[c].to_numpy()[order]) >= 0)  # increasing
+        assert abs(tr[c].mean()) < 0.1 and 0.85 < tr[c].std() < 1.1  # about N(0, 1) on the training rows
+    far = te["area"].to_numpy()[:2]
+    assert 10 < far[0] < far[1]
+    # the Jacobian term: minus the summed log slopes, by forward differences (a piecewise-linear map's
+    # slope at a knot is its right segment's; the steps are below the gaps between training values)
+    rows = test.iloc[2:12]
+    expect = np.zeros(len(rows))
+    base = run(train, rows)[1]
+    for c, e in {"radius": 1e-5, "area": 1e-3, "texture": 1e-5}.items():
+        up = rows.copy()
+        up[c] += e
+        expect -= np.log((run(train, up)[1][c].to_numpy() - base[c].to_numpy()) / e)
+    assert np.allclose(run(train, rows)[2], expect, rtol=0, atol=1e-3)

@@ -333,21 +333,15 @@ def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, A
     return (tr if isinstance(train, pd.DataFrame) else tr.to_numpy()), (te if isinstance(test, pd.DataFrame) else te.to_numpy())
 
 
-def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
-    """``_quantile``: each numeric column with at least ``min_distinct`` distinct training values goes
-    through its training rows' normal scores (rank-Gauss): the normal quantile of a value's mid-rank,
-    ties sharing one, interpolated linearly between knots and continued linearly past the training
-    range with slope 1 / (IQR / 1.349), so a value far beyond the range stays far. ``rule`` is
-    ``min_distinct`` (every distinct value a knot) or ``[min_distinct, knots]``: at most ``knots``
-    knots, at equally spaced quantiles, so the map's slope is a histogram's density. Returns the
-    transformed tables and, for the test rows, minus the log of the map's slope summed over the
-    transformed columns: the change of variables that makes a score of the transformed row (nats)
-    a score of the row as it was (``_quantile_jacobian``)."""
+def _map_columns(train: Any, test: Any, column_map: Any) -> tuple[Any, Any, Any]:
+    """Each numeric column of ``train`` and ``test`` through the map ``column_map(sorted finite training
+    values)`` returns (None: left as it is), a function of values giving (z, log dz/dx); missing values
+    stay missing. Returns the tables (as they came: DataFrame or array) and, for the test rows, minus
+    the log slopes summed over the mapped columns: the change of variables that makes a score of a
+    mapped row (nats) a score of the row as it was (``_quantile_jacobian``)."""
     import numpy as np
     import pandas as pd
-    from scipy.stats import norm
 
-    min_distinct, n_knots = (rule, None) if not isinstance(rule, (list, tuple)) else rule
     tr = pd.DataFrame(train).copy()
     te = pd.DataFrame(test).copy()
     jac = np.zeros(len(te))
@@ -356,34 +350,62 @@ def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
             continue
         v = tr[c].to_numpy(float)
         finite = np.sort(v[~np.isnan(v)])
+        g = column_map(finite)
+        if g is None:
+            continue
+        xt = te[c].to_numpy(float)
+        z_train, _ = g(np.nan_to_num(v, nan=finite[len(finite) // 2]))
+        z_test, log_slope = g(np.nan_to_num(xt, nan=finite[len(finite) // 2]))
+        jac -= np.where(np.isnan(xt), 0.0, log_slope)
+        tr[c] = np.where(np.isnan(v), np.nan, z_train)
+        te[c] = np.where(np.isnan(xt), np.nan, z_test)
+    return ((tr if isinstance(train, pd.DataFrame) else tr.to_numpy()),
+            (te if isinstance(test, pd.DataFrame) else te.to_numpy()), jac)
+
+
+def _robust_scale(finite: Any) -> float:
+    import numpy as np
+
+    q1, q3 = np.quantile(finite, [0.25, 0.75])
+    return float((q3 - q1) / 1.349) if q3 > q1 else float(finite.std() or 1.0)
+
+
+def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
+    """``_quantile``: each numeric column with at least ``min_distinct`` distinct training values goes
+    through its training rows' normal scores (rank-Gauss): the normal quantile of a value's mid-rank,
+    ties sharing one, interpolated linearly between knots and continued linearly past the training
+    range with slope 1 / (IQR / 1.349), so a value far beyond the range stays far. ``rule`` is
+    ``min_distinct`` (every distinct value a knot) or ``[min_distinct, knots]``: at most ``knots``
+    knots, at equally spaced quantiles, so the map's slope is a histogram's density. Returns what
+    ``_map_columns`` returns (the slope at a knot is its right segment's)."""
+    import numpy as np
+    from scipy.stats import norm
+
+    min_distinct, n_knots = (rule, None) if not isinstance(rule, (list, tuple)) else rule
+
+    def column_map(finite: np.ndarray) -> Any:
         values, counts = np.unique(finite, return_counts=True)
         if len(values) < max(2, int(min_distinct)):
-            continue
+            return None
         mid = (np.cumsum(counts) - counts / 2) / counts.sum()
         if n_knots is None:
             knots, z = values, norm.ppf(mid)
         else:
-            levels = np.linspace(0.0, 1.0, int(n_knots) + 1)
-            knots = np.unique(np.quantile(finite, levels, method="inverted_cdf"))
+            knots = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, int(n_knots) + 1), method="inverted_cdf"))
             # a knot's level: where its value's mass is centred (a value many rows share is one knot)
             z = norm.ppf(np.interp(knots, values, mid))
-        q1, q3 = np.quantile(finite, [0.25, 0.75])
-        scale = (q3 - q1) / 1.349 if q3 > q1 else (finite.std() or 1.0)
-        slopes = np.concatenate([[1 / scale], np.diff(z) / np.diff(knots), [1 / scale]])
+        scale = _robust_scale(finite)
+        log_slopes = np.log(np.concatenate([[1 / scale], np.diff(z) / np.diff(knots), [1 / scale]]))
 
-        def f(x: np.ndarray, knots: np.ndarray = knots, z: np.ndarray = z, scale: float = scale) -> np.ndarray:
+        def g(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             out = np.interp(x, knots, z)
             out = np.where(x > knots[-1], z[-1] + (x - knots[-1]) / scale, out)
             out = np.where(x < knots[0], z[0] + (x - knots[0]) / scale, out)
-            return np.where(np.isnan(x), np.nan, out)
+            return out, log_slopes[np.searchsorted(knots, x, side="right")]  # 0: below, len: at or above the last
 
-        xt = te[c].to_numpy(float)
-        seg = np.searchsorted(knots, np.nan_to_num(xt, nan=knots[0]), side="right")  # 0: below, len: at or above the last
-        jac -= np.where(np.isnan(xt), 0.0, np.log(slopes[seg]))
-        tr[c] = f(v)
-        te[c] = f(xt)
-    return ((tr if isinstance(train, pd.DataFrame) else tr.to_numpy()),
-            (te if isinstance(test, pd.DataFrame) else te.to_numpy()), jac)
+        return g
+
+    return _map_columns(train, test, column_map)
 
 
 def kde_normal_scores(x: Any, centres: Any, h: float) -> tuple[Any, Any]:
@@ -416,36 +438,20 @@ def kde_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
     """``_kde``: each numeric column with at least ``rule`` distinct training values goes through
     z = Phi^-1(F(x)), F the CDF of a Gaussian KDE of its training values (Silverman's bandwidth,
     0.9 min(sd, IQR / 1.349) n^-1/5; at most 2000 centres, the training values' quantiles): the
-    marginal made normal, smoothly, with linear tails past the data. Returns the tables and, for the
-    test rows, minus the summed log slopes: the change of variables back to the rows' own units
-    (``_quantile_jacobian``, as for ``_quantile``)."""
+    marginal made normal, smoothly, with linear tails past the data. Returns what ``_map_columns``
+    returns."""
     import numpy as np
-    import pandas as pd
 
-    tr = pd.DataFrame(train).copy()
-    te = pd.DataFrame(test).copy()
-    jac = np.zeros(len(te))
-    for c in tr.columns:
-        if not pd.api.types.is_numeric_dtype(tr[c]):
-            continue
-        v = tr[c].to_numpy(float)
-        finite = np.sort(v[~np.isnan(v)])
+    def column_map(finite: np.ndarray) -> Any:
         if len(np.unique(finite)) < max(2, int(rule)):
-            continue
-        q1, q3 = np.quantile(finite, [0.25, 0.75])
-        spread = min(finite.std(), (q3 - q1) / 1.349) or finite.std()
-        h = 0.9 * spread * len(finite) ** -0.2
+            return None
+        h = 0.9 * (min(float(finite.std()), _robust_scale(finite)) or float(finite.std())) * len(finite) ** -0.2
         if not h > 0:
-            continue
+            return None
         centres = finite if len(finite) <= 2000 else np.quantile(finite, (np.arange(2000) + 0.5) / 2000)
-        ztr, _ = kde_normal_scores(np.nan_to_num(v, nan=np.median(finite)), centres, h)
-        xt = te[c].to_numpy(float)
-        zte, slope = kde_normal_scores(np.nan_to_num(xt, nan=np.median(finite)), centres, h)
-        jac -= np.where(np.isnan(xt), 0.0, slope)
-        tr[c] = np.where(np.isnan(v), np.nan, ztr)
-        te[c] = np.where(np.isnan(xt), np.nan, zte)
-    return ((tr if isinstance(train, pd.DataFrame) else tr.to_numpy()),
-            (te if isinstance(test, pd.DataFrame) else te.to_numpy()), jac)
+        return lambda x: kde_normal_scores(x, centres, h)
+
+    return _map_columns(train, test, column_map)
 
 
 def aggregate_prior_scores(det: Any, train: Any, test: Any, n_exemplars: int = 1000, inflate: float = 0.0,

@@ -14,7 +14,8 @@ seed on the same split), ``_runs`` (training settings of one of a pair's two run
 ``_noise`` (the long network trained on noisy inputs, in noisy_inputs.py), ``_quantile`` and
 ``_kde`` (each numeric column made normal by its training rows' ranks or by a kernel density's CDF,
 ``quantile_data`` and ``kde_data``) with ``_quantile_jacobian`` (their change of variables added to
-the score, so it is in the columns' own units). None of them won across the board; see the study."""
+the score once for each network of the model, so it is in the columns' own units; ``_jacobian_weight``
+scales it). None of them won across the board; see the study."""
 
 from __future__ import annotations
 
@@ -147,13 +148,17 @@ CONFIGS.update({
     "quantile": {"_quantile": 2},
     "quantile10": {"_quantile": 10},
     "quantile_single": {**SINGLE, "_quantile": 2},
-    # the same with at most 50 knots, and its score made a score of the row as it was (+ the log-slopes)
+    # the same with the values at 51 quantile levels as knots, and its score made a score of the row as it
+    # was (the change of variables, once for each of the pair's networks; quality.py)
     "quantile_k50": {"_quantile": [2, 50]},
     "quantile_k50_jac": {"_quantile": [2, 50], "_quantile_jacobian": True},
     "quantile20_k50_jac": {"_quantile": [20, 50], "_quantile_jacobian": True},
     # the marginal made normal through a Gaussian KDE's CDF (smooth, ``kde_data``), with the Jacobian
     "kde_jac": {"_kde": 2, "_quantile_jacobian": True},
     "kde20_jac": {"_kde": 20, "_quantile_jacobian": True},
+    "kde_light3_jac": {"_kde": [2, 3], "_quantile_jacobian": True},  # heavy-tailed columns left standardised
+    "kde20_light3_jac": {"_kde": [20, 3], "_quantile_jacobian": True},
+    "kde_jac_half": {"_kde": 2, "_quantile_jacobian": True, "_jacobian_weight": 0.5},  # once for the pair (an error, kept to compare)
     # the long run without early stopping (its best validation epoch of all PAIR_UPDATES updates), and the
     # first run's patience at least this many updates (10 epochs are 10 updates on a table of 128 rows)
     "nostop_p100": {"_module": {"PAIR_PATIENCE": 100000}, "_runs": [{"_patience_updates": 100}]},
@@ -375,9 +380,11 @@ def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
     through its training rows' normal scores (rank-Gauss): the normal quantile of a value's mid-rank,
     ties sharing one, interpolated linearly between knots and continued linearly past the training
     range with slope 1 / (IQR / 1.349), so a value far beyond the range stays far. ``rule`` is
-    ``min_distinct`` (every distinct value a knot) or ``[min_distinct, knots]``: at most ``knots``
-    knots, at equally spaced quantiles, so the map's slope is a histogram's density. Returns what
-    ``_map_columns`` returns (the slope at a knot is its right segment's)."""
+    ``min_distinct`` (every distinct value a knot) or ``[min_distinct, knots]``: the values at
+    ``knots`` + 1 equally spaced quantile levels (0 to 1), so the map's slope is a histogram's density.
+    Returns what ``_map_columns`` returns (the slope at a knot is its right segment's; at the last,
+    the last segment's). On a column of few distinct values the slopes are no density (the mass
+    sits on the knots): the ``_jac`` variants of section 29 were also run with ``min_distinct`` 20."""
     import numpy as np
     from scipy.stats import norm
 
@@ -401,7 +408,9 @@ def quantile_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
             out = np.interp(x, knots, z)
             out = np.where(x > knots[-1], z[-1] + (x - knots[-1]) / scale, out)
             out = np.where(x < knots[0], z[0] + (x - knots[0]) / scale, out)
-            return out, log_slopes[np.searchsorted(knots, x, side="right")]  # 0: below, len: at or above the last
+            seg = np.searchsorted(knots, x, side="right")  # 0: below the first knot, len(knots): past the last
+            seg = np.where(x == knots[-1], len(knots) - 1, seg)  # the last knot closes the last segment
+            return out, log_slopes[seg]
 
         return g
 
@@ -434,17 +443,31 @@ def kde_normal_scores(x: Any, centres: Any, h: float) -> tuple[Any, Any]:
     return (z + (x_all - x) * np.exp(logslope))[inverse], logslope[inverse]
 
 
+def heavy_tail_ratio(finite: Any) -> float:
+    """The 1-99 % range of a column over a normal's with its IQR (1 for a normal column; ``_tails``'s rule)."""
+    import numpy as np
+
+    q = np.quantile(finite, [0.01, 0.25, 0.75, 0.99])
+    iqr = q[2] - q[1]
+    return float((q[3] - q[0]) / (2 * 2.326 * iqr / 1.349)) if iqr > 0 else float("inf")
+
+
 def kde_data(rule: Any, train: Any, test: Any) -> tuple[Any, Any, Any]:
-    """``_kde``: each numeric column with at least ``rule`` distinct training values goes through
+    """``_kde``: each numeric column with at least ``rule`` distinct training values (or ``rule`` =
+    ``[min_distinct, max_heavy]``: and a ``heavy_tail_ratio`` of at most ``max_heavy``) goes through
     z = Phi^-1(F(x)), F the CDF of a Gaussian KDE of its training values (Silverman's bandwidth,
     0.9 min(sd, IQR / 1.349) n^-1/5; at most 2000 centres, the training values' quantiles): the
     marginal made normal, smoothly, with linear tails past the data. Returns what ``_map_columns``
     returns."""
     import numpy as np
 
+    min_distinct, max_heavy = (rule, None) if not isinstance(rule, (list, tuple)) else rule
+
     def column_map(finite: np.ndarray) -> Any:
-        if len(np.unique(finite)) < max(2, int(rule)):
+        if len(np.unique(finite)) < max(2, int(min_distinct)):
             return None
+        if max_heavy is not None and heavy_tail_ratio(finite) > float(max_heavy):
+            return None  # a heavy-tailed column stays standardised (the detector's own scaling)
         h = 0.9 * (min(float(finite.std()), _robust_scale(finite)) or float(finite.std())) * len(finite) ** -0.2
         if not h > 0:
             return None

@@ -32,6 +32,11 @@ among the held-out rows on its own (the marginals kept, the dependencies broken)
 column of each row taken from another held-out row (a local break); ``noise``, Gaussian noise of
 half a column's standard deviation on every numeric column.
 
+With ``--quantile``, the fit is on the table with each numeric column rank-Gauss mapped first
+(section 29, ``ablations.quantile_data``), and every name but KNN's is saved with ``q_`` in front:
+with another run's standard names in the same folder, ``combine.py`` can pair the networks of the two
+codings (``sum(short,q_long)``).
+
 Every name's ``fit_seconds`` is the one fit's, so ``combine.py`` adds it once per member of a
 rule: quote fit times from ``results/quality.md``. The calibration scores of each name are saved
 too (``combine.py``'s ``z``, ``cmax`` and ``zmax`` rules use them), and its validation rows' scores
@@ -53,6 +58,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ablations  # noqa: E402
 import datasets  # noqa: E402
 import quality  # noqa: E402
 
@@ -99,11 +105,15 @@ def fit_split(det: object, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
             pair_code_rows(len(train), int(det.n_score_samples), info["seed"]))  # type: ignore[attr-defined]
 
 
-def fit_default(dataset: str, key: int) -> tuple[object, dict[str, object], float]:
-    """(the default fitted on one split's training rows, the split, fit seconds)."""
+def fit_default(dataset: str, key: int, quantile: bool = False) -> tuple[object, dict[str, object], float]:
+    """(the default fitted on one split's training rows, the split, fit seconds). ``quantile``: the
+    split's tables for the detector (``ours_train``, ``ours_test``) rank-Gauss mapped first
+    (``ablations.quantile_data``, section 29), and the detector fitted on them."""
     from anomaly_vae import VAEAnomalyDetector
 
     s = quality.split(dataset, key, None)
+    if quantile:
+        s["ours_train"], s["ours_test"], _ = ablations.quantile_data(2, s["ours_train"], s["ours_test"])
     t = time.perf_counter()
     det = quality._fit(VAEAnomalyDetector, {"random_state": key}, s["ours_train"], f"{dataset} {key}")
     return det, s, time.perf_counter() - t
@@ -196,6 +206,8 @@ def main() -> None:
     ap.add_argument("--datasets", help="comma-separated tables (default: the 11 shared ones and the scikit-learn tasks)")
     ap.add_argument("--save-scores", metavar="DIR", required=True)
     ap.add_argument("--synthetic", action="store_true", help="also score rows made from the held-out normals (section 28)")
+    ap.add_argument("--quantile", action="store_true", help="fit on the rank-Gauss mapped table and save every name "
+                    "with a 'q_' in front (section 29: to pair one network of each coding offline)")
     args = ap.parse_args()
     known = datasets.ADBENCH + [datasets.MIXED] + datasets.SKLEARN
     tables = known if args.datasets is None else [d.strip() for d in args.datasets.split(",")]
@@ -206,7 +218,10 @@ def main() -> None:
     for dataset in tables:
         for key in (int(k) for k in args.seeds.split(",")):
             t = time.perf_counter()
-            for name, arrays in one_split(dataset, key, synthetic=args.synthetic).items():
+            fitted = fit_default(dataset, key, quantile=args.quantile)
+            for name, arrays in one_split(dataset, key, fitted, synthetic=args.synthetic).items():
+                if args.quantile and name != "KNN (k=5)":
+                    name = f"q_{name}"
                 quality._save(args.save_scores, dataset, key, name, arrays)
             print(f"{dataset} {key}: {time.perf_counter() - t:.1f} s", flush=True)
 

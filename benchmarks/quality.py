@@ -131,9 +131,13 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
             else:
                 per = np.stack([d.anomaly_score(test_x) for d in members])
             scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
-            if proto.get("_quantile_jacobian"):  # the rank-Gauss map's change of variables (ablations.quantile_data)
-                scores = scores + (ablations.kde_data(proto["_kde"], s["ours_train"], s["ours_test"]) if "_kde" in proto
-                                   else ablations.quantile_data(proto["_quantile"], s["ours_train"], s["ours_test"]))[2]
+            if proto.get("_quantile_jacobian"):  # the marginal maps' change of variables (ablations.quantile_data)
+                jac = (ablations.kde_data(proto["_kde"], s["ours_train"], s["ours_test"]) if "_kde" in proto
+                       else ablations.quantile_data(proto["_quantile"], s["ours_train"], s["ours_test"]))[2]
+                # a pair's score is the sum of its networks' -log p(mapped row): each becomes -log p(row) with the
+                # change of variables, so it counts once a network; ``_jacobian_weight`` scales it further
+                networks = len(members[0].model_.members)
+                scores = scores + float(proto.get("_jacobian_weight", 1.0)) * networks * jac
             arrays = {"reconstruction": members[0].anomaly_score(test_x, score="reconstruction")}
             if "_background" in proto:  # the likelihood ratio: minus the background model's score
                 t_back = time.perf_counter()
@@ -142,7 +146,8 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
                 fit_s += time.perf_counter() - t_back  # the two fits, not the scoring between them
                 arrays.update(model=scores, background=back.anomaly_score(test_x))
                 scores = scores - arrays["background"]
-            if len(members) == 1 and "_agg" not in proto and "_background" not in proto:  # calibration scores of the score saved, else none
+            if (len(members) == 1 and "_agg" not in proto and "_background" not in proto
+                    and not proto.get("_quantile_jacobian")):  # calibration scores of the score saved, else none
                 arrays["calibration"] = np.asarray(members[0].calibration_scores_)
     elif name == "IsolationForest":
         model = IsolationForest(random_state=seed).fit(s["train"])

@@ -357,13 +357,22 @@ def test_the_marginal_maps_are_monotone_normal_and_their_jacobian_is_their_slope
         assert abs(tr[c].mean()) < 0.1 and 0.85 < tr[c].std() < 1.1  # about N(0, 1) on the training rows
     far = te["area"].to_numpy()[:2]
     assert 10 < far[0] < far[1]
-    # the Jacobian term: minus the summed log slopes, by forward differences (a piecewise-linear map's
-    # slope at a knot is its right segment's; the steps are below the gaps between training values)
-    rows = test.iloc[2:12]
-    expect = np.zeros(len(rows))
-    base = run(train, rows)[1]
+    # the Jacobian term, a column at a time: minus the log slope, by finite differences (a piecewise-
+    # linear map's slope at a knot is its right segment's, at the last knot the last segment's; the
+    # steps are below the gaps between training values), past the range too, and 0 for a missing value
     for c, e in {"radius": 1e-5, "area": 1e-3, "texture": 1e-5}.items():
-        up = rows.copy()
-        up[c] += e
-        expect -= np.log((run(train, up)[1][c].to_numpy() - base[c].to_numpy()) / e)
-    assert np.allclose(run(train, rows)[2], expect, rtol=0, atol=1e-3)
+        top = train[c].max()
+        x = np.r_[test[c].to_numpy()[2:12], top, 1.5 * top, 10 * top, 100 * top, np.nan]
+        one = train[[c]]
+        at = run(one, pd.DataFrame({c: x}))
+        ahead = run(one, pd.DataFrame({c: x + e}))[1][c].to_numpy()
+        behind = run(one, pd.DataFrame({c: x - e}))[1][c].to_numpy()
+        slope = (ahead - at[1][c].to_numpy()) / e
+        slope[10] = (at[1][c].to_numpy()[10] - behind[10]) / e  # the training maximum: the segment below it
+        assert np.allclose(at[2][:-1], -np.log(slope[:-1]), rtol=0, atol=1e-3), (c, at[2], -np.log(slope))
+        assert at[2][-1] == 0 and np.isnan(at[1][c].to_numpy()[-1])
+        assert np.isclose(at[2][13], at[2][12])  # far past the range one slope: far values keep their distance
+        assert 0 < at[1][c].to_numpy()[11] < at[1][c].to_numpy()[12] < at[1][c].to_numpy()[13]
+    # a two-valued column is a point mass on each knot: both values get the one segment's slope
+    _, te2, jac2 = ablations.quantile_data(2, train[["flag"]], pd.DataFrame({"flag": [0.0, 1.0]}))
+    assert te2["flag"].iloc[0] < te2["flag"].iloc[1] and jac2[0] == jac2[1]

@@ -376,3 +376,23 @@ def test_the_marginal_maps_are_monotone_normal_and_their_jacobian_is_their_slope
     # a two-valued column is a point mass on each knot: both values get the one segment's slope
     _, te2, jac2 = ablations.quantile_data(2, train[["flag"]], pd.DataFrame({"flag": [0.0, 1.0]}))
     assert te2["flag"].iloc[0] < te2["flag"].iloc[1] and jac2[0] == jac2[1]
+
+
+def test_the_light_tails_rule_leaves_heavy_tailed_and_spiky_columns_standardised():
+    """``kde_data([min_distinct, max_heavy], ...)`` (section 29's ``kde_light3_jac``): a column whose
+    ``heavy_tail_ratio`` is above ``max_heavy`` (a lognormal's 4, a normal's 1; a point mass over a
+    quarter of the rows: infinite) is left as it was and adds nothing to the Jacobian term."""
+    import ablations
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    radius = load_breast_cancer().data[:, 0]
+    assert ablations.heavy_tail_ratio(radius) < 3
+    train = pd.DataFrame({"radius": radius, "tail": np.exp(1.5 * (radius - radius.mean()) / radius.std()) ** 2,
+                          "spike": np.where(np.arange(len(radius)) % 5 == 0, radius, 0.0)})
+    assert ablations.heavy_tail_ratio(train["tail"].to_numpy()) > 3 and ablations.heavy_tail_ratio(train["spike"].to_numpy()) == np.inf
+    test = train.iloc[::5]
+    tr, te, jac = ablations.kde_data([2, 3], train, test)
+    assert (tr["tail"] == train["tail"]).all() and (tr["spike"] == train["spike"]).all()
+    assert not np.allclose(tr["radius"], train["radius"])
+    assert np.allclose(jac, ablations.kde_data(2, train[["radius"]], test[["radius"]])[2])

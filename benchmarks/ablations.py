@@ -310,16 +310,18 @@ def epochs_for_steps(steps: int, n: int, kw: dict[str, Any]) -> int:
     return max(1, -(-int(steps) // per_epoch))
 
 
-def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, Any]:
-    """``_tails``: numeric columns whose tails are heavy (rule ``_tails``) go through
-    asinh((x - median) / scale), the scale from the interquartile range, fitted on ``train``."""
+def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, Any, Any]:
+    """(train, test, Jacobian term of the test rows or None). ``_quantile`` and ``_kde``: the marginal
+    maps (``quantile_data``, ``kde_data``), with their Jacobian term; ``_tails``: numeric columns whose
+    tails are heavy (rule ``_tails``) go through asinh((x - median) / scale), the scale from the
+    interquartile range, fitted on ``train``."""
     rule = proto.get("_tails")
     if proto.get("_quantile") is not None:
-        return quantile_data(proto["_quantile"], train, test)[:2]
+        return quantile_data(proto["_quantile"], train, test)
     if proto.get("_kde") is not None:
-        return kde_data(proto["_kde"], train, test)[:2]
+        return kde_data(proto["_kde"], train, test)
     if not rule:
-        return train, test
+        return train, test, None
     import numpy as np
     import pandas as pd
 
@@ -336,7 +338,7 @@ def prototype_data(proto: dict[str, Any], train: Any, test: Any) -> tuple[Any, A
         if rule == "all" or heavy > float(rule):
             tr[c] = np.arcsinh((v - q[2]) / scale)
             te[c] = np.arcsinh((te[c].to_numpy(float) - q[2]) / scale)
-    return (tr if isinstance(train, pd.DataFrame) else tr.to_numpy()), (te if isinstance(test, pd.DataFrame) else te.to_numpy())
+    return (tr if isinstance(train, pd.DataFrame) else tr.to_numpy()), (te if isinstance(test, pd.DataFrame) else te.to_numpy()), None
 
 
 def _map_columns(train: Any, test: Any, column_map: Any) -> tuple[Any, Any, Any]:

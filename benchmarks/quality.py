@@ -105,7 +105,7 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
         if threads:
             kw.setdefault("n_threads", threads)
         proto = {k: kw.pop(k) for k in list(kw) if k.startswith("_")}  # prototypes of rules, see ablations.py
-        train_x, test_x = ablations.prototype_data(proto, s["ours_train"], s["ours_test"])
+        train_x, test_x, jac = ablations.prototype_data(proto, s["ours_train"], s["ours_test"])
         if "_steps" in proto:
             kw["epochs"] = ablations.epochs_for_steps(proto["_steps"], len(train_x), kw)
         if "_select_hidden" in proto:  # the early-stopped network's width chosen by held-out ELBO (label-free)
@@ -132,8 +132,6 @@ def run_one(task: tuple[str, int, str, dict[str, Any] | None, int | None, int | 
                 per = np.stack([d.anomaly_score(test_x) for d in members])
             scores = per[0] if len(members) == 1 else -(np.logaddexp.reduce(-per, axis=0) - np.log(len(members)))
             if proto.get("_quantile_jacobian"):  # the marginal maps' change of variables (ablations.quantile_data)
-                jac = (ablations.kde_data(proto["_kde"], s["ours_train"], s["ours_test"]) if "_kde" in proto
-                       else ablations.quantile_data(proto["_quantile"], s["ours_train"], s["ours_test"]))[2]
                 # a pair's score is the sum of its networks' -log p(mapped row): each becomes -log p(row) with the
                 # change of variables, so it counts once a network; ``_jacobian_weight`` scales it further
                 networks = len(members[0].model_.members)

@@ -914,3 +914,53 @@ def test_an_output_linked_or_replaced_while_the_job_ran_is_handled_without_loss(
             staging.fs = _SignalInCleanup(staging.fs, 0, False, False)
             staging.commit()
     assert _outputs(tmp_path) == [("out.csv", 1), ("real.csv", 1)]
+
+
+def test_a_stop_mid_write_cancels_the_job_and_waits_for_its_tasks_before_removing_its_output(spark, tmp_path):
+    """A stop leaving the write ended only the driver's wait: the job ran on and its tasks went on
+    writing into the temporary directory being removed, which Spark logged as "Mkdirs failed" ERRORs
+    after ``spark-score --quiet`` had been told to stop (CI, once in a few runs), and which a task could
+    make again, left behind. The job is now cancelled, its tasks waited for, then the directory goes;
+    ``on_stop`` comes first."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from anomaly_vae.spark.output import OutputStaging
+
+    def slow(batches):
+        for batch in batches:
+            time.sleep(0.2)
+            yield batch
+
+    df = spark.range(0, 400, numPartitions=40).mapInPandas(slow, "id long")  # 40 tasks, ~4 s on 2 cores
+    tracker = spark.sparkContext.statusTracker()
+
+    def signal_once_running():  # a real signal, as a stop is: it interrupts py4j's wait for the save
+        deadline = time.monotonic() + 60
+        while not tracker.getActiveJobsIds() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGALRM)
+
+    calls, old = [], signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sender = threading.Thread(target=signal_once_running)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with OutputStaging(spark, str(tmp_path / "out.csv"), on_stop=lambda: calls.append(
+                    list(tracker.getActiveJobsIds()))) as staging:
+                sender.start()
+                staging.write(df, "csv")
+    finally:
+        if sender.ident is not None:
+            sender.join()
+        signal.signal(signal.SIGALRM, old)
+    assert len(calls) == 1 and calls[0], "on_stop is called once, while the job still ran"
+    assert not list(tracker.getActiveJobsIds()), "the job was cancelled"
+    assert all(tracker.getStageInfo(s) is None or tracker.getStageInfo(s).numActiveTasks == 0
+               for s in tracker.getActiveStageIds()), "and its tasks ended"
+    time.sleep(1)  # a task still running would make its attempt directory again meanwhile
+    assert not list(tmp_path.iterdir()), "nothing left beside the output's name"
+    assert not set(spark.sparkContext.getJobTags()), "the block's job tag is not left on the thread"
+    assert spark.range(5).count() == 5, "the session goes on"

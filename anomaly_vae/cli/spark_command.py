@@ -222,15 +222,17 @@ class _NotFromPy4j:
 
 def _spark_job(args: argparse.Namespace, spark: Any, job: Any, checked: Any) -> int:
     from ..exceptions import InputError
+    from ..spark.output import stop_in_chain
 
     stopped = True  # until the job returns or fails on its own: a signal, or an exception from outside Spark
     try:
         summary = job(spark, args.model_dir, args.data, args.out, id_column=args.id_column, explain=args.explain,
                       alpha=args.alpha, sep=_sep(args.sep), partitions=args.partitions, multiline=args.multiline_csv,
-                      checked=checked)  # the model checked above, loaded once for the whole job
+                      checked=checked,  # the model checked above, loaded once for the whole job
+                      on_stop=lambda: spark.sparkContext.setLogLevel("OFF"))  # see the finally below
         stopped = False
     except Exception as err:  # Spark's own errors (a missing path, a failed stage) as one clear line
-        stop = _stop_in_chain(err)
+        stop = stop_in_chain(err)
         if stop is not None:  # a signal, then py4j's failure to say so to the JVM: report the signal
             raise stop from None
         stopped = False
@@ -246,24 +248,6 @@ def _spark_job(args: argparse.Namespace, spark: Any, job: Any, checked: Any) -> 
             except Exception:  # noqa: BLE001 - after a signal the Java side may already be gone
                 pass
     return _report(summary, args.data, summary.id_name == "path")
-
-
-def _stop_in_chain(err: BaseException) -> KeyboardInterrupt | None:
-    """The stop signal (``KeyboardInterrupt``, ``Stopped``) an exception was raised while handling,
-    if any. A signal that lands in a py4j call (``collect``) is raised there, and PySpark's call-site
-    bookkeeping on the way out then fails on the interrupted connection ("Answer from Java side is
-    empty"): that error replaces the signal, which is still in its context."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [err]
-    while todo:
-        cause = todo.pop()
-        if cause is None or id(cause) in seen:
-            continue
-        if isinstance(cause, KeyboardInterrupt):
-            return cause
-        seen.add(id(cause))
-        todo += [cause.__context__, cause.__cause__]
-    return None
 
 
 def _spark_message(err: BaseException) -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -229,13 +230,15 @@ def check_job(model_dir: str, data: str, out: str, alpha: float | None = None, *
 def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_column: str | None = None,
                 explain: int = 0, score: str | None = None, alpha: float | None = None, sep: str | None = None,
                 partitions: int | None = None, multiline: bool = False,
-                batch_bytes: int = BATCH_BYTES, checked: JobCheck | None = None) -> BatchSummary:
+                batch_bytes: int = BATCH_BYTES, checked: JobCheck | None = None,
+                on_stop: Callable[[], object] | None = None) -> BatchSummary:
     """The job of ``anomaly-vae spark-score``: score ``data`` (CSV / Parquet, a directory of part
     files, or a folder of images) into ``out`` (a directory of .csv or .parquet part files, written
     by Spark's committer to a temporary directory and renamed into place, replacing an old one), and
     summarise it as ``anomaly-vae score`` does. Checks that the output has one row per input row.
     ``checked``: ``check_job``'s result for this model, data, output and alpha (the model is then
-    loaded once per job, not again here)."""
+    loaded once per job, not again here). ``on_stop``: called when a stop (``KeyboardInterrupt``)
+    leaves the writing, before its Spark jobs are cancelled (``OutputStaging``)."""
     start = time.perf_counter()
     from pyspark.sql import functions as F
 
@@ -269,7 +272,7 @@ def spark_score(spark: SparkSession, model_dir: str, data: str, out: str, *, id_
     # only (the counting pass needs no field), then restored
     pruning_key = "spark.sql.csv.parser.columnPruning.enabled"
     pruning = spark.conf.get(pruning_key, "true")
-    with OutputStaging(spark, out) as staging:
+    with OutputStaging(spark, out, on_stop=on_stop) as staging:
         spark.conf.set(pruning_key, "false")
         try:
             staging.write(scored, fmt_out)

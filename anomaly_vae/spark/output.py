@@ -8,6 +8,12 @@ between them used to leave no output under the name and the old one hidden besid
 the new output is in place is removed, however the block is left; a second signal, which exits at
 once, does the same for a local output first. A signal that lands after the new output is in
 place still stops the command (exit 128 + signal): the output under the name is then the new one.
+
+Leaving the block early (a signal, an error) does not stop the Spark jobs it started: a Python
+exception ends only the driver's wait for them. They are cancelled (by a job tag, so that other
+jobs in the session run on) and their tasks waited for, a few seconds at most, before the
+temporary directory is removed: removed under a running task, it made Spark log "Mkdirs failed"
+as an ERROR with a stack trace after a stop (and could be made again by the task, left behind).
 Where the output is on another file system (HDFS, an object store) and the JVM is gone, nothing
 can be put back from Python: the old output stays beside the name, hidden."""
 
@@ -16,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +35,23 @@ from .worker import local_path, on_another_file_system
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["OutputStaging"]
+__all__ = ["OutputStaging", "stop_in_chain"]
 
 
 class OutputStaging:
     """A context manager for one job's output ``out``: ``write`` it, then ``commit``. Leaving the block
     without ``commit`` (an error, a signal) removes the temporary directory and keeps an old output under
     its name; a cleanup that fails (a Java side already gone) never hides the error that caused it, and
-    falls back to the local file system where the output is local."""
+    falls back to the local file system where the output is local. ``on_stop``: called first when a
+    stop (``KeyboardInterrupt`` or a subclass, or an error raised while handling one) leaves the
+    block, before its jobs are cancelled (the command line quiets Spark's log there: a cancelled
+    job is logged as ERRORs)."""
 
-    def __init__(self, spark: SparkSession, out: str) -> None:
+    STOP_WAIT_S = 10.0  # at most, for the cancelled jobs' tasks to end
+
+    def __init__(self, spark: SparkSession, out: str, *, on_stop: Callable[[], object] | None = None) -> None:
+        self._sc = spark.sparkContext
+        self._on_stop = on_stop
         jvm = spark.sparkContext._jvm
         self._jvm = jvm
         self.out = out
@@ -52,6 +67,7 @@ class OutputStaging:
                                                    local.parent / f"{self.tmp_name}.old")
         self._moved_aside = False  # the old output is at ``old`` (until it is removed or put back)
         self._forced = contextlib.ExitStack()
+        self._tag: str | None = None  # the job tag of this block's Spark jobs, while it is set
         self._check_replaceable()
 
     def _check_replaceable(self) -> bool:
@@ -66,6 +82,9 @@ class OutputStaging:
         return True
 
     def __enter__(self) -> OutputStaging:
+        tag = f"anomaly-vae-output-{self.tmp_name.rsplit('-', 1)[-1]}"
+        self._sc.addJobTag(tag)  # a local property of this thread: its jobs until the block is left
+        self._tag = tag
         if self._local is not None:  # a second signal exits at once, without this block's cleanup: do it then
             self._forced.enter_context(on_forced_exit(self._clean_up_locally))
         return self
@@ -89,6 +108,12 @@ class OutputStaging:
 
     def __exit__(self, *exc: object) -> None:
         with self._forced:
+            if exc[0] is not None:
+                self._stop_jobs(isinstance(exc[1], BaseException) and stop_in_chain(exc[1]) is not None)
+            if self._tag is not None:
+                with contextlib.suppress(Exception):  # the gateway may be gone
+                    self._sc.removeJobTag(self._tag)
+                self._tag = None
             try:
                 self._clean_up(self.fs.exists, lambda p: self.fs.delete(p, True), self.fs.rename,
                                (self.target, self.tmp, self.old))
@@ -96,6 +121,25 @@ class OutputStaging:
                 self._clean_up_locally()
                 if exc[0] is None and not isinstance(e, Exception):  # a signal during the cleanup: acted on
                     raise
+
+    def _stop_jobs(self, stop: bool) -> None:
+        """Cancel this block's running jobs and wait for their tasks to end (``STOP_WAIT_S`` at most);
+        nothing to wait for after a failed stage, whose job has ended. A Java side already gone, or
+        a second Ctrl-C meanwhile (a library caller's), ends the wait: the cleanup goes on."""
+        try:
+            tracker = _reconnected(lambda: self._sc._jsc.sc().statusTracker())
+            if stop and self._on_stop is not None:
+                self._on_stop()
+            if self._tag is None:
+                return
+            self._sc.cancelJobsWithTag(self._tag)
+            deadline = time.monotonic() + self.STOP_WAIT_S
+            while any(_running(tracker, job) for job in tracker.getJobIdsForTag(self._tag)):
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
+        except BaseException:  # noqa: BLE001, S110 - see the docstring: the removal that follows is what matters
+            pass
 
     def _clean_up_locally(self) -> None:
         if self._local is not None:
@@ -116,6 +160,53 @@ class OutputStaging:
         self._moved_aside = False
         if exists(tmp):
             remove(tmp)
+
+
+def stop_in_chain(err: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal (``KeyboardInterrupt``, ``Stopped``) an exception was raised while handling,
+    if any. A signal that lands in a py4j call (``collect``) is raised there, and PySpark's call-site
+    bookkeeping on the way out then fails on the interrupted connection ("Answer from Java side is
+    empty"): that error replaces the signal, which is still in its context."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        todo += [cause.__context__, cause.__cause__]
+    return None
+
+
+def _reconnected(call: Callable[[], Any], tries: int = 5) -> Any:
+    """``call``'s result, tried again on an error: py4j's first call after a signal interrupted one
+    makes a new connection, whose handshake fails now and then ("Answer from Java side is empty")."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+    return None
+
+
+def _running(tracker: Any, job: int) -> bool:
+    """Whether a job runs or has tasks that still run: a cancelled job is marked failed at once, and its
+    tasks end when they next look (the stage's count of active tasks follows them)."""
+    info = tracker.getJobInfo(job)
+    if not info.isDefined():
+        return False
+    info = info.get()
+    if str(info.status()) == "RUNNING":
+        return True
+    for stage_id in info.stageIds():
+        stage = tracker.getStageInfo(stage_id)
+        if stage.isDefined() and stage.get().numActiveTasks() > 0:
+            return True
+    return False
 
 
 def _remove_local(path: Path) -> None:

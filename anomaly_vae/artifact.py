@@ -67,12 +67,14 @@ def card_sha256(card: dict[str, Any]) -> str:
 
 
 def _format_version(sections: dict[str, Any]) -> int:
-    """The oldest format that describes the model: 5 with ``params.pair_hidden_sizes``, 4 with ``architecture.pair``, 3 with
+    """The oldest format that describes the model: 6 with ``params.marginals`` (and column maps), 5 with ``params.pair_hidden_sizes``, 4 with ``architecture.pair``, 3 with
     ``architecture.marginal_floor``; 1 for a model loaded from format 1 whose one-hot features are
     Gaussian (no ``architecture.categorical`` while the table has categorical columns), so that
     saving it again (``calibrate``) keeps a model that loads and scores as before; else 2, which
     releases before format 3 read too."""
     arch = sections.get("architecture", {})
+    if sections.get("params", {}).get("marginals", "standard") != "standard":
+        return 6
     if sections.get("params", {}).get("pair_hidden_sizes") is not None:
         return 5
     if "pair" in arch:

@@ -30,6 +30,7 @@ from .exceptions import ModelCardError
 from .models import ACTIVATIONS
 from .objectives import LIKELIHOODS
 from .preprocessing import OTHER
+from .preprocessing.marginals import MARGINALS, MAX_KNOTS, check_column_map
 from .preprocessing.tables import TablePreprocessor
 from .scoring import SCORES
 from .training import LR_SCHEDULES
@@ -39,7 +40,7 @@ __all__ = ["CARD", "PARAMS", "FORMAT_NAME", "FORMAT_VERSION", "MAX_CARD_BYTES", 
            "Tagged", "Anything"]
 
 FORMAT_NAME = "anomaly-vae model"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # format 2: a table model's categorical columns have a categorical likelihood,
 # declared in architecture.categorical; format 1 cards (no such field) load and score as before.
 # format 3: architecture.marginal_floor (a dense model's features mixed with their marginal N(0, 1));
@@ -340,6 +341,7 @@ PARAMS = Params({
     "grad_clip": Num(0),
     "patience": Int(1, 10**7, whole_floats=True),
     "max_categories": Int(1, MAX_CATEGORIES, whole_floats=True),
+    "marginals": Choice(*MARGINALS),
     "random_state": Opt(Int(-(2**63), 2**63)),
     "n_threads": Opt(Int(1, MAX_THREADS, whole_floats=True)),
     "device": Choice("cpu", "cuda", "auto"),
@@ -364,7 +366,9 @@ ARCHITECTURE = Tagged("kind", {
 
 COLUMN = Tagged("type", {
     "numeric": Obj({"name": NAME, "type": Choice("numeric"), "mean": FINITE, "std": POSITIVE, "median": FINITE,
-                    "indicator": Bool()}),
+                    "indicator": Bool()},
+                   # the column's marginal map (params.marginals "kde", format 6): knots, checked in _check_consistency
+                   optional={"map": Obj({"x": ListOf(FINITE, 2, MAX_KNOTS), "z": ListOf(FINITE, 2, MAX_KNOTS)})}),
     "categorical": Obj({"name": NAME, "type": Choice("categorical"),
                         "categories": ListOf(NAME, 1, MAX_CATEGORIES + 1, unique=True)}),
 })
@@ -517,6 +521,14 @@ def _check_consistency(card: dict[str, Any]) -> None:
                 expect(cats[-1] == OTHER, where, f"{json.dumps(OTHER)} last", cats[-1])
                 expect(len(cats) <= pre["max_categories"] + 1, where,
                        f"at most max_categories + 1 = {pre['max_categories'] + 1} items", cats)
+            elif "map" in col:
+                where = f"input.preprocessing.columns[{i}].map"
+                problem = check_column_map(col["map"])
+                expect(problem is None, where, str(problem), col["map"])
+                expect(card["params"].get("marginals") == "kde", "params.marginals", '"kde" for a column with a map',
+                       card["params"].get("marginals"))
+                expect(card["format_version"] >= 6, "format_version", "6 or more for a column with a map",
+                       card["format_version"])
         names = [c["name"] for c in cols]
         if len(set(names)) != len(names):
             dup = next(n for i, n in enumerate(names) if n in names[:i])

@@ -35,7 +35,8 @@ from .exceptions import ArtifactError, CalibrationError, InputError
 from .io import atomic_output
 from .models import ACTIVATIONS, VAE, build_model, check_marginal_floor, default_network
 from .preprocessing import ImagePreprocessor, TablePreprocessor, as_table, is_image_input
-from .scoring import SCORES, draw_noise
+from .preprocessing.marginals import MARGINALS
+from .scoring import SCORE_MAX, SCORES, draw_noise
 from .scoring import feature_scores as _feature_scores
 from .scoring import score_samples as _score_samples
 from .training import CHECKPOINT_JSON, CHECKPOINT_TENSORS, TrainConfig, checkpoint_run, train
@@ -61,7 +62,8 @@ LONG_RULE = "to-end"
 TABLE_MARGINAL_FLOOR, PAIR_HIDDEN_SIZES = 0.01, (256, 128)
 # the parameters a card leaves out at their "off" values (fitted_state): a card without them was fitted so,
 # whatever today's defaults are
-CARD_OFF_VALUES = {"marginal_floor": 0.0, "pair": False, "pair_hidden_sizes": None, "lr_schedule": "constant"}
+CARD_OFF_VALUES = {"marginal_floor": 0.0, "pair": False, "pair_hidden_sizes": None, "lr_schedule": "constant",
+                   "marginals": "standard"}
 # settings of how a fitted model runs, not of what was fitted: set_params after a fit changes them for the
 # model itself, and the card records the current values (every other parameter as the fit had it)
 RUNTIME_PARAMS = ("n_threads", "device", "verbose")
@@ -250,6 +252,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     epochs, batch_size, learning_rate, lr_schedule, weight_decay, beta, objective, mmd_weight, kl_estimator,
     kl_warmup_epochs, grad_clip, patience : training settings, see ``training.TrainConfig``.
     max_categories : most one-hot categories per string column.
+    marginals : how a table's numeric columns reach the network. "standard" (the default):
+        (x - mean) / std. "kde": a column whose tails are near a normal's (``heavy_tail_ratio`` at
+        most 1.5) goes through Phi^-1 of its training values' kernel-density CDF, made N(0, 1)
+        (``preprocessing.marginals``), and every score adds minus the log slope of those maps, once
+        per network, so it stays in nats of -log p(x) of the columns' own units (calibration
+        included); others stay standardised. Study section 29: 0.961 against 0.955 mean AUROC on
+        the ten ADBench tables, not yet the default. Tables only. Model format 6.
     random_state : int for a reproducible fit; global random generators are never touched.
     n_threads : torch threads while fitting; while scoring, how many blocks of rows are scored at once,
         each on one thread, so that scores do not depend on it (None: torch's thread count for conv
@@ -319,7 +328,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         learning_rate: float = 1e-3, lr_schedule: str = "constant", weight_decay: float = 0.0, beta: float = 1.0,
         objective: str = "elbo",
         mmd_weight: float = 100.0, kl_estimator: str = "analytic", kl_warmup_epochs: int = 0,
-        grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, random_state: Any = None,
+        grad_clip: float = 10.0, patience: int = 10, max_categories: int = 50, marginals: str = "standard",
+        random_state: Any = None,
         n_threads: int | None = None, device: str = "cpu", verbose: int = 0, checkpoint_dir: str | None = None,
     ) -> None:
         self.model = model
@@ -351,6 +361,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.grad_clip = grad_clip
         self.patience = patience
         self.max_categories = max_categories
+        self.marginals = marginals
         self.random_state = random_state
         self.n_threads = n_threads
         self.device = device
@@ -359,7 +370,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     # -- parameters ---------------------------------------------------------------------------
     def _check_params(self) -> None:
-        for name in ("model", "score_kind", "activation", "likelihood", "device"):  # the training ones: TrainConfig.check
+        for name in ("model", "score_kind", "activation", "likelihood", "device", "marginals"):  # the training ones: TrainConfig.check
             # a str, not only equal to one: np.array("elbo") == "elbo", and it is not JSON when the model is saved
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
@@ -367,6 +378,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"model must be 'auto', 'dense' or 'conv', got {self.model!r}")
         if self.score_kind not in SCORES:
             raise ValueError(f"score_kind must be one of {SCORES}, got {self.score_kind!r}")
+        if self.marginals not in MARGINALS:
+            raise ValueError(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.latent_dim is not None and int(self.latent_dim) < 1:
@@ -458,6 +471,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 # upper bound, and training drove scores to +-1e10 nats
                 raise InputError("likelihood='bernoulli' is for images (pixels in [0, 1]); a table's numeric columns "
                                  "are standardised (mean 0, sd 1), where it is not a likelihood: use a Gaussian one")
+            if self.marginals != "standard" and image:
+                raise InputError(f"marginals={self.marginals!r} is for tables (it maps numeric columns); "
+                                 "images take marginals='standard'")
             self.input_kind_ = "image" if image else "table"
         if self.input_kind_ == "image":
             if not is_image_input(X):
@@ -492,7 +508,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                 arr = arr.astype(object)
             df = as_table(arr, columns=None if reset else self.preprocessor_.names)
         if reset:
-            self.preprocessor_ = TablePreprocessor(max_categories=int(self.max_categories)).fit(df)
+            self.preprocessor_ = TablePreprocessor(max_categories=int(self.max_categories),
+                                                   marginals=self.marginals).fit(df)
         if collect:
             return self.preprocessor_.transform_rows(self.preprocessor_.select(df))
         return self.preprocessor_.transform(self.preprocessor_.select(df)), None
@@ -801,7 +818,17 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return score
 
     def _scores(self, t: torch.Tensor, score: str) -> np.ndarray:
-        return _score_samples(self.model_, t, score, self.noise_, workers=self._workers())
+        scores = _score_samples(self.model_, t, score, self.noise_, workers=self._workers())
+        jac = self._log_jacobian(t)
+        return scores if jac is None else np.clip(scores + jac.sum(axis=1), -SCORE_MAX, SCORE_MAX)
+
+    def _log_jacobian(self, t: torch.Tensor) -> np.ndarray | None:
+        """Per row and column, what the marginal maps add to a score (``marginals``), once per
+        network of the model (each one's score is a -log p of the mapped row); None without maps."""
+        pre = self.preprocessor_
+        if self.input_kind_ != "table" or not any("map" in c for c in pre.columns):
+            return None
+        return len(self.model_.members) * pre.log_jacobian(t.cpu().numpy())
 
     def anomaly_score(self, X: Any, score: str | None = None) -> np.ndarray:
         """Anomaly score of each sample, in nats: higher = more anomalous.
@@ -962,11 +989,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         ``anomaly_score(X, score="reconstruction")``."""
         check_is_fitted(self, "model_")
         x = self._prepare(X, reset=False)
-        per = _feature_scores(self.model_, self._tensor(x), workers=self._workers())
+        t = self._tensor(x)
+        per = _feature_scores(self.model_, t, workers=self._workers())
         if self.input_kind_ == "image":
             return per.reshape(x.shape)
         groups = self.preprocessor_.feature_groups()
         out = np.stack([per[:, sl].sum(axis=1) for _, sl in groups], axis=1)
+        jac = self._log_jacobian(t)
+        if jac is not None:  # a mapped column's share includes its map's
+            out = out + jac
         if isinstance(X, pd.DataFrame):
             return pd.DataFrame(out, columns=[name for name, _ in groups], index=X.index)
         return out
@@ -1056,6 +1087,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             params["marginal_floor"] = floor
         if params.get("lr_schedule") == "constant":
             del params["lr_schedule"]
+        if params.get("marginals") == "standard":
+            del params["marginals"]
         params.pop("pair", None)
         params.pop("pair_hidden_sizes", None)
         if "pair" in self.model_.config():  # the network's, like the floor

@@ -25,6 +25,12 @@ Inputs
       any value beyond ``Z_MAX`` standard deviations: standardised to +-``Z_MAX`` and scored (a
       huge, finite score, as for a huge finite value). Check for infinity before the graph if
       that matters.
+    * a table fitted with ``marginals="kde"``: a raw-input graph maps each mapped column as
+      ``preprocessing.marginals.apply_map`` does, and every graph adds the maps' log-Jacobian to
+      the score (``TablePreprocessor.log_jacobian``, once per network), as the Python API does.
+
+Why this module is long: the graph repeats the preprocessing in torch (scaling, maps, Jacobian),
+and the export's checks and metadata sit beside it; splitting them would scatter one contract.
 
 Tolerance
     ONNX scores equal the Python API's within ``ONNX_RTOL`` (relative) + ``ONNX_ATOL`` nats
@@ -79,9 +85,18 @@ class _ScoringGraph(nn.Module):
     """What is traced: (raw numeric table -> prepared input ->) score (-> p_value, is_anomaly)."""
 
     def __init__(self, model: nn.Module, score: str, noise: torch.Tensor, numeric: dict[str, Any] | None,
-                 calibration: np.ndarray | None, threshold: float | None) -> None:
+                 calibration: np.ndarray | None, threshold: float | None, maps: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model, self.score = model, score
+        self.maps = maps is not None  # the marginal maps (``marginals="kde"``): see _map_constants
+        if maps is not None:
+            self.networks = maps["networks"]
+            for key in ("xk", "zk", "slopes", "log_slopes"):
+                self.register_buffer(key, torch.as_tensor(np.asarray(maps[key]), dtype=torch.float64))
+            for key in ("knots", "numeric_index", "column_to_map", "position", "flag_position"):
+                self.register_buffer(key, torch.as_tensor(np.asarray(maps[key]), dtype=torch.int64))
+            self.register_buffer("mapped", torch.as_tensor(maps["mapped"], dtype=torch.bool))
+            self.register_buffer("has_flag", torch.as_tensor(maps["has_flag"], dtype=torch.bool))
         self.register_buffer("noise", noise.detach().cpu().float().clone())
         self.raw = numeric is not None
         if numeric is not None:
@@ -102,6 +117,14 @@ class _ScoringGraph(nn.Module):
         miss = torch.isnan(v)
         v = torch.where(miss, self.median, v)
         z = (v - self.mean) / self.std  # float64, as the Python API; +-inf stays +-inf here
+        if self.maps:  # marginals.apply_map's formula, in float64, for the mapped columns
+            vm = v.index_select(1, self.numeric_index)  # (N, M)
+            i = torch.minimum((vm.unsqueeze(-1) >= self.xk).sum(-1), self.knots)  # knots at or below (padding: +inf)
+            j = (i - 1).clamp(min=0)
+            zm = (torch.gather(self.zk.expand(vm.shape[0], -1, -1), 2, j.unsqueeze(-1)).squeeze(-1)
+                  + (vm - torch.gather(self.xk.expand(vm.shape[0], -1, -1), 2, j.unsqueeze(-1)).squeeze(-1))
+                  * torch.gather(self.slopes.expand(vm.shape[0], -1, -1), 2, i.unsqueeze(-1)).squeeze(-1))
+            z = torch.where(self.mapped, zm.index_select(1, self.column_to_map), z)
         z = torch.where(torch.isnan(z), 0.0, z).clamp(-Z_MAX, Z_MAX)  # np.nan_to_num + np.clip
         parts = [z.float()]
         if self.indicator_cols.numel():
@@ -114,6 +137,12 @@ class _ScoringGraph(nn.Module):
         x = self._prepare(input) if self.raw else input
         s = block_scores(self.model, x, self.score, self.noise).double()  # (N,)
         s = torch.where(torch.isnan(s), SCORE_MAX, s.clamp(-SCORE_MAX, SCORE_MAX))  # scoring._finite
+        if self.maps:  # TablePreprocessor.log_jacobian, once per network (the detector's _scores)
+            zf = x.index_select(1, self.position).double()  # (N, M), what the network was given
+            i = (zf.unsqueeze(-1) >= self.zk).sum(-1)
+            term = -torch.gather(self.log_slopes.expand(zf.shape[0], -1, -1), 2, i.unsqueeze(-1)).squeeze(-1)
+            missing = (x.index_select(1, self.flag_position) == 1) & self.has_flag
+            s = (s + self.networks * torch.where(missing, 0.0, term).sum(1)).clamp(-SCORE_MAX, SCORE_MAX)
         out = [s]
         if self.p_value:
             n_ge = (self.calibration.unsqueeze(0) >= s.unsqueeze(1)).sum(dim=1).double()  # (N,)
@@ -139,6 +168,33 @@ def _numeric_constants(pre: Any) -> dict[str, Any]:
         raise ExportError(f"the table layout has {pre.n_features_out} features, the export computed {len(order)}")
     return {"median": [c["median"] for c in cols], "mean": [c["mean"] for c in cols],
             "std": [c["std"] for c in cols], "indicator_cols": ind, "order": order}
+
+
+def _map_constants(pre: Any, networks: int) -> dict[str, Any] | None:
+    """The marginal maps of a ``TablePreprocessor`` (None without any) as padded arrays for the graph:
+    per mapped column its knots (x and z, padded with +inf), its slopes and their logs (padded with
+    1 and 0), its number of knots, its index among the columns (``numeric_index``: all numeric
+    when the graph takes raw values), the position of its value and of its missing indicator in
+    the prepared input; per column, whether it is mapped and which map."""
+    from .preprocessing.marginals import arrays
+
+    cols = pre.columns
+    mapped = [k for k, c in enumerate(cols) if "map" in c]
+    if not mapped:
+        return None
+    parts = [arrays(cols[k]["map"]) for k in mapped]
+    width = max(len(x) for x, _, _ in parts)
+    pad = lambda a, n, v: np.concatenate([a, np.full(n - len(a), v)])  # noqa: E731
+    starts = np.cumsum([0] + [pre._width(c) for c in cols[:-1]])
+    numeric = [k for k, c in enumerate(cols) if c["type"] == "numeric"]
+    return {"networks": networks, "xk": [pad(x, width, np.inf) for x, _, _ in parts],
+            "zk": [pad(z, width, np.inf) for _, z, _ in parts], "slopes": [pad(s, width + 1, 1.0) for _, _, s in parts],
+            "log_slopes": [pad(np.log(s), width + 1, 0.0) for _, _, s in parts], "knots": [len(x) for x, _, _ in parts],
+            "numeric_index": [numeric.index(k) for k in mapped], "position": [int(starts[k]) for k in mapped],
+            "flag_position": [int(starts[k]) + 1 if cols[k]["indicator"] else 0 for k in mapped],
+            "has_flag": [bool(cols[k]["indicator"]) for k in mapped],
+            "mapped": ["map" in cols[k] for k in numeric] if pre.all_numeric else [False],
+            "column_to_map": [mapped.index(k) if k in mapped else 0 for k in numeric] if pre.all_numeric else [0]}
 
 
 def _feature_names(pre: Any) -> list[str]:
@@ -258,8 +314,9 @@ def export_onnx(det: VAEAnomalyDetector, path: str | os.PathLike[str], *, score:
     model = det.model_
     if next(model.parameters()).device.type != "cpu":  # export from a CPU copy; the detector stays as it is
         model = copy.deepcopy(model).cpu()
+    maps = _map_constants(pre, len(model.members)) if kind == "table" else None
     graph = _ScoringGraph(model, score, det.noise_, _numeric_constants(pre) if raw else None, calibration,
-                          threshold).eval()
+                          threshold, maps).eval()
     event = (len(pre.columns),) if raw else det.prepared_shape
     # two rows: a batch of 1 would let the tracer specialise the batch dimension to 1
     example = torch.zeros((2, *event), dtype=torch.float64 if raw else torch.float32)

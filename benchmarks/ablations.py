@@ -159,6 +159,8 @@ CONFIGS.update({
     "kde_light3_jac": {"_kde": [2, 3], "_quantile_jacobian": True},  # heavy-tailed columns left standardised
     "kde20_light3_jac": {"_kde": [20, 3], "_quantile_jacobian": True},
     "kde_light1.5_jac": {"_kde": [2, 1.5], "_quantile_jacobian": True},  # only near-normal tails mapped
+    # the same rule built into the package (marginals="kde": maps stored as knots, Jacobian in every score)
+    "marginals_kde": {"marginals": "kde"},
     "kde_jac_half": {"_kde": 2, "_quantile_jacobian": True, "_jacobian_weight": 0.5},  # once for the pair (an error, kept to compare)
     # the long run without early stopping (its best validation epoch of all PAIR_UPDATES updates), and the
     # first run's patience at least this many updates (10 epochs are 10 updates on a table of 128 rows)

@@ -78,7 +78,8 @@ def train(args: argparse.Namespace) -> int:
                               "likelihood": args.likelihood, "score_kind": args.score, "verbose": 0 if args.quiet else 1,
                               "device": args.device}
     optional = {"latent_dim": args.latent_dim, "activation": args.activation, "checkpoint_dir": args.checkpoint_dir or None,
-                "marginal_floor": args.marginal_floor, "pair": args.pair}  # flags not given: the detector's defaults
+                "marginal_floor": args.marginal_floor, "pair": args.pair,
+                "marginals": args.marginals}  # flags not given: the detector's defaults
     params.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden_sizes is not None:
         params["hidden_sizes"] = _sizes(args.hidden_sizes, "--hidden-sizes")

@@ -125,6 +125,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--marginal-floor", type=_floor, metavar="EPS", help="tables: mix each numeric column's "
                    "likelihood with its marginal N(0, 1) at this weight, so one sharply predicted column cannot "
                    "dominate a score (default auto: 0.01 for tables; 0: off)")
+    p.add_argument("--marginals", choices=("standard", "kde"), help="tables: 'kde' gives the network each "
+                   "near-normal numeric column through its training kernel density's CDF, made N(0, 1), and adds the "
+                   "maps' log-Jacobian to every score (default standard: (x - mean) / std)")
     p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=None, help="tables: score with two "
                    "networks, the early-stopped one and one trained to 30 x --epochs updates (3000) with the training "
                    "rows' aggregate posterior as its prior; the score is their sum (default: on for tables; "

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..exceptions import InputError
+from . import marginals as _marginals
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,16 @@ def _to_float(x: Any) -> float:
 class TablePreprocessor:
     """Fitted schema of a table; ``transform`` gives the float32 matrix the network sees."""
 
-    def __init__(self, max_categories: int = 50) -> None:
+    def __init__(self, max_categories: int = 50, marginals: str = "standard") -> None:
         self.max_categories = max_categories
+        self.marginals = marginals  # "kde": near-normal numeric columns mapped (``marginals``)
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, df: pd.DataFrame) -> "TablePreprocessor":
         if df.shape[1] == 0:
             raise InputError("the table has no columns")
         self.__dict__.pop("_layout_cache", None)
+        self.__dict__.pop("_maps_cache", None)
         self.columns: list[dict[str, Any]] = []
         for name in df.columns:
             s = df[name]
@@ -103,6 +106,8 @@ class TablePreprocessor:
                     "std": 1.0 if constant else std, "median": float(np.median(finite)),
                     "indicator": bool(np.isnan(v).any()),
                 })
+                if self.marginals == "kde" and not constant and (m := _marginals.fit_column_map(finite)) is not None:
+                    self.columns[-1]["map"] = m
             else:
                 values = self._as_strings(s, name)
                 counts = pd.Series(values).value_counts(sort=True)
@@ -231,8 +236,32 @@ class TablePreprocessor:
                             "mean, scored as %g (far beyond anything the model saw)", names[m], int(far[:, m].sum()),
                             Z_MAX, Z_MAX)
             z = np.clip(np.nan_to_num(z, nan=0.0, posinf=Z_MAX, neginf=-Z_MAX), -Z_MAX, Z_MAX)
+        for m, (x, zk, slopes) in self._maps().items():  # mapped columns: their map instead of the scaling
+            z[:, m] = np.clip(_marginals.apply_map(values[:, m], x, zk, slopes), -Z_MAX, Z_MAX)
         out[:, pos] = z
         out[:, pos[ind] + 1] = miss[:, ind]
+
+    def _maps(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The mapped numeric columns: their index among the numeric ones -> (x knots, z knots, slopes)."""
+        if not hasattr(self, "_maps_cache"):
+            numeric = [c for c in self.columns if c["type"] == "numeric"]
+            self._maps_cache = {m: _marginals.arrays(c["map"]) for m, c in enumerate(numeric) if "map" in c}
+        return self._maps_cache
+
+    def log_jacobian(self, x: np.ndarray) -> np.ndarray:
+        """Minus the log slope of each mapped column's map where it gave ``x`` (a prepared matrix),
+        (N, n_columns) float64, zero for other columns and for a value missing (its indicator set):
+        what the detector adds to a score, once per network, so that it stays -log p of the row as
+        it came (``marginals``). All zeros for a model without maps."""
+        out = np.zeros((x.shape[0], len(self.columns)))
+        maps = self._maps()
+        if maps:
+            pos, _, _, _, ind, _ = self._numeric_layout()
+            numeric = [k for k, c in enumerate(self.columns) if c["type"] == "numeric"]
+            for m, (_, zk, slopes) in maps.items():
+                term = -_marginals.log_slope_at(x[:, pos[m]], zk, slopes)
+                out[:, numeric[m]] = np.where(x[:, pos[m] + 1] == 1, 0.0, term) if ind[m] else term
+        return out
 
     @property
     def all_numeric(self) -> bool:
@@ -370,8 +399,10 @@ class TablePreprocessor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TablePreprocessor":
-        self = cls(max_categories=int(d["max_categories"]))
-        self.columns = [dict(c) for c in d["columns"]]
+        columns = [dict(c) for c in d["columns"]]
+        self = cls(max_categories=int(d["max_categories"]), marginals="kde" if any("map" in c for c in columns)
+                   else "standard")
+        self.columns = columns
         self.n_features_out = sum(self._width(c) for c in self.columns)
         return self
 
